@@ -1,0 +1,59 @@
+"""What run.py calls: one function per command, and which errors are the user's to fix."""
+
+import json
+import os
+
+import ml_collections
+
+from ssl_jax import bench, checkpoint, generate, train
+from ssl_jax.data.text import DataError
+
+
+def is_user_error(e: Exception) -> bool:
+  """Errors that a one-line message explains (bad input, config, data, checkpoint)."""
+  return isinstance(e, (DataError, checkpoint.CheckpointError, ValueError, KeyError, FileNotFoundError,
+                        TypeError))
+
+
+def default_workdir(config) -> str:
+  return os.path.join('runs', config.experiment or 'default')
+
+
+def run(command: str, config, *, config_given: bool, workdir, steps=None, prompt='\n', prompt_file=None,
+        max_new_tokens=200, temperature=0.8, top_k=200):
+  if command in ('eval', 'generate') and not config_given:
+    if not workdir:
+      raise ValueError(f'{command} needs --workdir (a trained run) or --config')
+    config = saved_config(workdir)
+  if not workdir and command != 'bench':
+    workdir = default_workdir(config)
+    print(f'workdir: {workdir} (set --workdir to choose)', flush=True)
+  if command == 'train':
+    train.train_and_evaluate(config, workdir)
+  elif command == 'eval':
+    train.eval_command(config, workdir)
+  elif command == 'bench':
+    if steps:
+      with config.unlocked():
+        config.bench.steps = steps
+    bench.main(config, workdir or '')
+  elif command == 'generate':
+    s, state, step = train.restore_for_inference(config, workdir)
+    prompts = [prompt]
+    if prompt_file:
+      with open(prompt_file) as f:
+        prompts = [line.rstrip('\n').replace('\\n', '\n') for line in f if line.strip()]
+    for p in prompts:
+      ids = generate.sample(s.model, state.params, s.data.tokenizer.encode(p), max_new_tokens,
+                            temperature=temperature, top_k=top_k, seed=config.seed)
+      print(s.data.tokenizer.decode(ids), flush=True)
+
+
+def saved_config(workdir: str):
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: is {workdir} a training workdir?')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  config.lock()
+  return config

@@ -1,0 +1,84 @@
+"""The config every experiment starts from.
+
+An experiment file (`experiments/*.py`) calls `base_config()`, sets what it needs and
+returns the whole experiment. Every key exists here with a typed default, so an override
+of an unknown key or with a value of the wrong type is refused by ml_collections with the
+key's name (the config is locked before overrides are applied).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.experiment = ''             # name; the default workdir is runs/<experiment>
+  c.seed = 0
+  c.task = 'clm'                # objective in ssl_jax/tasks (clm, ...)
+  c.init_from = ''              # a workdir (or Hugging Face directory) to start the body from
+
+  c.model = ml_collections.ConfigDict()
+  c.model.family = 'gpt'        # gpt | ...
+  c.model.size = ''             # a named size, e.g. 'gpt2:124M' (decoded by the experiment)
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.d_model = 128
+  c.model.d_ff = 512
+  c.model.vocab_size = 0        # 0: from the tokenizer
+  c.model.max_len = 0           # learned positions; 0: data.seq_len
+  c.model.dropout = 0.0
+  c.model.bias = True
+  c.model.activation = 'gelu_tanh'  # gelu_tanh (GPT-2) | gelu (exact erf, BERT)
+  c.model.dtype = 'float32'     # compute dtype; parameters stay float32
+  c.model.remat = False         # recompute each block's activations in the backward pass
+
+  c.data = ml_collections.ConfigDict()
+  c.data.path = ''              # file, glob or comma-separated list; '' = embedded corpus
+  c.data.eval_path = ''         # held-out split; '' = last data.eval_fraction of data.path
+  c.data.eval_fraction = 0.1
+  c.data.seq_len = 128
+  c.data.tokenizer = 'char'     # char | sentencepiece | path to a sentencepiece .model
+  c.data.max_predictions = 20   # masked LM: most masked positions per sequence
+  c.data.short_seq_prob = 0.1   # masked LM: chance of a shorter target length
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 16       # global batch, over all hosts and devices
+  c.train.grad_accum = 1        # micro-batches per step (the batch is split this many ways)
+  c.train.steps = 1000
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 100
+  c.train.min_lr = 1e-4
+  c.train.decay_steps = 0       # cosine reaches min_lr here; 0 = train.steps
+  c.train.schedule = 'cosine'   # cosine | linear | constant
+  c.train.weight_decay = 0.1
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.eps = 1e-8
+  c.train.grad_clip = 1.0       # global-norm clipping; 0 = off
+  c.train.eval_every = 250
+  c.train.eval_batches = 20
+  c.train.log_every = 1
+  c.train.checkpoint_every = 250
+  c.train.keep_checkpoints = 2
+  c.train.sample_tokens = 200   # text sampled at the end of a decoder run; 0 = none
+  c.train.sample_prompt = ''
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1              # -1: whatever the other axes leave of the devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.bench = ml_collections.ConfigDict()
+  c.bench.steps = 20
+  c.bench.warmup = 3
+  c.bench.peak_flops = 0.0      # per device; 0 = measured (CPU) or the datasheet table
+  return c
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Locks the key set so a typo is an error instead of a silent new key."""
+  config.lock()
+  return config
+
+
+__all__ = ['base_config', 'lock', 'config_dict']

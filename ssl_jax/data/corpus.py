@@ -1,0 +1,49 @@
+"""A run's text corpus: which files train, which are held out, and the run's tokenizer."""
+
+import os
+
+import jax
+from jax.experimental import multihost_utils
+
+from ssl_jax.data import text, tokenizer as tokenizers
+
+
+class TextCorpus:
+  """Training and held-out token streams of `data.path` / `data.eval_path`, tokenised once.
+
+  Without `data.eval_path` the last `data.eval_fraction` of the training stream is held out
+  (nanoGPT's split of tinyshakespeare: first 90% train, last 10% val).
+  """
+
+  def __init__(self, config, workdir: str, special=()):
+    data = config.data
+    self.train_paths = text.resolve_paths(data.path, 'data.path')
+    self.eval_paths = text.resolve_paths(data.eval_path, 'data.eval_path') if data.eval_path else []
+    self.tokenizer = run_tokenizer(
+        config, workdir, lambda: text.read_texts(self.train_paths + self.eval_paths), special)
+    cache = os.path.join(workdir, 'cache')
+    tok_id = tokenizers.fingerprint(self.tokenizer)
+    stream = text.token_file(self.train_paths, self.tokenizer, tok_id, cache)
+    if self.eval_paths:
+      self.train_tokens = stream
+      self.eval_tokens = text.token_file(self.eval_paths, self.tokenizer, tok_id, cache)
+    else:
+      split = int(len(stream) * (1 - data.eval_fraction))
+      self.train_tokens, self.eval_tokens = stream[:split], stream[split:]
+
+
+def run_tokenizer(config, workdir: str, texts_fn, special=()):
+  """The workdir's tokenizer if it has one (a resume), else a new one that is saved there.
+
+  Process 0 builds and saves it; the other hosts wait, then load that very file.
+  """
+  tok = tokenizers.load(workdir)
+  if tok is not None:
+    return tok
+  if jax.process_index() == 0:
+    tok = tokenizers.build(config.data.tokenizer, texts_fn, config.model.vocab_size, special)
+    tokenizers.save(tok, workdir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('ssl_jax tokenizer saved')
+    tok = tokenizers.load(workdir)
+  return tok

@@ -1,0 +1,73 @@
+"""FLOPs of a training step, and the hardware peak that MFU divides by.
+
+A training step is 3x the forward FLOPs (forward, and a backward of twice the work).
+Forward per token: 2 x (parameters of every matmul) + attention's two products, which
+for a causal mask touch half the score matrix on average. The Megatron convention that
+most published MFU figures use counts the full matrix; both are reported.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak per device, from datasheets (FLOP/s). Overridable with bench.peak_flops.
+PEAKS = {
+    'TPU v4': 275e12,
+    'TPU v5 lite': 197e12,   # v5e
+    'TPU v5e': 197e12,
+    'TPU v5p': 459e12,
+    'TPU v5': 459e12,
+    'TPU v6 lite': 918e12,   # Trillium
+    'NVIDIA A100': 312e12,
+    'NVIDIA H100': 989e12,
+    'NVIDIA H200': 989e12,
+    'NVIDIA GH200': 989e12,
+    'NVIDIA B200': 2250e12,
+    'NVIDIA L4': 121e12,
+    'NVIDIA A10': 125e12,
+}
+
+
+def matmul_params(config) -> int:
+  """Parameters used in matrix products per token, the tied output head included."""
+  m = config.model
+  per_layer = 4 * m.d_model * m.d_model + 2 * m.d_model * m.d_ff
+  return m.num_layers * per_layer + m.d_model * m.vocab_size
+
+
+def decoder_train_flops(config, batch: int, seq_len: int):
+  """(model FLOPs with causal attention, Megatron-convention FLOPs) of one step."""
+  m = config.model
+  tokens = batch * seq_len
+  dense = 6 * matmul_params(config) * tokens
+  attention_full = 3 * m.num_layers * 4 * seq_len * m.d_model * tokens  # QK^T and AV, fwd + bwd
+  causal = attention_full * (seq_len + 1) / (2 * seq_len)               # the lower triangle
+  return float(dense + causal), float(dense + attention_full)
+
+
+def measured_cpu_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of a large matmul in this process: the CPU's practical peak for this dtype."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def peak_flops(override: float = 0.0, dtype=jnp.float32) -> float:
+  """Peak FLOP/s of one device: the override, the datasheet table, or measured on CPU."""
+  if override > 0:
+    return float(override)
+  device = jax.devices()[0]
+  if device.platform == 'cpu':
+    return measured_cpu_peak(dtype) / len(jax.local_devices())  # forced host devices share the cores
+  kind = device.device_kind
+  for name in sorted(PEAKS, key=len, reverse=True):
+    if kind.startswith(name) or name in kind:
+      return PEAKS[name]
+  raise ValueError(f'no datasheet peak for device kind {kind!r}: set --config.bench.peak_flops')

@@ -1,0 +1,170 @@
+"""The blocks every family shares: one attention, one MLP, one transformer block.
+
+Parameters carry logical axis names (`embed`, `heads`, `kv`, `mlp`, `vocab`) and
+activations are constrained by name (`batch`, `length`, `embed`); the rules table in
+`ssl_jax/parallel.py` maps names onto the mesh, so nothing here knows the mesh.
+"""
+
+import dataclasses
+import math
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """The shape and numerics of a stack of transformer blocks."""
+  num_layers: int = 4
+  num_heads: int = 4
+  d_model: int = 128
+  d_ff: int = 512
+  vocab_size: int = 256
+  max_len: int = 256
+  dropout: float = 0.0
+  bias: bool = True
+  activation: str = 'gelu_tanh'   # gelu_tanh (GPT-2) | gelu (erf, BERT)
+  pre_norm: bool = True           # GPT-2 style; False = post-LN (BERT, GPT-1)
+  ln_eps: float = 1e-5
+  init_std: float = 0.02
+  dtype: str = 'float32'          # compute dtype; parameters are float32
+  remat: bool = False
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+def param_init(std: float, names):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def zeros_init(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def activation_fn(name: str):
+  if name == 'gelu_tanh':
+    return lambda x: jax.nn.gelu(x, approximate=True)
+  if name == 'gelu':
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  if name == 'relu':
+    return jax.nn.relu
+  raise ValueError(f'unknown activation {name!r} (gelu_tanh, gelu, relu)')
+
+
+class Dense(nn.Module):
+  """y = x . kernel + bias, contracting the last `in_axes` axes of x (kernel: in_shape + features).
+
+  Written out rather than nn.DenseGeneral, whose flattened initialiser does not mix with
+  logically partitioned parameters.
+  """
+  features: Tuple[int, ...]
+  names: Tuple[Optional[str], ...]   # logical names of the kernel's axes
+  std: float
+  in_axes: int = 1
+  use_bias: bool = True
+  dtype: str = 'float32'
+
+  @nn.compact
+  def __call__(self, x):
+    features = tuple(self.features)
+    kernel = self.param('kernel', param_init(self.std, self.names), x.shape[-self.in_axes:] + features)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_axes)
+    if self.use_bias:
+      bias = self.param('bias', zeros_init(self.names[self.in_axes:]), features)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class LayerNorm(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.LayerNorm(
+        epsilon=self.cfg.ln_eps, dtype=self.cfg.compute_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',)),
+        bias_init=zeros_init(('embed',)))(x)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention through `jax.nn.dot_product_attention`.
+
+  On GPUs that call can dispatch to cuDNN flash attention; on CPU and TPU it is XLA's.
+  Attention-probability dropout is not applied (fused kernels do not expose it); the
+  residual dropout after the output projection is.
+  """
+  cfg: TransformerConfig
+  out_std: float
+
+  @nn.compact
+  def __call__(self, x, *, causal: bool, padding_mask: Optional[jax.Array] = None):
+    cfg = self.cfg
+    qkv = Dense((3, cfg.num_heads, cfg.head_dim), ('embed', 'qkv', 'heads', 'kv'), cfg.init_std,
+                use_bias=cfg.bias, dtype=cfg.dtype, name='qkv')(x)      # (B, T, 3, nh, hs)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                 # (B, T, nh, hs)
+    q = nn.with_logical_constraint(q, ('batch', 'length', 'heads', 'kv'))
+    mask = None
+    if padding_mask is not None:  # (B, T) true where a real token is
+      mask = padding_mask[:, None, None, :]                             # (B, 1, 1, T) over keys
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)  # (B, T, nh, hs)
+    y = Dense((cfg.d_model,), ('heads', 'kv', 'embed'), self.out_std, in_axes=2,
+              use_bias=cfg.bias, dtype=cfg.dtype, name='out')(y)        # (B, T, C)
+    return y
+
+
+class MLP(nn.Module):
+  cfg: TransformerConfig
+  out_std: float
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    h = Dense((cfg.d_ff,), ('embed', 'mlp'), cfg.init_std, use_bias=cfg.bias, dtype=cfg.dtype,
+              name='fc')(x)                                             # (B, T, F)
+    h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
+    h = activation_fn(cfg.activation)(h)
+    return Dense((cfg.d_model,), ('mlp', 'embed'), self.out_std, use_bias=cfg.bias, dtype=cfg.dtype,
+                 name='proj')(h)                                        # (B, T, C)
+
+
+class Block(nn.Module):
+  """Attention then MLP, each with a residual; LayerNorm before (pre-LN) or after (post-LN)."""
+  cfg: TransformerConfig
+  causal: bool
+
+  @nn.compact
+  def __call__(self, x, padding_mask=None, deterministic: bool = True):
+    cfg = self.cfg
+    # GPT-2: residual projections scaled by 1/sqrt(2 * layers) at init.
+    out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers) if cfg.pre_norm else cfg.init_std
+    drop = lambda h: nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+    attn = Attention(cfg, out_std, name='attn')
+    mlp = MLP(cfg, out_std, name='mlp')
+    if cfg.pre_norm:
+      x = x + drop(attn(LayerNorm(cfg, name='ln1')(x), causal=self.causal, padding_mask=padding_mask))
+      x = x + drop(mlp(LayerNorm(cfg, name='ln2')(x)))
+    else:
+      x = LayerNorm(cfg, name='ln1')(x + drop(attn(x, causal=self.causal, padding_mask=padding_mask)))
+      x = LayerNorm(cfg, name='ln2')(x + drop(mlp(x)))
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+class Stack(nn.Module):
+  """`num_layers` blocks, each optionally rematerialised in the backward pass."""
+  cfg: TransformerConfig
+  causal: bool
+
+  @nn.compact
+  def __call__(self, x, padding_mask=None, deterministic: bool = True):
+    block = nn.remat(Block, static_argnums=(3,)) if self.cfg.remat else Block
+    for i in range(self.cfg.num_layers):
+      x = block(self.cfg, self.causal, name=f'h_{i}')(x, padding_mask, deterministic)
+    return x

@@ -1,0 +1,36 @@
+"""The optimizer: AdamW with decay on matrices only, warm-up then decay, global-norm clipping."""
+
+import jax
+import optax
+
+
+def schedule(train) -> optax.Schedule:
+  """Linear warm-up to train.lr, then cosine (or linear) to train.min_lr at train.decay_steps."""
+  decay_steps = train.decay_steps or train.steps
+  warmup = max(int(train.warmup_steps), 0)
+  if train.schedule == 'constant':
+    after = optax.constant_schedule(train.lr)
+  elif train.schedule == 'cosine':
+    after = optax.cosine_decay_schedule(train.lr, max(decay_steps - warmup, 1), alpha=train.min_lr / train.lr)
+  elif train.schedule == 'linear':
+    after = optax.linear_schedule(train.lr, train.min_lr, max(decay_steps - warmup, 1))
+  else:
+    raise ValueError(f'train.schedule={train.schedule!r}: expected cosine, linear or constant')
+  if not warmup:
+    return after
+  # nanoGPT's warm-up: lr * (step + 1) / warmup, so the first update is not wasted at lr 0.
+  return optax.join_schedules([optax.linear_schedule(train.lr / warmup, train.lr, warmup - 1), after], [warmup])
+
+
+def decay_mask(params):
+  """Weight decay on matrices (kernels, embeddings), not on biases or LayerNorm scales."""
+  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make(train) -> optax.GradientTransformation:
+  parts = []
+  if train.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(train.grad_clip))
+  parts.append(optax.adamw(schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
+                           weight_decay=train.weight_decay, mask=decay_mask))
+  return optax.chain(*parts)

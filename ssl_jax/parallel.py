@@ -1,0 +1,108 @@
+"""Hosts, the device mesh, and the one table that maps logical axis names onto it.
+
+Data parallel, FSDP and tensor parallel are the same model code with this table:
+`batch` is split over `data` and `fsdp`; parameters' `embed` axis over `fsdp` (so
+parameters and optimizer state are sharded, ZeRO-3 style); `heads`, `mlp` and `vocab`
+over `tensor` (Megatron-style). A mesh axis is used at most once per array: flax skips a
+rule whose mesh axis an earlier dimension already took.
+"""
+
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ('data', 'fsdp', 'tensor')
+
+LOGICAL_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('mlp', 'tensor'),
+    ('vocab', 'tensor'),
+    ('length', None),
+    ('kv', None),
+    ('qkv', None),
+)
+
+
+def initialize_hosts() -> None:
+  """Starts JAX's multi-controller runtime when the environment says this is a multi-host job.
+
+  An explicit coordinator (SSL_JAX_COORDINATOR, SSL_JAX_NUM_PROCESSES, SSL_JAX_PROCESS_ID)
+  or JAX's own detection (TPU VMs, SLURM, GKE/Kubernetes, Open MPI) decides; a single
+  process on one machine needs nothing.
+  """
+  if jax.distributed.is_initialized():
+    return
+  coordinator = os.environ.get('SSL_JAX_COORDINATOR')
+  if coordinator:
+    # Cross-process collectives for CPU devices (only the CPU backend reads this).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=int(os.environ['SSL_JAX_NUM_PROCESSES']),
+        process_id=int(os.environ['SSL_JAX_PROCESS_ID']))
+  elif any(k in os.environ for k in ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
+                                     'OMPI_COMM_WORLD_SIZE')) and _multi_host_env():
+    jax.distributed.initialize()
+
+
+def _multi_host_env() -> bool:
+  for key in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+    if int(os.environ.get(key, '1')) > 1:
+      return True
+  return bool(os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','))
+
+
+def mesh_shape(mesh_config, num_devices: int):
+  """(data, fsdp, tensor) from the config; one axis set to -1 takes what the others leave."""
+  shape = [int(mesh_config.data), int(mesh_config.fsdp), int(mesh_config.tensor)]
+  if shape.count(-1) > 1:
+    raise ValueError('mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1')
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if known <= 0 or num_devices % known:
+      raise ValueError(f'mesh: {shape} does not divide the {num_devices} devices')
+    shape[shape.index(-1)] = num_devices // known
+  if int(np.prod(shape)) != num_devices:
+    raise ValueError(f'mesh: data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} = '
+                     f'{int(np.prod(shape))} devices, but there are {num_devices}')
+  return tuple(shape)
+
+
+def make_mesh(mesh_config, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_config, len(devices))
+  # Auto axes: XLA's partitioner propagates shardings from parameters, inputs and the
+  # logical constraints (the GSPMD model every TPU/GPU trainer uses).
+  return jax.make_mesh(shape, AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def logical_shardings(logical_specs, mesh: Mesh):
+  """NamedShardings for a tree of logical PartitionSpecs (e.g. from nn.get_partition_spec)."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_RULES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(('data', 'fsdp')))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local: dict, mesh: Mesh) -> dict:
+  """A global array from each host's rows (the leading axis of every entry is the batch)."""
+  sharding = batch_sharding(mesh)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def check_batch(global_batch_size: int, mesh: Mesh, grad_accum: int = 1) -> None:
+  ways = mesh.shape['data'] * mesh.shape['fsdp']
+  if global_batch_size % (ways * grad_accum):
+    raise ValueError(f'train.batch_size={global_batch_size} is not divisible by the '
+                     f'{ways}-way data axis (mesh.data x mesh.fsdp) x train.grad_accum={grad_accum}')

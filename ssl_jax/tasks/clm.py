@@ -1,0 +1,52 @@
+"""Causal language modelling: predict every next token (GPT)."""
+
+import dataclasses
+
+import jax
+import optax
+
+from ssl_jax import flops, generate
+from ssl_jax.data.corpus import TextCorpus
+from ssl_jax.data.text import LMBatches
+
+
+@dataclasses.dataclass
+class Data:
+  train: LMBatches
+  eval: LMBatches
+  tokenizer: object
+  unit: str = 'tokens'           # what throughput counts
+  units_per_example: int = 0
+
+
+def make_data(config, workdir: str) -> Data:
+  corpus = TextCorpus(config, workdir)
+  seq_len, batch, seed = config.data.seq_len, config.train.batch_size, config.seed
+  pi, pc = jax.process_index(), jax.process_count()
+  train = LMBatches(corpus.train_tokens, seq_len, batch, seed, pi, pc, name='training split')
+  held_out = LMBatches(corpus.eval_tokens, seq_len, batch, seed, pi, pc, name='held-out split')
+  return Data(train, held_out, corpus.tokenizer, units_per_example=seq_len)
+
+
+def loss_fn(model, params, batch, rng, train: bool):
+  logits = model.apply({'params': params}, batch['inputs'], deterministic=not train,
+                       rngs={'dropout': rng})                                  # (B, T, V)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets']).mean()
+  return loss, {'loss': loss}
+
+
+def flops_per_step(config):
+  return flops.decoder_train_flops(config, config.train.batch_size, config.data.seq_len)
+
+
+def report(setup, params) -> str:
+  """A short sample from the trained decoder, printed at the end of a run."""
+  n = setup.config.train.sample_tokens
+  if n <= 0:
+    return ''
+  tok = setup.data.tokenizer
+  prompt = setup.config.train.sample_prompt or '\n'
+  ids = tok.encode(prompt)
+  out = generate.sample(setup.model, jax.device_get(params), ids, n, temperature=0.8, top_k=200,
+                        seed=setup.config.seed)
+  return f'--- sample ({n} tokens after {prompt!r}) ---\n{tok.decode(out)}\n---'

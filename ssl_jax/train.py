@@ -1,0 +1,284 @@
+"""One trainer for every family, read top to bottom in phases.
+
+  setup():   hosts and mesh -> data and tokenizer -> model and optimizer -> state shapes
+             and shardings -> the compiled train and eval steps
+  train_and_evaluate(): resume or init -> loop (step, log, eval, checkpoint) -> the end
+
+The step is a module-level pure function, `train_step(state, batch) -> (state, metrics)`,
+compiled once ahead of time with explicit shardings and the state donated. Its only
+randomness is `fold_in(key(seed), step)`; the objective comes from the task module.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ssl_jax import checkpoint, metrics as metrics_lib, models, optim, parallel, tasks
+from ssl_jax.data import tokenizer as tokenizers
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_accum: int):
+  """One optimizer update on a global batch; gradients averaged over `grad_accum` micro-batches."""
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(model, p, b, r, True), has_aux=True)
+  if grad_accum == 1:
+    (_, step_metrics), grads = grad_fn(state.params, batch, rng)
+  else:
+    # Micro-batch i takes rows i, i + k, i + 2k, ...: strided, so each is spread over every
+    # data shard instead of living on a few devices.
+    micro = jax.tree_util.tree_map(
+        lambda x: x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def accumulate(carry, i):
+      mb = jax.tree_util.tree_map(lambda x: x[i], micro)
+      (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+      return jax.tree_util.tree_map(jnp.add, carry, (g, m)), None
+
+    shapes = jax.eval_shape(grad_fn, state.params, jax.tree_util.tree_map(lambda x: x[0], micro), rng)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[1], shapes[0][1]))
+    (grads, step_metrics), _ = jax.lax.scan(accumulate, zeros, jnp.arange(grad_accum))
+    grads, step_metrics = jax.tree_util.tree_map(lambda x: x / grad_accum, (grads, step_metrics))
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  step_metrics = {**step_metrics, 'grad_norm': optax.global_norm(grads)}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+
+
+def eval_step(params, batch, *, model, loss_fn):
+  _, step_metrics = loss_fn(model, params, batch, jax.random.key(0), False)
+  return step_metrics
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a command needs, built once in `setup`."""
+  config: Any
+  workdir: str
+  mesh: Any
+  task: Any
+  data: Any
+  model: Any
+  model_cfg: Any
+  tx: Any
+  state_shardings: Any
+  abstract_state: Any       # ShapeDtypeStructs with shardings
+  train_fn: Any             # compiled
+  eval_fn: Any              # compiled
+  compile_s: float
+  num_params: int
+  init_fn: Any = None       # rng -> a fresh state, created sharded
+
+  def meta(self) -> dict:
+    """What a checkpoint must agree with to be restored into this run."""
+    m = self.model_cfg
+    shape = f'{self.config.model.family} L{m.num_layers} H{m.num_heads} D{m.d_model} F{m.d_ff} V{m.vocab_size} P{m.max_len}'
+    return {'model': shape, 'tokenizer': tokenizers.fingerprint(self.data.tokenizer)}
+
+  def put(self, local_batch: dict) -> dict:
+    return parallel.global_batch(local_batch, self.mesh)
+
+
+def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
+  # Hosts and mesh.
+  parallel.initialize_hosts()
+  mesh = parallel.make_mesh(config.mesh)
+  parallel.check_batch(config.train.batch_size, mesh, config.train.grad_accum)
+
+  # Data and tokenizer; the vocabulary size follows the tokenizer unless set.
+  task = tasks.get(config.task)
+  data = task.make_data(config, workdir)
+  with config.unlocked():
+    if config.model.vocab_size <= 0:
+      config.model.vocab_size = data.tokenizer.vocab_size
+  if config.model.vocab_size < data.tokenizer.vocab_size:
+    raise ValueError(f'model.vocab_size={config.model.vocab_size} is smaller than the tokenizer\'s '
+                     f'{data.tokenizer.vocab_size} tokens')
+
+  # Model and optimizer.
+  model, model_cfg = models.build(config)
+  if config.data.seq_len > model_cfg.max_len:
+    raise ValueError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
+                     f'{model_cfg.max_len} positions (model.max_len)')
+  tx = optim.make(config.train)
+
+  # State shapes and shardings, from the logical names the model's parameters carry.
+  example = jax.tree_util.tree_map(lambda x: jnp.zeros((1,) + x.shape[1:], x.dtype), data.train.batch(0))
+
+  def init_boxed(rng):
+    params = model.init({'params': rng, 'dropout': rng}, example['inputs'])['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  boxed = jax.eval_shape(init_boxed, jax.random.key(config.seed))
+  state_shardings = parallel.logical_shardings(nn.get_partition_spec(boxed), mesh)
+  abstract_state = checkpoint.abstract(nn.meta.unbox(boxed), state_shardings)
+  num_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract_state.params))
+
+  s = Setup(config=config, workdir=workdir, mesh=mesh, task=task, data=data, model=model,
+            model_cfg=model_cfg, tx=tx, state_shardings=state_shardings,
+            abstract_state=abstract_state, train_fn=None, eval_fn=None, compile_s=0.0,
+            num_params=num_params,
+            init_fn=jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings))
+  if compile_steps:
+    compile_steps_ahead(s)
+  return s
+
+
+def compile_steps_ahead(s: Setup) -> None:
+  """Lowers and compiles the train and eval steps once, from abstract shapes."""
+  config = s.config
+  local = s.data.train.batch(0)
+  bs = parallel.batch_sharding(s.mesh)
+  batch_abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct((config.train.batch_size,) + x.shape[1:], x.dtype, sharding=bs), local)
+  step = functools.partial(train_step, model=s.model, loss_fn=s.task.loss_fn, tx=s.tx, seed=config.seed,
+                           grad_accum=config.train.grad_accum)
+  evaluate_step = functools.partial(eval_step, model=s.model, loss_fn=s.task.loss_fn)
+  rep = parallel.replicated(s.mesh)
+  t = time.perf_counter()
+  with jax.set_mesh(s.mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
+    s.train_fn = jax.jit(step, in_shardings=(s.state_shardings, bs), out_shardings=(s.state_shardings, rep),
+                         donate_argnums=0).lower(s.abstract_state, batch_abstract).compile()
+    s.eval_fn = jax.jit(evaluate_step, in_shardings=(s.state_shardings.params, bs), out_shardings=rep
+                        ).lower(s.abstract_state.params, batch_abstract).compile()
+  s.compile_s = time.perf_counter() - t
+
+
+def init_or_restore(s: Setup, ckpt: checkpoint.Checkpointer):
+  """(state, start step): the newest valid checkpoint in the workdir, else a fresh init."""
+  restored = ckpt.restore(s.abstract_state, expect_meta=s.meta())
+  if restored is None:
+    return s.init_fn(jax.random.key(s.config.seed)), 0
+  state, _, step = restored
+  return state, step
+
+
+def evaluate(s: Setup, params) -> dict:
+  """Mean of each task metric over `train.eval_batches` fixed held-out batches."""
+  totals = None
+  for i in range(s.config.train.eval_batches):
+    m = s.eval_fn(params, s.put(s.data.eval.eval_batch(i)))
+    totals = m if totals is None else jax.tree_util.tree_map(jnp.add, totals, m)
+  means = {k: float(v) / s.config.train.eval_batches for k, v in jax.device_get(totals).items()}
+  return {('eval_loss' if k == 'loss' else k): v for k, v in means.items()}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks: save a checkpoint, then exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      pass
+
+  def _handle(self, *_):
+    self.requested = True
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from the workdir's newest checkpoint), evaluates, samples; returns last metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  s = setup(config, workdir)
+  tc = config.train
+  log = logging.getLogger('ssl_jax')
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json(indent=2))
+
+  ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints)
+  state, start = init_or_restore(s, ckpt)
+  logger = metrics_lib.MetricLogger(workdir, tc.steps, start, unit=s.data.unit)
+  logger.print(f'{config.experiment or "run"}: {s.num_params:,} parameters on {s.mesh.devices.size} devices '
+               f'(mesh data={s.mesh.shape["data"]} fsdp={s.mesh.shape["fsdp"]} tensor={s.mesh.shape["tensor"]}), '
+               f'compiled in {s.compile_s:.1f}s; ' + (f'resumed at step {start}' if start else 'fresh start'))
+  units_per_step = tc.batch_size * s.data.units_per_example
+  preemption = _Preemption()
+  last = {}
+  pending = None
+  clock = [time.perf_counter(), start]   # time and step of the last throughput reading
+
+  def flush(extra=None):
+    nonlocal pending, last
+    if pending is None and not extra:
+      return
+    step, m = pending if pending else (int(state.step), {})
+    record = {('train_loss' if k == 'loss' else f'train_{k}'): v for k, v in jax.device_get(m).items()}
+    now = time.perf_counter()
+    if step > clock[1]:
+      record[f'{s.data.unit}_per_sec'] = (step - clock[1]) * units_per_step / (now - clock[0])
+      clock[:] = [now, step]
+    record['lr'] = float(optim.schedule(tc)(step - 1))
+    record.update(extra or {})
+    logger.write(step, record)
+    logger.progress(step, record)
+    last = {'step': step, **record}
+    pending = None
+
+  meta = s.meta()
+  for step in range(start, tc.steps):
+    state, step_metrics = s.train_fn(state, s.put(s.data.train.batch(step)))
+    done = step + 1
+    if pending is not None:       # fetch the previous step's metrics now that this one is queued
+      flush()
+    if done % tc.log_every == 0 or done == tc.steps:
+      pending = (done, step_metrics)
+    if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
+      eval_metrics = evaluate(s, state.params)
+      flush(eval_metrics)
+      clock[0] = time.perf_counter()  # eval time is not training throughput
+    if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:
+      ckpt.save(done, state, meta)
+    if preemption.requested:
+      flush()
+      ckpt.save(done, state, meta)
+      logger.print(f'SIGTERM: saved the checkpoint of step {done}; exiting')
+      break
+  flush()
+  ckpt.close()
+  logger.close()
+
+  if hasattr(s.task, 'report') and not preemption.requested and jax.process_index() == 0:
+    text = s.task.report(s, state.params)
+    if text:
+      print(text, flush=True)
+  if jax.process_index() == 0:
+    print(f'workdir: {workdir} (metrics.jsonl, loss.png, checkpoints/, TensorBoard events)', flush=True)
+  return last
+
+
+def restore_for_inference(config, workdir: str):
+  """(Setup, state) from the workdir's newest checkpoint; an error if there is none."""
+  s = setup(config, workdir)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  restored = ckpt.restore(s.abstract_state, expect_meta=s.meta())
+  ckpt.close()
+  if restored is None:
+    raise checkpoint.CheckpointError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}: train first')
+  state, _, step = restored
+  return s, state, step
+
+
+def eval_command(config, workdir: str) -> dict:
+  s, state, step = restore_for_inference(config, workdir)
+  result = {'step': int(step), **evaluate(s, state.params)}
+  print(json.dumps(result), flush=True)
+  return result
