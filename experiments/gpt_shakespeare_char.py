@@ -31,6 +31,8 @@ def get_config(arg=None):
   c.train.weight_decay = 0.1
   c.train.grad_clip = 1.0
   c.train.sample_prompt = '\n'
+  c.model.bias = False             # nanoGPT's default: no biases in Linear or LayerNorm
+  c.model.activation = 'gelu'      # nn.GELU(): the exact (erf) form
   c.train.sample_tokens = 300
   if arg in (None, '', 'full'):
     c.model.size = 'gpt:small'

@@ -242,9 +242,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if done % tc.log_every == 0 or done == tc.steps:
       pending = (done, step_metrics)
     if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
+      t = time.perf_counter()
       eval_metrics = evaluate(s, state.params)
+      clock[0] += time.perf_counter() - t   # eval time is not training throughput
       flush(eval_metrics)
-      clock[0] = time.perf_counter()  # eval time is not training throughput
     if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:
       ckpt.save(done, state, meta)
     if preemption.requested:

@@ -76,7 +76,12 @@ class Dense(nn.Module):
   def __call__(self, x):
     features = tuple(self.features)
     kernel = self.param('kernel', param_init(self.std, self.names), x.shape[-self.in_axes:] + features)
+    # Tokens flattened to one axis: XLA:CPU's backward matmuls are ~1.5x slower when the
+    # weight gradient contracts over two token axes (batch, length) instead of one.
+    lead = x.shape[:-self.in_axes]
+    x = x.reshape((-1,) + x.shape[-self.in_axes:])
     y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_axes)
+    y = y.reshape(lead + features)
     if self.use_bias:
       bias = self.param('bias', zeros_init(self.names[self.in_axes:]), features)
       y = y + bias.astype(self.dtype)
@@ -89,15 +94,36 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     return nn.LayerNorm(
-        epsilon=self.cfg.ln_eps, dtype=self.cfg.compute_dtype,
+        epsilon=self.cfg.ln_eps, dtype=self.cfg.compute_dtype, use_bias=self.cfg.bias,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',)),
         bias_init=zeros_init(('embed',)))(x)
 
 
-class Attention(nn.Module):
-  """Multi-head self-attention through `jax.nn.dot_product_attention`.
+def attention(q, k, v, causal: bool, padding_mask=None):
+  """softmax(q k^T / sqrt(hs) + mask) v over (B, T, nh, hs) inputs.
 
-  On GPUs that call can dispatch to cuDNN flash attention; on CPU and TPU it is XLA's.
+  GPUs and TPUs go through `jax.nn.dot_product_attention` (cuDNN flash attention where it
+  applies). On CPU the same math written as two einsums is measured faster: its backward
+  pass took 1.3 ms against 2.1 ms at B=12, T=64, 4 heads of 32.
+  """
+  if jax.default_backend() != 'cpu':
+    mask = None if padding_mask is None else padding_mask[:, None, None, :]  # (B, 1, 1, T) over keys
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+  t = q.shape[1]
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)  # (B, nh, T, T)
+  allowed = jnp.ones((1, 1, t, t), bool)
+  if causal:
+    allowed = jnp.tril(allowed)
+  if padding_mask is not None:
+    allowed = allowed & padding_mask[:, None, None, :]
+  scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused QKV projection.
+
   Attention-probability dropout is not applied (fused kernels do not expose it); the
   residual dropout after the output projection is.
   """
@@ -111,10 +137,7 @@ class Attention(nn.Module):
                 use_bias=cfg.bias, dtype=cfg.dtype, name='qkv')(x)      # (B, T, 3, nh, hs)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                 # (B, T, nh, hs)
     q = nn.with_logical_constraint(q, ('batch', 'length', 'heads', 'kv'))
-    mask = None
-    if padding_mask is not None:  # (B, T) true where a real token is
-      mask = padding_mask[:, None, None, :]                             # (B, 1, 1, T) over keys
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)  # (B, T, nh, hs)
+    y = attention(q, k, v, causal, padding_mask)                       # (B, T, nh, hs)
     y = Dense((cfg.d_model,), ('heads', 'kv', 'embed'), self.out_std, in_axes=2,
               use_bias=cfg.bias, dtype=cfg.dtype, name='out')(y)        # (B, T, C)
     return y

@@ -1,0 +1,49 @@
+"""Runs a few train steps in a fresh process and prints one JSON line (used by the sharding tests).
+
+  python tests/steps.py CORPUS STEPS [--config.KEY=VALUE ...]
+
+The JSON holds the losses and, for a few parameters, their sharding, so a test can check
+both that a mesh gives the same numbers and that the parameters really are split.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=wrong-import-position
+
+from ssl_jax import train  # pylint: disable=wrong-import-position
+from conftest import tiny_config  # pylint: disable=wrong-import-position
+
+
+def main(corpus, steps, *overrides):
+  parsed = {}
+  for o in overrides:
+    key, value = o.removeprefix('--config.').split('=', 1)
+    parsed[key] = json.loads(value) if value[:1].isdigit() or value[:1] in '-[{' else value
+  config = tiny_config(corpus, **parsed)
+  s = train.setup(config, tempfile.mkdtemp())
+  state = s.init_fn(jax.random.key(config.seed))
+  losses = []
+  for step in range(int(steps)):
+    state, m = s.train_fn(state, s.put(s.data.train.batch(step)))
+    losses.append(float(m['loss']))
+  kernel = state.params['blocks']['h_0']['mlp']['fc']['kernel']
+  print(json.dumps({
+      'devices': jax.device_count(),
+      'losses': losses,
+      'fc_kernel_spec': str(kernel.sharding.spec),
+      'fc_kernel_shard_shape': list(kernel.sharding.shard_shape(kernel.shape)),
+      'fc_kernel_shape': list(kernel.shape),
+      'adam_mu_fc_shard_shape': list(
+          jax.tree_util.tree_leaves(state.opt_state[1][0].mu['blocks']['h_0']['mlp']['fc']['kernel'])[0]
+          .sharding.shard_shape(kernel.shape)),
+      'wte_shard_shape': list(state.params['wte'].sharding.shard_shape(state.params['wte'].shape)),
+  }))
+
+
+if __name__ == '__main__':
+  main(*sys.argv[1:])

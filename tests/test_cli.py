@@ -1,0 +1,56 @@
+"""One tiny end-to-end run of each command through run.py."""
+
+import os
+
+from conftest import TINY, last_json_line, read_metrics, run_cli
+
+
+def test_train_then_eval_then_generate(tmp_path, corpus):
+  workdir = str(tmp_path / 'run')
+  proc = run_cli('train', '--config.data.path=' + corpus, *TINY, '--config.train.steps=12',
+                 '--config.train.eval_every=6', '--config.train.checkpoint_every=6', '--workdir', workdir)
+  assert '--- sample' in proc.stdout                       # a decoder prints a sample at the end
+  assert 'step/s' in proc.stderr or 'it/s' in proc.stderr  # the progress bar
+  for name in ('metrics.jsonl', 'loss.png', 'config.json', 'tokenizer.json'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['12', '6']
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  records = read_metrics(workdir)
+  assert [r['step'] for r in records] == list(range(1, 13))
+  assert all('train_loss' in r for r in records)
+  evals = [r for r in records if 'eval_loss' in r]
+  assert [r['step'] for r in evals] == [6, 12]
+  assert records[-1]['train_loss'] < records[0]['train_loss']
+
+  result = last_json_line(run_cli('eval', '--workdir', workdir).stdout)
+  assert result['step'] == 12 and abs(result['eval_loss'] - evals[-1]['eval_loss']) < 1e-5
+
+  out = run_cli('generate', '--workdir', workdir, '--prompt', 'KING', '--max_new_tokens', '10',
+                '--temperature', '0').stdout
+  assert out.strip().splitlines()[-1].startswith('KING') or 'KING' in out
+
+
+def test_bench_prints_the_contract_json_line(corpus):
+  proc = run_cli('bench', '--config.data.path=' + corpus, *TINY, '--steps', '3')
+  result = last_json_line(proc.stdout)
+  for key in ('model', 'params', 'devices', 'batch', 'seq_len', 'tokens_per_sec', 'step_ms', 'compile_s',
+              'flops_per_step', 'peak_flops', 'mfu'):
+    assert key in result, key
+  assert result['batch'] == 8 and result['seq_len'] == 32 and result['devices'] == 1
+  assert result['tokens_per_sec'] > 0 and 0 < result['mfu'] < 1
+  assert result['flops_per_step'] > 6 * result['params'] * 8 * 32 * 0.5
+
+
+def test_named_size_experiment_runs_on_the_embedded_corpus(tmp_path):
+  proc = run_cli('bench', '--config', 'experiments/gpt.py:gpt:nano', '--config.train.batch_size=4',
+                 '--config.data.seq_len=32', '--steps', '2', '--workdir', str(tmp_path))
+  result = last_json_line(proc.stdout)
+  assert result['model'] == 'gpt:nano' and result['seq_len'] == 32
+
+
+def test_missing_corpus_is_a_one_line_error(tmp_path):
+  proc = run_cli('train', '--config.data.path=' + str(tmp_path / 'nope.txt'), '--workdir', str(tmp_path / 'w'),
+                 check=False)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: data.path: no file matches')
+  assert 'Traceback' not in proc.stderr

@@ -1,0 +1,74 @@
+"""Model shapes, parameter counts and causal masking."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax.models import gpt
+from ssl_jax.models.layers import TransformerConfig
+
+
+def gpt_config(name, vocab=50257):
+  return TransformerConfig(vocab_size=vocab, **gpt.size(name))
+
+
+def param_count(cfg):
+  shapes = jax.eval_shape(lambda: gpt.GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nn.meta.unbox(shapes)))
+
+
+def test_gpt2_124m_parameter_count():
+  # GPT-2 small with tied embeddings: 124,439,808 (as Hugging Face's GPT2LMHeadModel counts).
+  assert param_count(gpt_config('gpt2:124M')) == 124_439_808
+
+
+@pytest.mark.parametrize('name, billions', [('gpt2:1.5B', 1.558), ('gpt3:175B', 174.6)])
+def test_named_sizes_match_their_papers(name, billions):
+  vocab = 50257 if name.startswith('gpt2') else 50304
+  assert param_count(gpt_config(name, vocab)) / 1e9 == pytest.approx(billions, rel=0.01)
+
+
+def test_unknown_size_names_the_known_ones():
+  with pytest.raises(ValueError, match='gpt2:124M'):
+    gpt.size('gpt2:125M')
+
+
+def tiny_model():
+  cfg = TransformerConfig(num_layers=2, num_heads=2, d_model=32, d_ff=64, vocab_size=50, max_len=16)
+  model = gpt.GPT(cfg)
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 50)
+  params = nn.meta.unbox(model.init(jax.random.key(0), tokens)['params'])
+  return model, params, tokens
+
+
+def test_output_shape_and_tied_head():
+  model, params, tokens = tiny_model()
+  logits = model.apply({'params': params}, tokens)
+  assert logits.shape == (2, 16, 50) and logits.dtype == jnp.float32
+  assert 'lm_head' not in params and params['wte'].shape == (50, 32)   # the output layer is wte
+
+
+def test_changing_a_later_token_never_changes_an_earlier_logit():
+  model, params, tokens = tiny_model()
+  base = model.apply({'params': params}, tokens)
+  for t in (0, 5, 15):
+    changed = tokens.at[:, t].set((tokens[:, t] + 7) % 50)
+    out = model.apply({'params': params}, changed)
+    np.testing.assert_array_equal(np.asarray(out[:, :t]), np.asarray(base[:, :t]))
+    assert not np.allclose(out[:, t:], base[:, t:])   # and the token itself does matter
+
+
+def test_sequence_longer_than_positions_is_an_error():
+  model, params, _ = tiny_model()
+  with pytest.raises(ValueError, match='longer than the model'):
+    model.apply({'params': params}, jnp.zeros((1, 17), jnp.int32))
+
+
+def test_residual_projections_are_scaled_at_init():
+  cfg = TransformerConfig(num_layers=8, num_heads=4, d_model=256, d_ff=1024, vocab_size=64, max_len=8)
+  params = nn.meta.unbox(gpt.GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))['params'])
+  block = params['blocks']['h_0']
+  assert float(jnp.std(block['mlp']['fc']['kernel'])) == pytest.approx(0.02, rel=0.05)
+  assert float(jnp.std(block['mlp']['proj']['kernel'])) == pytest.approx(0.02 / np.sqrt(16), rel=0.05)

@@ -1,0 +1,91 @@
+"""The trainer: exact resume (also after kill -9), sharded equality, gradient accumulation."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, TINY, read_metrics, tiny_config
+
+
+def losses(records):
+  return {r['step']: r['train_loss'] for r in records if 'train_loss' in r}
+
+
+def test_resume_continues_the_same_losses_exactly(tmp_path, corpus):
+  from ssl_jax import train
+  config = tiny_config(corpus, **{'train.steps': 8, 'train.checkpoint_every': 4, 'train.eval_every': 4})
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  reference = read_metrics(workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))    # as if the run died after step 4's save
+  train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 8, 'train.checkpoint_every': 4,
+                                                  'train.eval_every': 4}), workdir)
+  resumed = read_metrics(workdir)
+  assert [r['step'] for r in resumed if 'train_loss' in r] == list(range(1, 9))  # no step twice
+  assert losses(resumed) == losses(reference)                                   # bit for bit
+  assert [r['eval_loss'] for r in resumed if 'eval_loss' in r] == \
+         [r['eval_loss'] for r in reference if 'eval_loss' in r]
+
+
+def test_kill_9_then_rerun_resumes_with_identical_losses(tmp_path, corpus):
+  args = ['train', '--config.data.path=' + corpus, *TINY, '--config.train.steps=60',
+          '--config.train.checkpoint_every=10', '--config.train.eval_every=30', '--config.train.sample_tokens=0']
+  env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+  ref_dir, dir_ = str(tmp_path / 'ref'), str(tmp_path / 'killed')
+  subprocess.run([sys.executable, 'run.py', *args, '--workdir', ref_dir], cwd=ROOT, env=env, check=True,
+                 capture_output=True, timeout=600)
+  proc = subprocess.Popen([sys.executable, 'run.py', *args, '--workdir', dir_], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  killed_at = None
+  while time.time() < deadline and proc.poll() is None:
+    steps = [r['step'] for r in read_metrics(dir_)] if os.path.exists(os.path.join(dir_, 'metrics.jsonl')) else []
+    if steps and steps[-1] >= 27:
+      proc.send_signal(signal.SIGKILL)
+      killed_at = steps[-1]
+      break
+    time.sleep(0.05)
+  proc.wait()
+  assert killed_at is not None, 'the run ended before it could be killed'
+  assert 'checkpoints' in os.listdir(dir_)
+  subprocess.run([sys.executable, 'run.py', *args, '--workdir', dir_], cwd=ROOT, env=env, check=True,
+                 capture_output=True, timeout=600)
+  resumed, reference = read_metrics(dir_), read_metrics(ref_dir)
+  assert [r['step'] for r in resumed if 'train_loss' in r] == list(range(1, 61))
+  assert losses(resumed) == losses(reference)
+
+
+def run_steps(corpus, steps, devices, *overrides):
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'steps.py'), corpus, str(steps), *overrides],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_data_and_fsdp_on_8_devices_match_one_device(corpus):
+  one = run_steps(corpus, 5, 1)
+  sharded = run_steps(corpus, 5, 8, '--config.mesh.data=4', '--config.mesh.fsdp=2')
+  assert one['devices'] == 1 and sharded['devices'] == 8
+  for a, b in zip(one['losses'], sharded['losses']):
+    assert b == pytest.approx(a, rel=1e-5)
+  # FSDP: the embed axis (32) of parameters and Adam moments is split two ways.
+  assert sharded['fc_kernel_shape'] == [32, 64]
+  assert sharded['fc_kernel_shard_shape'] == [16, 64]
+  assert sharded['adam_mu_fc_shard_shape'] == [16, 64]
+  assert sharded['wte_shard_shape'][1] == 16
+  assert one['fc_kernel_shard_shape'] == [32, 64]
+
+
+def test_gradient_accumulation_matches_the_full_batch(corpus):
+  whole = run_steps(corpus, 3, 1)
+  accumulated = run_steps(corpus, 3, 1, '--config.train.grad_accum=4')
+  for a, b in zip(whole['losses'], accumulated['losses']):
+    assert b == pytest.approx(a, rel=1e-5)
