@@ -11,43 +11,59 @@ embedded corpus); `eval` and `generate` use the config saved in the workdir.
 Without --workdir a run writes to runs/<experiment> under the current folder.
 """
 
+import argparse
 import os
 import sys
-
-from absl import app, flags, logging as absl_logging
-from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COMMANDS = ('train', 'eval', 'bench', 'generate')
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(HERE, 'experiments', 'default.py'), 'experiment file[:arg]', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'where checkpoints, metrics and plots go')
-_STEPS = flags.DEFINE_integer('steps', None, 'bench: timed steps (bench.steps)')
-_PROMPT = flags.DEFINE_string('prompt', '\n', 'generate: the prompt')
-_PROMPT_FILE = flags.DEFINE_string('prompt_file', None, 'generate: a file of prompts, one a line')
-_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 200, 'generate: tokens to sample')
-_TEMPERATURE = flags.DEFINE_float('temperature', 0.8, 'generate: 0 = greedy')
-_TOP_K = flags.DEFINE_integer('top_k', 200, 'generate: sample among the k likeliest')
-_DEBUG = flags.DEFINE_bool('debug', False, 'show full tracebacks')
+
+def parse(argv):
+  """(flags, [(key, text), ...]): the named flags, and the --config.KEY=VALUE overrides in order."""
+  parser = argparse.ArgumentParser(prog='run.py', description=__doc__.split('\n')[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog=__doc__.split('\n', 2)[2])
+  parser.add_argument('command', choices=COMMANDS)
+  parser.add_argument('--config', default=None, help='experiments/FILE.py[:ARG]')
+  parser.add_argument('--workdir', default=None, help='where checkpoints, metrics and plots go')
+  parser.add_argument('--steps', type=int, default=None, help='bench: timed steps')
+  parser.add_argument('--prompt', default='\n', help='generate: the prompt')
+  parser.add_argument('--prompt_file', default=None, help='generate: a file of prompts, one a line')
+  parser.add_argument('--max_new_tokens', type=int, default=200, help='generate: tokens to sample')
+  parser.add_argument('--temperature', type=float, default=0.8, help='generate: 0 = greedy')
+  parser.add_argument('--top_k', type=int, default=200, help='generate: sample among the k likeliest')
+  parser.add_argument('--debug', action='store_true', help='show full tracebacks')
+  overrides, rest = [], []
+  args = list(argv)
+  while args:
+    a = args.pop(0)
+    if a.startswith('--config.'):
+      key, eq, value = a[len('--config.'):].partition('=')
+      if not eq:
+        if not args:
+          parser.error(f'{a} needs a value')
+        value = args.pop(0)
+      overrides.append((key, value))
+    else:
+      rest.append(a)
+  return parser.parse_args(rest), overrides
 
 
 def main(argv):
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f'usage: run.py {{{",".join(COMMANDS)}}} [--config FILE[:ARG]] [--workdir DIR]; got {argv[1:]}')
-  command = argv[1]
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  from ssl_jax import cli  # after flag parsing: importing jax is slow
+  flags, overrides = parse(argv)
+  from ssl_jax import cli  # after parsing: importing jax is slow
   try:
-    cli.run(command, _CONFIG.value, config_given=flags.FLAGS['config'].present, workdir=_WORKDIR.value,
-            steps=_STEPS.value, prompt=_PROMPT.value, prompt_file=_PROMPT_FILE.value,
-            max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value)
+    cli.run(flags.command, flags.config or os.path.join(HERE, 'experiments', 'default.py'), overrides,
+            config_given=flags.config is not None, workdir=flags.workdir, steps=flags.steps,
+            prompt=flags.prompt, prompt_file=flags.prompt_file, max_new_tokens=flags.max_new_tokens,
+            temperature=flags.temperature, top_k=flags.top_k)
   except Exception as e:  # pylint: disable=broad-except
-    if _DEBUG.value or not cli.is_user_error(e):
+    if flags.debug or not cli.is_user_error(e):
       raise
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main(sys.argv[1:])

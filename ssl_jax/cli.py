@@ -5,26 +5,29 @@ import os
 
 import ml_collections
 
-from ssl_jax import bench, checkpoint, generate, train
+from ssl_jax import bench, checkpoint, config as config_lib, generate, train
 from ssl_jax.data.text import DataError
 
 
 def is_user_error(e: Exception) -> bool:
   """Errors that a one-line message explains (bad input, config, data, checkpoint)."""
-  return isinstance(e, (DataError, checkpoint.CheckpointError, ValueError, KeyError, FileNotFoundError,
-                        TypeError))
+  return isinstance(e, (DataError, checkpoint.CheckpointError, config_lib.ConfigError, FileNotFoundError))
 
 
 def default_workdir(config) -> str:
   return os.path.join('runs', config.experiment or 'default')
 
 
-def run(command: str, config, *, config_given: bool, workdir, steps=None, prompt='\n', prompt_file=None,
-        max_new_tokens=200, temperature=0.8, top_k=200):
+def run(command: str, config_spec: str, overrides, *, config_given: bool, workdir, steps=None, prompt='\n',
+        prompt_file=None, max_new_tokens=200, temperature=0.8, top_k=200):
   if command in ('eval', 'generate') and not config_given:
     if not workdir:
-      raise ValueError(f'{command} needs --workdir (a trained run) or --config')
+      raise config_lib.ConfigError(f'{command} needs --workdir (a trained run) or --config')
     config = saved_config(workdir)
+  else:
+    config = config_lib.load(config_spec)
+  for key, text in overrides:
+    config_lib.override(config, key, text)
   if not workdir and command != 'bench':
     workdir = default_workdir(config)
     print(f'workdir: {workdir} (set --workdir to choose)', flush=True)
@@ -52,7 +55,7 @@ def run(command: str, config, *, config_given: bool, workdir, steps=None, prompt
 def saved_config(workdir: str):
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: is {workdir} a training workdir?')
+    raise config_lib.ConfigError(f'{path} does not exist: is {workdir} a training workdir?')
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   config.lock()

@@ -3,8 +3,13 @@
 An experiment file (`experiments/*.py`) calls `base_config()`, sets what it needs and
 returns the whole experiment. Every key exists here with a typed default, so an override
 of an unknown key or with a value of the wrong type is refused by ml_collections with the
-key's name (the config is locked before overrides are applied).
+key's name (`override` checks every key against the locked config).
 """
+
+import ast
+import difflib
+import importlib.util
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -75,10 +80,65 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Locks the key set so a typo is an error instead of a silent new key."""
+class ConfigError(ValueError):
+  """A bad experiment spec or override; the message names the key or file."""
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config of `experiments/FILE.py[:ARG]`: FILE's get_config(ARG), locked."""
+  path, _, arg = spec.partition('.py:')
+  path = path if path.endswith('.py') else path + '.py'
+  if not os.path.isfile(path):
+    raise ConfigError(f'--config: no experiment file {path!r}')
+  module_spec = importlib.util.spec_from_file_location(f'experiment_{os.path.basename(path)[:-3]}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'--config: {path} has no get_config(arg)')
+  config = module.get_config(arg or None)
   config.lock()
   return config
 
 
-__all__ = ['base_config', 'lock', 'config_dict']
+def parse_value(text: str, current):
+  """`text` read as the type of the value it replaces (bool, int, float, str, tuple, list)."""
+  if isinstance(current, bool):
+    if text.lower() in ('true', '1', 'yes'):
+      return True
+    if text.lower() in ('false', '0', 'no'):
+      return False
+    raise ValueError(f'expected true or false, got {text!r}')
+  if isinstance(current, int):
+    return int(text)
+  if isinstance(current, float):
+    return float(text)
+  if isinstance(current, (tuple, list)):
+    value = ast.literal_eval(text)
+    if not isinstance(value, (tuple, list)):
+      raise ValueError(f'expected a sequence, got {text!r}')
+    return type(current)(value)
+  return text
+
+
+def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """Sets config.KEY from its text, refusing unknown keys and values of the wrong type."""
+  node = config
+  *parents, leaf = key.split('.')
+  for i, part in enumerate(parents + [leaf]):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      where = '.'.join((parents + [leaf])[:i]) or 'the config'
+      choices = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, choices, n=1)
+      hint = f'; did you mean {".".join((parents + [leaf])[:i] + close)!r}?' if close else ''
+      raise ConfigError(f'unknown config key {key!r}: {where} has no {part!r}{hint}')
+    if i < len(parents):
+      node = node[part]
+  try:
+    value = parse_value(text, node[leaf])
+  except (ValueError, SyntaxError) as e:
+    raise ConfigError(f'--config.{key}={text}: {e}') from None
+  with config.unlocked():
+    node[leaf] = value
+
+
+__all__ = ['base_config', 'load', 'override', 'ConfigError', 'config_dict']

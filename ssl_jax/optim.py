@@ -2,6 +2,7 @@
 
 import jax
 import optax
+from ssl_jax.config import ConfigError
 
 
 def schedule(train) -> optax.Schedule:
@@ -15,7 +16,7 @@ def schedule(train) -> optax.Schedule:
   elif train.schedule == 'linear':
     after = optax.linear_schedule(train.lr, train.min_lr, max(decay_steps - warmup, 1))
   else:
-    raise ValueError(f'train.schedule={train.schedule!r}: expected cosine, linear or constant')
+    raise ConfigError(f'train.schedule={train.schedule!r}: expected cosine, linear or constant')
   if not warmup:
     return after
   # nanoGPT's warm-up: lr * (step + 1) / warmup, so the first update is not wasted at lr 0.

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ssl_jax.config import ConfigError
 
 AXES = ('data', 'fsdp', 'tensor')
 
@@ -61,14 +62,14 @@ def mesh_shape(mesh_config, num_devices: int):
   """(data, fsdp, tensor) from the config; one axis set to -1 takes what the others leave."""
   shape = [int(mesh_config.data), int(mesh_config.fsdp), int(mesh_config.tensor)]
   if shape.count(-1) > 1:
-    raise ValueError('mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1')
+    raise ConfigError('mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1')
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if known <= 0 or num_devices % known:
-      raise ValueError(f'mesh: {shape} does not divide the {num_devices} devices')
+      raise ConfigError(f'mesh: {shape} does not divide the {num_devices} devices')
     shape[shape.index(-1)] = num_devices // known
   if int(np.prod(shape)) != num_devices:
-    raise ValueError(f'mesh: data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} = '
+    raise ConfigError(f'mesh: data={shape[0]} x fsdp={shape[1]} x tensor={shape[2]} = '
                      f'{int(np.prod(shape))} devices, but there are {num_devices}')
   return tuple(shape)
 
@@ -104,5 +105,5 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
 def check_batch(global_batch_size: int, mesh: Mesh, grad_accum: int = 1) -> None:
   ways = mesh.shape['data'] * mesh.shape['fsdp']
   if global_batch_size % (ways * grad_accum):
-    raise ValueError(f'train.batch_size={global_batch_size} is not divisible by the '
+    raise ConfigError(f'train.batch_size={global_batch_size} is not divisible by the '
                      f'{ways}-way data axis (mesh.data x mesh.fsdp) x train.grad_accum={grad_accum}')

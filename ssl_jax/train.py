@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax import checkpoint, metrics as metrics_lib, models, optim, parallel, tasks
+from ssl_jax import checkpoint, config as config_lib, metrics as metrics_lib, models, optim, parallel, tasks
 from ssl_jax.data import tokenizer as tokenizers
 
 
@@ -58,7 +58,7 @@ def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_
     grads, step_metrics = jax.tree_util.tree_map(lambda x: x / grad_accum, (grads, step_metrics))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  step_metrics = {**step_metrics, 'grad_norm': optax.global_norm(grads)}
+  step_metrics = {**step_metrics, 'grad_norm': optax.tree.norm(grads)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
 
@@ -109,13 +109,13 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
     if config.model.vocab_size <= 0:
       config.model.vocab_size = data.tokenizer.vocab_size
   if config.model.vocab_size < data.tokenizer.vocab_size:
-    raise ValueError(f'model.vocab_size={config.model.vocab_size} is smaller than the tokenizer\'s '
+    raise config_lib.ConfigError(f'model.vocab_size={config.model.vocab_size} is smaller than the tokenizer\'s '
                      f'{data.tokenizer.vocab_size} tokens')
 
   # Model and optimizer.
   model, model_cfg = models.build(config)
   if config.data.seq_len > model_cfg.max_len:
-    raise ValueError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
+    raise config_lib.ConfigError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
                      f'{model_cfg.max_len} positions (model.max_len)')
   tx = optim.make(config.train)
 

@@ -22,8 +22,8 @@ def test_char_tokenizer_round_trip_and_unknown_character():
 def test_sentencepiece_trains_saves_and_reloads(tmp_path, corpus):
   with open(corpus) as f:
     texts = [f.read()]
-  tok = tokenizers.build('sentencepiece', lambda: texts, 300, special=['[PAD]', '[MASK]'])
-  assert tok.vocab_size == 300
+  tok = tokenizers.build('sentencepiece', lambda: texts, 600, special=['[PAD]', '[MASK]'])
+  assert tok.vocab_size == 600
   assert tok.piece_id('[PAD]') == 1 and tok.piece_id('[MASK]') == 2   # after <unk>, in order
   sample = texts[0][:500]
   assert tok.decode(tok.encode(sample)) == sample

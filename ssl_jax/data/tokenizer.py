@@ -12,6 +12,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+from ssl_jax.config import ConfigError
+from ssl_jax.data.text import DataError
 
 TOKENIZER_FILE = 'tokenizer.json'
 SPM_FILE = 'tokenizer.model'
@@ -40,7 +42,7 @@ class CharTokenizer:
     bad = self._codes[ids] != codes
     if bad.any():
       c = chr(codes[np.argmax(bad)])
-      raise ValueError(f'character {c!r} is not in the tokenizer\'s {self.vocab_size}-character alphabet')
+      raise DataError(f'character {c!r} is not in the tokenizer\'s {self.vocab_size}-character alphabet')
     return ids.astype(np.int32)
 
   def decode(self, ids) -> str:
@@ -68,6 +70,7 @@ class SentencePieceTokenizer:
     spm.SentencePieceTrainer.train(
         sentence_iterator=lines, model_writer=out, vocab_size=vocab_size, model_type=model_type,
         character_coverage=1.0, byte_fallback=True, input_sentence_size=max_sentences,
+        normalization_rule_name='identity',  # keep text as it is: newlines and all round-trip
         shuffle_input_sentence=True, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
         control_symbols=list(special), split_digits=True, remove_extra_whitespaces=False,
         train_extremely_large_corpus=False, minloglevel=2)
@@ -121,13 +124,13 @@ def build(spec: str, texts_fn, vocab_size: int, special: Sequence[str] = ()):
     return CharTokenizer.from_text(texts_fn())
   if spec in ('sentencepiece', 'spm', 'unigram', 'bpe'):
     if vocab_size <= 0:
-      raise ValueError('data.tokenizer=sentencepiece needs model.vocab_size > 0 (e.g. 8000)')
+      raise ConfigError('data.tokenizer=sentencepiece needs model.vocab_size > 0 (e.g. 8000)')
     model_type = 'bpe' if spec == 'bpe' else 'unigram'
     return SentencePieceTokenizer.train(texts_fn(), vocab_size, model_type, special)
   if os.path.isfile(spec):
     with open(spec, 'rb') as f:
       return SentencePieceTokenizer(f.read())
-  raise ValueError(f'data.tokenizer={spec!r}: expected char, sentencepiece, bpe or a sentencepiece .model file')
+  raise ConfigError(f'data.tokenizer={spec!r}: expected char, sentencepiece, bpe or a sentencepiece .model file')
 
 
 def _atomic_write(path: str, data: bytes) -> None:

@@ -2,6 +2,7 @@
 
 from ssl_jax.models import gpt
 from ssl_jax.models.layers import TransformerConfig
+from ssl_jax.config import ConfigError
 
 # family -> (module class, overrides of TransformerConfig that define the family)
 FAMILIES = {
@@ -13,11 +14,11 @@ def transformer_config(config) -> TransformerConfig:
   """The TransformerConfig a run's config describes (vocab_size and max_len resolved)."""
   m = config.model
   if m.family not in FAMILIES:
-    raise ValueError(f'unknown model.family {m.family!r}; known: {", ".join(FAMILIES)}')
+    raise ConfigError(f'unknown model.family {m.family!r}; known: {", ".join(FAMILIES)}')
   if m.d_model % m.num_heads:
-    raise ValueError(f'model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}')
+    raise ConfigError(f'model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}')
   if m.vocab_size <= 0:
-    raise ValueError('model.vocab_size is unset: it comes from the tokenizer')
+    raise ConfigError('model.vocab_size is unset: it comes from the tokenizer')
   _, family = FAMILIES[m.family]
   return TransformerConfig(
       num_layers=m.num_layers, num_heads=m.num_heads, d_model=m.d_model, d_ff=m.d_ff,
