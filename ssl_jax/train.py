@@ -12,7 +12,6 @@ randomness is `fold_in(key(seed), step)`; the objective comes from the task modu
 import dataclasses
 import functools
 import json
-import logging
 import os
 import signal
 import time
@@ -199,7 +198,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   s = setup(config, workdir)
   tc = config.train
-  log = logging.getLogger('ssl_jax')
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
@@ -215,6 +213,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   last = {}
   pending = None
   clock = [time.perf_counter(), start]   # time and step of the last throughput reading
+  lr_at = optim.schedule(tc)
 
   def flush(extra=None):
     nonlocal pending, last
@@ -226,7 +225,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if step > clock[1]:
       record[f'{s.data.unit}_per_sec'] = (step - clock[1]) * units_per_step / (now - clock[0])
       clock[:] = [now, step]
-    record['lr'] = float(optim.schedule(tc)(step - 1))
+    record['lr'] = float(lr_at(step - 1))
     record.update(extra or {})
     logger.write(step, record)
     logger.progress(step, record)
