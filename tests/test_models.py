@@ -72,3 +72,38 @@ def test_residual_projections_are_scaled_at_init():
   block = params['blocks']['h_0']
   assert float(jnp.std(block['mlp']['fc']['kernel'])) == pytest.approx(0.02, rel=0.05)
   assert float(jnp.std(block['mlp']['proj']['kernel'])) == pytest.approx(0.02 / np.sqrt(16), rel=0.05)
+
+
+# --- BERT -------------------------------------------------------------------------------
+
+from ssl_jax.models import bert  # pylint: disable=wrong-import-position
+
+
+def bert_model(name='bert:tiny', vocab=30522, **overrides):
+  fields = {**bert.size(name), **overrides}
+  return bert.BERT(TransformerConfig(vocab_size=vocab, pre_norm=False, ln_eps=1e-12, activation='gelu', **fields))
+
+
+def test_bert_base_parameter_count_matches_bert_for_pretraining():
+  # Hugging Face's BertForPreTraining (bert-base-uncased shape): 110,106,428 parameters.
+  model = bert_model('bert:base')
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
+  assert sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nn.meta.unbox(shapes))) == 110_106_428
+
+
+def test_bert_padding_is_invisible_and_mlm_head_reads_only_masked_positions():
+  model = bert_model('bert:tiny', vocab=100, max_len=16)
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 100)
+  padding = jnp.arange(16)[None, :] < jnp.array([[10], [16]])          # first row: 10 real tokens
+  segments = (jnp.arange(16)[None, :] >= 5).astype(jnp.int32).repeat(2, 0)
+  params = nn.meta.unbox(model.init(jax.random.key(0), tokens, segments, padding)['params'])
+  out = model.apply({'params': params}, tokens, segments, padding)
+  assert out['mlm_logits'].shape == (2, 16, 100) and out['nsp_logits'].shape == (2, 2)
+  changed = tokens.at[0, 12].set((tokens[0, 12] + 1) % 100)          # a padded position
+  out2 = model.apply({'params': params}, changed, segments, padding)
+  np.testing.assert_allclose(out2['hidden'][0, :10], out['hidden'][0, :10], atol=1e-6)
+  positions = jnp.array([[1, 3, 7], [0, 2, 15]])
+  gathered = model.apply({'params': params}, tokens, segments, padding, masked_positions=positions)
+  assert gathered['mlm_logits'].shape == (2, 3, 100)
+  np.testing.assert_allclose(gathered['mlm_logits'],
+                             jnp.take_along_axis(out['mlm_logits'], positions[..., None], axis=1), atol=1e-5)

@@ -1,12 +1,13 @@
 """Model registry: one entry per family, built from the `model` block of a config."""
 
-from ssl_jax.models import gpt
+from ssl_jax.models import bert, gpt
 from ssl_jax.models.layers import TransformerConfig
 from ssl_jax.config import ConfigError
 
 # family -> (module class, overrides of TransformerConfig that define the family)
 FAMILIES = {
     'gpt': (gpt.GPT, dict(pre_norm=True, ln_eps=1e-5)),
+    'bert': (bert.BERT, dict(pre_norm=False, ln_eps=1e-12)),
 }
 
 

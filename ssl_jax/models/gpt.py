@@ -64,6 +64,3 @@ class GPT(nn.Module):
     logits = nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
     return logits.astype(jnp.float32)
 
-
-def count_params(params) -> int:
-  return sum(x.size for x in jax.tree_util.tree_leaves(params))

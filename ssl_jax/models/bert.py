@@ -1,0 +1,73 @@
+"""BERT encoder (Devlin et al. 2019): token + position + segment embeddings, post-LN blocks,
+a tanh pooler on [CLS], the masked-LM head (computed only at the masked positions, its
+output layer tied to the word embeddings) and the next-sentence head on the pooled vector.
+
+Sizes from the paper and google-research/bert's smaller models (Turc et al. 2019).
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ssl_jax.models.layers import Dense, LayerNorm, Stack, TransformerConfig, activation_fn, param_init
+
+# name: (layers, heads, d_model). d_ff is 4 * d_model, 512 positions, 2 segments.
+SIZES = {
+    'bert:tiny': (2, 2, 128),
+    'bert:mini': (4, 4, 256),
+    'bert:small': (4, 8, 512),
+    'bert:medium': (8, 8, 512),
+    'bert:base': (12, 12, 768),
+    'bert:large': (24, 16, 1024),
+}
+TYPE_VOCAB_SIZE = 2
+
+
+def size(name: str) -> dict:
+  if name not in SIZES:
+    raise ValueError(f'unknown BERT size {name!r}; known: {", ".join(SIZES)}')
+  layers, heads, d_model = SIZES[name]
+  return dict(num_layers=layers, num_heads=heads, d_model=d_model, d_ff=4 * d_model, max_len=512)
+
+
+class BERT(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, padding_mask=None, masked_positions=None,
+               deterministic: bool = True, return_hidden: bool = False):
+    """tokens, segment_ids, padding_mask: (B, T); masked_positions: (B, P) indices into T.
+
+    Returns a dict: `hidden` (B, T, C), `pooled` (B, C), `nsp_logits` (B, 2) and
+    `mlm_logits` (B, P, V) at the masked positions (at every position if none are given);
+    with return_hidden, only `hidden` and `pooled` (the body a fine-tuning head sits on).
+    """
+    cfg = self.cfg
+    _, t = tokens.shape
+    if t > cfg.max_len:
+      raise ValueError(f'sequence of {t} tokens is longer than the model\'s {cfg.max_len} positions')
+    if segment_ids is None:
+      segment_ids = jnp.zeros_like(tokens)
+    dtype = cfg.compute_dtype
+    word = self.param('word_embeddings', param_init(cfg.init_std, ('vocab', 'embed')), (cfg.vocab_size, cfg.d_model))
+    position = self.param('position_embeddings', param_init(cfg.init_std, (None, 'embed')), (cfg.max_len, cfg.d_model))
+    segment = self.param('token_type_embeddings', param_init(cfg.init_std, (None, 'embed')),
+                         (TYPE_VOCAB_SIZE, cfg.d_model))
+    x = (jnp.asarray(word, dtype)[tokens] + jnp.asarray(position[:t], dtype)
+         + jnp.asarray(segment, dtype)[segment_ids])                               # (B, T, C)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = LayerNorm(cfg, name='embeddings_ln')(x)
+    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    x = Stack(cfg, causal=False, name='blocks')(x, padding_mask, deterministic)     # (B, T, C)
+    pooled = jnp.tanh(Dense((cfg.d_model,), ('embed', 'mlp'), cfg.init_std, dtype=cfg.dtype,
+                            name='pooler')(x[:, 0]))                                # (B, C) from [CLS]
+    if return_hidden:
+      return {'hidden': x, 'pooled': pooled}
+    nsp_logits = Dense((2,), ('mlp', None), cfg.init_std, dtype=cfg.dtype, name='nsp')(pooled)  # (B, 2)
+    h = x if masked_positions is None else jnp.take_along_axis(x, masked_positions[..., None], axis=1)  # (B, P, C)
+    h = Dense((cfg.d_model,), ('embed', 'mlp'), cfg.init_std, dtype=cfg.dtype, name='mlm_transform')(h)
+    h = LayerNorm(cfg, name='mlm_ln')(activation_fn(cfg.activation)(h))
+    bias = self.param('mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
+                      (cfg.vocab_size,))
+    mlm_logits = jnp.einsum('bpc,vc->bpv', h, jnp.asarray(word, dtype)) + bias    # (B, P, V), tied
+    return {'hidden': x, 'pooled': pooled, 'nsp_logits': nsp_logits.astype(jnp.float32),
+            'mlm_logits': mlm_logits.astype(jnp.float32)}
