@@ -89,3 +89,37 @@ def test_gradient_accumulation_matches_the_full_batch(corpus):
   accumulated = run_steps(corpus, 3, 1, '--config.train.grad_accum=4')
   for a, b in zip(whole['losses'], accumulated['losses']):
     assert b == pytest.approx(a, rel=1e-5)
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, corpus):
+  workdir = str(tmp_path / 'run')
+  args = ['train', '--config.data.path=' + corpus, *TINY, '--config.train.steps=100000',
+          '--config.train.checkpoint_every=100000', '--config.train.eval_every=100000', '--workdir', workdir]
+  proc = subprocess.Popen([sys.executable, 'run.py', *args], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    if os.path.exists(os.path.join(workdir, 'metrics.jsonl')) and len(read_metrics(workdir)) >= 5:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'SIGTERM' in err
+  saved = [int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))]
+  assert len(saved) == 1 and saved[0] >= 5
+  assert saved[0] >= read_metrics(workdir)[-1]['step']   # nothing logged was lost
+
+
+def test_sentencepiece_run_trains_and_resumes_with_the_saved_model(tmp_path, corpus):
+  from ssl_jax import train
+  from ssl_jax.data import tokenizer as tokenizers
+  overrides = {'data.tokenizer': 'sentencepiece', 'model.vocab_size': 600, 'train.steps': 4,
+               'train.checkpoint_every': 2, 'train.eval_every': 2}
+  workdir = str(tmp_path / 'spm')
+  train.train_and_evaluate(tiny_config(corpus, **overrides), workdir)
+  assert os.path.exists(os.path.join(workdir, 'tokenizer.model'))
+  first = tokenizers.fingerprint(tokenizers.load(workdir))
+  train.train_and_evaluate(tiny_config(corpus, **{**overrides, 'train.steps': 6}), workdir)
+  assert tokenizers.fingerprint(tokenizers.load(workdir)) == first
+  assert [r['step'] for r in read_metrics(workdir)] == list(range(1, 7))

@@ -6,7 +6,6 @@ Parameter names follow GPT-2's layout (wte, wpe, h_i, ln_f) so its weights map a
 """
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ssl_jax.models.layers import LayerNorm, Stack, TransformerConfig, param_init
