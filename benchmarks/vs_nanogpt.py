@@ -2,7 +2,7 @@
 
 Run from the repository root, with a nanoGPT checkout somewhere outside it:
 
-    python benchmarks/vs_nanogpt.py --nanogpt /tmp/peers/nanoGPT --shape baby --rounds 3 --steps 20
+    python benchmarks/vs_nanogpt.py --nanogpt ../nanoGPT --shape baby --rounds 3 --steps 20
 
 Each round runs, one after the other and each in its own subprocess (never both at once):
   ours:    python run.py bench --config experiments/gpt_shakespeare_char.py --config.model.num_layers=... --steps N
