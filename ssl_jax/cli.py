@@ -37,8 +37,7 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
     train.eval_command(config, workdir)
   elif command == 'bench':
     if steps:
-      with config.unlocked():
-        config.bench.steps = steps
+      config.bench.steps = steps
     bench.main(config, workdir or '')
   elif command == 'generate':
     s, state, step = train.restore_for_inference(config, workdir)

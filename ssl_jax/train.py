@@ -108,14 +108,14 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
     if config.model.vocab_size <= 0:
       config.model.vocab_size = data.tokenizer.vocab_size
   if config.model.vocab_size < data.tokenizer.vocab_size:
-    raise config_lib.ConfigError(f'model.vocab_size={config.model.vocab_size} is smaller than the tokenizer\'s '
-                     f'{data.tokenizer.vocab_size} tokens')
+    raise config_lib.ConfigError(f'model.vocab_size={config.model.vocab_size} is smaller than the '
+                                 f'tokenizer\'s {data.tokenizer.vocab_size} tokens')
 
   # Model and optimizer.
   model, model_cfg = models.build(config)
   if config.data.seq_len > model_cfg.max_len:
     raise config_lib.ConfigError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
-                     f'{model_cfg.max_len} positions (model.max_len)')
+                                 f'{model_cfg.max_len} positions (model.max_len)')
   tx = optim.make(config.train)
 
   # State shapes and shardings, from the logical names the model's parameters carry.

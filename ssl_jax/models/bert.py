@@ -8,7 +8,9 @@ Sizes from the paper and google-research/bert's smaller models (Turc et al. 2019
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssl_jax.models.layers import Dense, LayerNorm, Stack, TransformerConfig, activation_fn, param_init
+from ssl_jax.config import ConfigError
+from ssl_jax.models.layers import (Dense, LayerNorm, Stack, TransformerConfig, activation_fn, check_length,
+                                   param_init)
 
 # name: (layers, heads, d_model). d_ff is 4 * d_model, 512 positions, 2 segments.
 SIZES = {
@@ -24,7 +26,7 @@ TYPE_VOCAB_SIZE = 2
 
 def size(name: str) -> dict:
   if name not in SIZES:
-    raise ValueError(f'unknown BERT size {name!r}; known: {", ".join(SIZES)}')
+    raise ConfigError(f'unknown BERT size {name!r}; known: {", ".join(SIZES)}')
   layers, heads, d_model = SIZES[name]
   return dict(num_layers=layers, num_heads=heads, d_model=d_model, d_ff=4 * d_model, max_len=512)
 
@@ -43,8 +45,7 @@ class BERT(nn.Module):
     """
     cfg = self.cfg
     _, t = tokens.shape
-    if t > cfg.max_len:
-      raise ValueError(f'sequence of {t} tokens is longer than the model\'s {cfg.max_len} positions')
+    check_length(t, cfg)
     if segment_ids is None:
       segment_ids = jnp.zeros_like(tokens)
     dtype = cfg.compute_dtype

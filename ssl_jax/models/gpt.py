@@ -8,7 +8,8 @@ Parameter names follow GPT-2's layout (wte, wpe, h_i, ln_f) so its weights map a
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssl_jax.models.layers import LayerNorm, Stack, TransformerConfig, param_init
+from ssl_jax.config import ConfigError
+from ssl_jax.models.layers import LayerNorm, Stack, TransformerConfig, check_length, param_init
 
 # name: (layers, heads, d_model, context). d_ff is 4 * d_model for all of them.
 SIZES = {
@@ -34,7 +35,7 @@ SIZES = {
 def size(name: str) -> dict:
   """Decodes a named size into model config fields; unknown names fail with the list."""
   if name not in SIZES:
-    raise ValueError(f'unknown GPT size {name!r}; known: {", ".join(SIZES)}')
+    raise ConfigError(f'unknown GPT size {name!r}; known: {", ".join(SIZES)}')
   layers, heads, d_model, context = SIZES[name]
   return dict(num_layers=layers, num_heads=heads, d_model=d_model, d_ff=4 * d_model,
               max_len=context)
@@ -48,8 +49,7 @@ class GPT(nn.Module):
     """tokens (B, T) int -> logits (B, T, vocab) in float32 (or the final hidden states)."""
     cfg = self.cfg
     _, t = tokens.shape
-    if t > cfg.max_len:
-      raise ValueError(f'sequence of {t} tokens is longer than the model\'s {cfg.max_len} positions')
+    check_length(t, cfg)
     wte = self.param('wte', param_init(cfg.init_std, ('vocab', 'embed')), (cfg.vocab_size, cfg.d_model))
     wpe = self.param('wpe', param_init(cfg.init_std, (None, 'embed')), (cfg.max_len, cfg.d_model))
     x = jnp.asarray(wte, cfg.compute_dtype)[tokens] + jnp.asarray(wpe[:t], cfg.compute_dtype)  # (B, T, C)

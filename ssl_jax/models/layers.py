@@ -41,6 +41,12 @@ class TransformerConfig:
     return jnp.dtype(self.dtype)
 
 
+def check_length(length: int, cfg: TransformerConfig) -> None:
+  """Learned positions end at max_len: a longer sequence is an error, not a silent clip."""
+  if length > cfg.max_len:
+    raise ValueError(f'sequence of {length} tokens is longer than the model\'s {cfg.max_len} positions')
+
+
 def param_init(std: float, names):
   return nn.with_logical_partitioning(nn.initializers.normal(std), names)
 
