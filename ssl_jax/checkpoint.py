@@ -19,12 +19,14 @@ class CheckpointError(RuntimeError):
 
 class Checkpointer:
 
-  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
+  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True, create: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    if not create and not os.path.isdir(self.directory):
+      raise CheckpointError(f'{self.directory} does not exist')
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
+            max_to_keep=keep, create=create, enable_async_checkpointing=async_save))
 
   def steps(self):
     return sorted(self.manager.all_steps())

@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tokenizer = 'char'     # char | sentencepiece | path to a sentencepiece .model
   c.data.max_predictions = 20   # masked LM: most masked positions per sequence
   c.data.short_seq_prob = 0.1   # masked LM: chance of a shorter target length
+  c.data.whole_word_masking = False
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16       # global batch, over all hosts and devices

@@ -46,6 +46,22 @@ def decoder_train_flops(config, batch: int, seq_len: int):
   return float(dense + causal), float(dense + attention_full)
 
 
+def encoder_train_flops(config, batch: int, seq_len: int, predictions: int):
+  """(model FLOPs with the MLM head at the masked positions only, Megatron-convention FLOPs).
+
+  The Megatron convention projects every position onto the vocabulary, as most published
+  BERT MFU figures (and Hugging Face's BertForPreTraining) do.
+  """
+  m = config.model
+  tokens = batch * seq_len
+  body = 6 * m.num_layers * (4 * m.d_model * m.d_model + 2 * m.d_model * m.d_ff) * tokens
+  attention = 3 * m.num_layers * 4 * seq_len * m.d_model * tokens
+  head_per_position = 6 * (m.d_model * m.d_model + m.d_model * m.vocab_size)
+  pooler_nsp = 6 * (m.d_model * m.d_model + 2 * m.d_model) * batch
+  common = body + attention + pooler_nsp
+  return float(common + head_per_position * batch * predictions), float(common + head_per_position * tokens)
+
+
 def measured_cpu_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:
   """FLOP/s of a large matmul in this process: the CPU's practical peak for this dtype."""
   a = jnp.ones((n, n), dtype)

@@ -31,6 +31,7 @@ class MetricLogger:
     self.unit = unit
     self._tb = None
     self._bar = None
+    self._held_out = {}
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -57,10 +58,13 @@ class MetricLogger:
     if self._bar is None:
       return
     self._bar.n = step
+    for k, v in metrics.items():   # held-out figures stay on the bar until the next eval
+      if k in ('eval_loss', 'mlm_accuracy', 'nsp_accuracy', 'accuracy'):
+        self._held_out[k.replace('_accuracy', '_acc')] = f'{v:.4f}'
     shown = {}
-    for k in ('train_loss', 'eval_loss'):
-      if k in metrics:
-        shown[k.replace('train_', '')] = f'{metrics[k]:.4f}'
+    if 'train_loss' in metrics:
+      shown['loss'] = f'{metrics["train_loss"]:.4f}'
+    shown.update(self._held_out)
     rate = metrics.get(f'{self.unit}_per_sec')
     if rate:
       shown[f'{self.unit}/s'] = f'{rate:,.0f}'

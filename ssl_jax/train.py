@@ -122,7 +122,7 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
   example = jax.tree_util.tree_map(lambda x: jnp.zeros((1,) + x.shape[1:], x.dtype), data.train.batch(0))
 
   def init_boxed(rng):
-    params = model.init({'params': rng, 'dropout': rng}, example['inputs'])['params']
+    params = model.init({'params': rng, 'dropout': rng}, **task.model_inputs(example))['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   boxed = jax.eval_shape(init_boxed, jax.random.key(config.seed))
@@ -161,12 +161,24 @@ def compile_steps_ahead(s: Setup) -> None:
 
 
 def init_or_restore(s: Setup, ckpt: checkpoint.Checkpointer):
-  """(state, start step): the newest valid checkpoint in the workdir, else a fresh init."""
+  """(state, start step): the newest valid checkpoint in the workdir, else a fresh state.
+
+  A fresh state takes its parameters from `init_from` (another run's workdir) when set:
+  e.g. BERT's phase 2 at length 512 starting from phase 1. The optimizer starts anew.
+  """
   restored = ckpt.restore(s.abstract_state, expect_meta=s.meta())
-  if restored is None:
-    return s.init_fn(jax.random.key(s.config.seed)), 0
-  state, _, step = restored
-  return state, step
+  if restored is not None:
+    state, _, step = restored
+    return state, step
+  state = s.init_fn(jax.random.key(s.config.seed))
+  if s.config.init_from:
+    source = checkpoint.Checkpointer(s.config.init_from, create=False)
+    found = source.restore(s.abstract_state, expect_meta=s.meta())
+    source.close()
+    if found is None:
+      raise checkpoint.CheckpointError(f'init_from={s.config.init_from}: no checkpoint to start from')
+    state = state.replace(params=found[0].params)
+  return state, 0
 
 
 def evaluate(s: Setup, params) -> dict:

@@ -41,11 +41,15 @@ def corpus(tmp_path_factory):
   return str(path)
 
 
-def tiny_config(corpus_path, **overrides):
-  """The default experiment shrunk to seconds, as a locked ConfigDict."""
-  from experiments import default  # pylint: disable=import-outside-toplevel
-  c = default.get_config()
+def tiny_config(corpus_path, experiment='default.py', **overrides):
+  """An experiment (default: the GPT default) shrunk to seconds, as a locked ConfigDict."""
+  from ssl_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  c = config_lib.load(os.path.join(ROOT, 'experiments', experiment))
+  c.unlock()
   c.model.num_layers, c.model.num_heads, c.model.d_model, c.model.d_ff = 2, 2, 32, 64
+  if c.task == 'mlm_nsp':
+    c.model.vocab_size, c.model.max_len, c.data.max_predictions = 600, 64, 5
+    c.model.dropout = 0.0
   c.data.path = corpus_path
   c.data.seq_len = 32
   c.train.batch_size = 8

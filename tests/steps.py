@@ -1,6 +1,6 @@
 """Runs a few train steps in a fresh process and prints one JSON line (used by the sharding tests).
 
-  python tests/steps.py CORPUS STEPS [--config.KEY=VALUE ...]
+  python tests/steps.py CORPUS STEPS [--experiment=FILE.py[:ARG]] [--config.KEY=VALUE ...]
 
 The JSON holds the losses and, for a few parameters, their sharding, so a test can check
 both that a mesh gives the same numbers and that the parameters really are split.
@@ -21,10 +21,14 @@ from conftest import tiny_config  # pylint: disable=wrong-import-position
 
 def main(corpus, steps, *overrides):
   parsed = {}
+  experiment = 'default.py'
   for o in overrides:
+    if o.startswith('--experiment='):
+      experiment = o.split('=', 1)[1]
+      continue
     key, value = o.removeprefix('--config.').split('=', 1)
     parsed[key] = json.loads(value) if value[:1].isdigit() or value[:1] in '-[{' else value
-  config = tiny_config(corpus, **parsed)
+  config = tiny_config(corpus, experiment, **parsed)
   s = train.setup(config, tempfile.mkdtemp())
   state = s.init_fn(jax.random.key(config.seed))
   losses = []
@@ -32,6 +36,7 @@ def main(corpus, steps, *overrides):
     state, m = s.train_fn(state, s.put(s.data.train.batch(step)))
     losses.append(float(m['loss']))
   kernel = state.params['blocks']['h_0']['mlp']['fc']['kernel']
+  embedding = state.params['wte' if 'wte' in state.params else 'word_embeddings']
   print(json.dumps({
       'devices': jax.device_count(),
       'losses': losses,
@@ -41,7 +46,7 @@ def main(corpus, steps, *overrides):
       'adam_mu_fc_shard_shape': list(
           jax.tree_util.tree_leaves(state.opt_state[1][0].mu['blocks']['h_0']['mlp']['fc']['kernel'])[0]
           .sharding.shard_shape(kernel.shape)),
-      'wte_shard_shape': list(state.params['wte'].sharding.shard_shape(state.params['wte'].shape)),
+      'wte_shard_shape': list(embedding.sharding.shard_shape(embedding.shape)),
   }))
 
 

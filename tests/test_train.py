@@ -17,16 +17,16 @@ def losses(records):
   return {r['step']: r['train_loss'] for r in records if 'train_loss' in r}
 
 
-def test_resume_continues_the_same_losses_exactly(tmp_path, corpus):
+@pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny'])
+def test_resume_continues_the_same_losses_exactly(tmp_path, corpus, experiment):
   from ssl_jax import train
-  config = tiny_config(corpus, **{'train.steps': 8, 'train.checkpoint_every': 4, 'train.eval_every': 4})
+  settings = {'train.steps': 8, 'train.checkpoint_every': 4, 'train.eval_every': 4}
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(tiny_config(corpus, experiment, **settings), workdir)
   reference = read_metrics(workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))    # as if the run died after step 4's save
-  train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 8, 'train.checkpoint_every': 4,
-                                                  'train.eval_every': 4}), workdir)
+  train.train_and_evaluate(tiny_config(corpus, experiment, **settings), workdir)
   resumed = read_metrics(workdir)
   assert [r['step'] for r in resumed if 'train_loss' in r] == list(range(1, 9))  # no step twice
   assert losses(resumed) == losses(reference)                                   # bit for bit
@@ -70,9 +70,10 @@ def run_steps(corpus, steps, devices, *overrides):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_data_and_fsdp_on_8_devices_match_one_device(corpus):
-  one = run_steps(corpus, 5, 1)
-  sharded = run_steps(corpus, 5, 8, '--config.mesh.data=4', '--config.mesh.fsdp=2')
+@pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny'])
+def test_data_and_fsdp_on_8_devices_match_one_device(corpus, experiment):
+  one = run_steps(corpus, 5, 1, f'--experiment={experiment}')
+  sharded = run_steps(corpus, 5, 8, f'--experiment={experiment}', '--config.mesh.data=4', '--config.mesh.fsdp=2')
   assert one['devices'] == 1 and sharded['devices'] == 8
   for a, b in zip(one['losses'], sharded['losses']):
     assert b == pytest.approx(a, rel=1e-5)

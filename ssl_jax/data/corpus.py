@@ -33,7 +33,8 @@ class TextCorpus:
 
 
 def run_tokenizer(config, workdir: str, texts_fn, special=()):
-  """The workdir's tokenizer if it has one (a resume), else a new one that is saved there.
+  """The workdir's tokenizer if it has one (a resume), else that of `init_from`'s workdir, else
+  a new one; saved in the workdir.
 
   Process 0 builds and saves it; the other hosts wait, then load that very file.
   """
@@ -41,7 +42,9 @@ def run_tokenizer(config, workdir: str, texts_fn, special=()):
   if tok is not None:
     return tok
   if jax.process_index() == 0:
-    tok = tokenizers.build(config.data.tokenizer, texts_fn, config.model.vocab_size, special)
+    tok = tokenizers.load(config.init_from) if config.init_from else None
+    if tok is None:
+      tok = tokenizers.build(config.data.tokenizer, texts_fn, config.model.vocab_size, special)
     tokenizers.save(tok, workdir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('ssl_jax tokenizer saved')

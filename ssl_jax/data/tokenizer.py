@@ -64,7 +64,8 @@ class SentencePieceTokenizer:
   @classmethod
   def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = 'unigram',
             special: Sequence[str] = (), max_sentences: int = 2_000_000) -> 'SentencePieceTokenizer':
-    """Trains on lines of `texts`; `special` pieces get the first ids, in order."""
+    """Trains on lines of `texts`; `special` pieces get the first ids, in order ([UNK], if
+    among them, is the unknown piece and takes id 0)."""
     out = io.BytesIO()
     lines = (line for t in texts for line in t.split('\n') if line.strip())
     spm.SentencePieceTrainer.train(
@@ -72,7 +73,8 @@ class SentencePieceTokenizer:
         character_coverage=1.0, byte_fallback=True, input_sentence_size=max_sentences,
         normalization_rule_name='identity',  # keep text as it is: newlines and all round-trip
         shuffle_input_sentence=True, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
-        control_symbols=list(special), split_digits=True, remove_extra_whitespaces=False,
+        unk_piece='[UNK]' if '[UNK]' in special else '<unk>',
+        control_symbols=[s for s in special if s != '[UNK]'], split_digits=True, remove_extra_whitespaces=False,
         train_extremely_large_corpus=False, minloglevel=2)
     return cls(out.getvalue())
 

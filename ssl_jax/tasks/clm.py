@@ -28,8 +28,12 @@ def make_data(config, workdir: str) -> Data:
   return Data(train, held_out, corpus.tokenizer, units_per_example=seq_len)
 
 
+def model_inputs(batch) -> dict:
+  return dict(tokens=batch['inputs'])
+
+
 def loss_fn(model, params, batch, rng, train: bool):
-  logits = model.apply({'params': params}, batch['inputs'], deterministic=not train,
+  logits = model.apply({'params': params}, **model_inputs(batch), deterministic=not train,
                        rngs={'dropout': rng})                                  # (B, T, V)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets']).mean()
   return loss, {'loss': loss}

@@ -1,0 +1,172 @@
+"""BERT pretraining examples, made as google-research/bert's create_pretraining_data.py makes them.
+
+Example i of step s is a pure function of (seed, s, i), so a resumed run, on any number
+of hosts, sees the very same pairs and the very same masks:
+
+  1. target length data.seq_len - 3, shorter (uniform in [2, target]) with probability
+     data.short_seq_prob;
+  2. a chunk of consecutive sentences of one document, grown from a random start until it
+     reaches the target; segment A is its first k sentences (k random);
+  3. half the time B is the rest of the chunk (IsNext, label 0; the chunk is grown by one
+     more sentence if it had only one); otherwise B is sentences from a random start in
+     another document (NotNext, label 1), up to the remaining length;
+  4. the longer segment is truncated from a random end until the pair fits;
+  5. `[CLS] A [SEP] B [SEP]`, segment ids 0 then 1, padding to data.seq_len;
+  6. masking: 15% of the tokens other than [CLS]/[SEP]/[PAD] (at least 1, at most
+     data.max_predictions), chosen by word when whole-word masking is on; of those 80%
+     become [MASK], 10% a random token, 10% stay.
+
+Unlike the original, NotNext is decided before the chunk is read (so labels are an exact
+coin flip; the original forces NotNext for one-sentence chunks) and nothing is written to
+disk: pairs are drawn afresh at every step.
+"""
+
+from typing import List, Sequence
+
+import numpy as np
+
+from ssl_jax.data.text import DataError
+
+SPECIALS = ('[UNK]', '[PAD]', '[CLS]', '[SEP]', '[MASK]')
+IS_NEXT, NOT_NEXT = 0, 1
+
+
+class PretrainingBatches:
+  """MLM + NSP batches from tokenised documents (a list of documents of sentence id arrays)."""
+
+  def __init__(self, documents: Sequence[Sequence[np.ndarray]], tokenizer, seq_len: int, global_batch: int,
+               seed: int, max_predictions: int = 20, short_seq_prob: float = 0.1, whole_word: bool = False,
+               mask_prob: float = 0.15, process_index: int = 0, process_count: int = 1, name: str = 'data'):
+    self.documents = [list(d) for d in documents if len(d)]
+    self.pairs = [i for i, d in enumerate(self.documents) if len(d) >= 2]   # can give IsNext pairs
+    if len(self.documents) < 2 or not self.pairs:
+      raise DataError(f'{name}: BERT pretraining needs at least 2 documents, one of 2+ sentences '
+                      f'(found {len(self.documents)} documents)')
+    if global_batch % process_count:
+      raise DataError(f'train.batch_size={global_batch} is not divisible by the {process_count} hosts')
+    if seq_len < 8:
+      raise DataError(f'data.seq_len={seq_len} is too short for [CLS] A [SEP] B [SEP]')
+    self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
+    self.max_predictions, self.short_seq_prob = max_predictions, short_seq_prob
+    self.whole_word, self.mask_prob = whole_word, mask_prob
+    self.pad, self.cls, self.sep, self.mask = (tokenizer.piece_id(p) for p in ('[PAD]', '[CLS]', '[SEP]', '[MASK]'))
+    self.first_ordinary = max(tokenizer.piece_id(p) for p in SPECIALS) + 1   # random replacements start here
+    self.vocab_size = tokenizer.vocab_size
+    self.word_start = word_starts(tokenizer)
+    local = global_batch // process_count
+    self.rows = range(process_index * local, (process_index + 1) * local)
+
+  # --- one example ---------------------------------------------------------------------
+
+  def pair(self, rng: np.random.Generator):
+    """(tokens_a, tokens_b, label, where): where = (doc_a, a_sentences, doc_b, b_sentences)."""
+    max_tokens = self.seq_len - 3
+    target = max_tokens
+    if rng.random() < self.short_seq_prob:
+      target = int(rng.integers(2, max_tokens + 1))
+    label = IS_NEXT if rng.random() < 0.5 else NOT_NEXT
+    if label == IS_NEXT:
+      doc_id = self.pairs[int(rng.integers(len(self.pairs)))]
+      doc = self.documents[doc_id]
+      start = int(rng.integers(len(doc) - 1))            # leave room for at least one B sentence
+    else:
+      doc_id = int(rng.integers(len(self.documents)))
+      doc = self.documents[doc_id]
+      start = int(rng.integers(len(doc)))
+    end, length = start, 0
+    while end < len(doc) and length < target:
+      length += len(doc[end])
+      end += 1
+    if label == IS_NEXT and end - start < 2:
+      end = start + 2                                     # grow a one-sentence chunk by its successor
+    a_end = start + 1 if end - start < 2 else int(rng.integers(start + 1, end))
+    a = list(range(start, a_end))
+    if label == IS_NEXT:
+      b_doc, b = doc_id, list(range(a_end, end))
+    else:
+      b_doc = int(rng.integers(len(self.documents) - 1))
+      b_doc += b_doc >= doc_id                            # any document but A's
+      other = self.documents[b_doc]
+      b_start = int(rng.integers(len(other)))
+      room = max(target - sum(len(doc[i]) for i in a), 1)
+      b, length = [], 0
+      for j in range(b_start, len(other)):
+        if length >= room:
+          break
+        b.append(j)
+        length += len(other[j])
+    tokens_a = list(np.concatenate([doc[i] for i in a]))
+    tokens_b = list(np.concatenate([self.documents[b_doc][j] for j in b]))
+    while len(tokens_a) + len(tokens_b) > max_tokens:     # truncate the longer one from a random end
+      longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+      if rng.random() < 0.5:
+        del longer[0]
+      else:
+        longer.pop()
+    return tokens_a, tokens_b, label, (doc_id, a, b_doc, b)
+
+  def example(self, entropy) -> dict:
+    rng = np.random.default_rng(entropy)
+    tokens_a, tokens_b, label, _ = self.pair(rng)
+    tokens = [self.cls, *tokens_a, self.sep, *tokens_b, self.sep]
+    n = len(tokens)
+    inputs = np.full(self.seq_len, self.pad, np.int32)
+    inputs[:n] = tokens
+    segments = np.zeros(self.seq_len, np.int32)
+    segments[len(tokens_a) + 2:n] = 1
+    positions, labels, weights = self.mask_tokens(inputs, n, rng)
+    return {'inputs': inputs, 'segments': segments, 'padding': np.arange(self.seq_len) < n,
+            'positions': positions, 'labels': labels, 'weights': weights, 'nsp': np.int32(label)}
+
+  def mask_tokens(self, inputs: np.ndarray, n: int, rng: np.random.Generator):
+    """Masks `inputs` in place; returns (positions, original ids, weights), each max_predictions long."""
+    candidates = [i for i in range(n) if inputs[i] not in (self.cls, self.sep, self.pad)]
+    groups: List[List[int]] = []
+    for i in candidates:   # with whole-word masking a word's pieces are chosen together
+      if self.whole_word and groups and not self.word_start[inputs[i]] and groups[-1][-1] == i - 1:
+        groups[-1].append(i)
+      else:
+        groups.append([i])
+    wanted = min(self.max_predictions, max(1, int(round(len(candidates) * self.mask_prob))))
+    chosen: List[int] = []
+    for g in rng.permutation(len(groups)):
+      if len(chosen) >= wanted:
+        break
+      if len(chosen) + len(groups[g]) <= wanted:
+        chosen.extend(groups[g])
+    chosen.sort()
+    positions = np.zeros(self.max_predictions, np.int32)
+    labels = np.zeros(self.max_predictions, np.int32)
+    weights = np.zeros(self.max_predictions, np.float32)
+    k = len(chosen)
+    positions[:k], labels[:k], weights[:k] = chosen, inputs[chosen], 1.0
+    action = rng.random(k)
+    random_ids = rng.integers(self.first_ordinary, self.vocab_size, size=k)
+    for j, i in enumerate(chosen):
+      if action[j] < 0.8:
+        inputs[i] = self.mask
+      elif action[j] >= 0.9:
+        inputs[i] = random_ids[j]
+    return positions, labels, weights
+
+  # --- batches -----------------------------------------------------------------------
+
+  def _batch(self, step: int, stream: int) -> dict:
+    examples = [self.example([self.seed, step, i, stream]) for i in self.rows]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+  def batch(self, step: int) -> dict:
+    return self._batch(step, 0)
+
+  def eval_batch(self, i: int) -> dict:
+    return self._batch(i, 1)
+
+
+def word_starts(tokenizer) -> np.ndarray:
+  """Per id: does the piece begin a word (sentencepiece's '▁' prefix; specials and bytes do)."""
+  flags = np.ones(tokenizer.vocab_size, bool)
+  for i in range(tokenizer.vocab_size):
+    piece = tokenizer.sp.id_to_piece(i)
+    flags[i] = piece.startswith('\u2581') or tokenizer.sp.is_control(i) or tokenizer.sp.is_byte(i) \
+        or tokenizer.sp.is_unknown(i)
+  return flags

@@ -1,0 +1,71 @@
+"""BERT's objective: masked language modelling plus next-sentence prediction.
+
+The MLM head runs only at the gathered masked positions (data.max_predictions per
+sequence), which is where its vocabulary projection's FLOPs are counted too.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ssl_jax import flops
+from ssl_jax.config import ConfigError
+from ssl_jax.data import documents as documents_lib, text
+from ssl_jax.data.bert_examples import SPECIALS, PretrainingBatches
+from ssl_jax.data.corpus import run_tokenizer
+
+
+@dataclasses.dataclass
+class Data:
+  train: PretrainingBatches
+  eval: PretrainingBatches
+  tokenizer: object
+  unit: str = 'tokens'
+  units_per_example: int = 0
+
+
+def make_data(config, workdir: str) -> Data:
+  """Documents of data.path (held out: data.eval_path, else the last data.eval_fraction of documents)."""
+  if config.data.tokenizer == 'char':
+    raise ConfigError('BERT needs a sub-word vocabulary: data.tokenizer=sentencepiece (or a .model path)')
+  train_docs = documents_lib.read_documents(text.resolve_paths(config.data.path, 'data.path'))
+  if config.data.eval_path:
+    eval_docs = documents_lib.read_documents(text.resolve_paths(config.data.eval_path, 'data.eval_path'))
+  else:
+    split = max(1, int(len(train_docs) * (1 - config.data.eval_fraction)))
+    train_docs, eval_docs = train_docs[:split], train_docs[split:]
+  tok = run_tokenizer(config, workdir, lambda: ['\n'.join(d) for d in train_docs + eval_docs], SPECIALS)
+  if any(tok.piece_id(p) != i for i, p in enumerate(SPECIALS)):
+    raise ConfigError(f'data.tokenizer={config.data.tokenizer!r}: BERT needs the pieces {SPECIALS} as ids 0-4')
+  d, pi, pc = config.data, jax.process_index(), jax.process_count()
+  make = lambda docs, name: PretrainingBatches(
+      [[tok.encode(s) for s in doc] for doc in docs], tok, d.seq_len, config.train.batch_size, config.seed,
+      d.max_predictions, d.short_seq_prob, d.whole_word_masking, process_index=pi, process_count=pc, name=name)
+  return Data(make(train_docs, 'training documents'), make(eval_docs, 'held-out documents'), tok,
+              units_per_example=d.seq_len)
+
+
+def model_inputs(batch) -> dict:
+  return dict(tokens=batch['inputs'], segment_ids=batch['segments'], padding_mask=batch['padding'],
+              masked_positions=batch['positions'])
+
+
+def loss_fn(model, params, batch, rng, train: bool):
+  out = model.apply({'params': params}, **model_inputs(batch), deterministic=not train, rngs={'dropout': rng})
+  weights = batch['weights']                                                       # (B, P), 0 on padding
+  mlm_ce = optax.softmax_cross_entropy_with_integer_labels(out['mlm_logits'], batch['labels'])  # (B, P)
+  denominator = jnp.maximum(weights.sum(), 1.0)
+  mlm_loss = (mlm_ce * weights).sum() / denominator
+  mlm_accuracy = ((out['mlm_logits'].argmax(-1) == batch['labels']) * weights).sum() / denominator
+  nsp_loss = optax.softmax_cross_entropy_with_integer_labels(out['nsp_logits'], batch['nsp']).mean()
+  nsp_accuracy = (out['nsp_logits'].argmax(-1) == batch['nsp']).mean()
+  loss = mlm_loss + nsp_loss
+  return loss, {'loss': loss, 'mlm_loss': mlm_loss, 'mlm_accuracy': mlm_accuracy, 'nsp_loss': nsp_loss,
+                'nsp_accuracy': nsp_accuracy}
+
+
+def flops_per_step(config):
+  return flops.encoder_train_flops(config, config.train.batch_size, config.data.seq_len,
+                                   config.data.max_predictions)
