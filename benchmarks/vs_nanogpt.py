@@ -18,10 +18,11 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from side_by_side import alternate
 
 REPO = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -91,18 +92,6 @@ def nanogpt_worker(args):
                       "loss": loss.item()}))
 
 
-def run_json(name, cmd, cwd, env=None):
-    """Run one side in a subprocess; return the last JSON line of its stdout."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    lines = [l for l in proc.stdout.splitlines() if l.strip().startswith("{")]
-    if proc.returncode != 0 or not lines:
-        sys.exit(f"{name} failed (exit {proc.returncode}): {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}")
-    result = json.loads(lines[-1])
-    result["wall_s"] = time.perf_counter() - t0
-    return result
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nanogpt", required=True, help="a nanoGPT checkout (the folder holding model.py)")
@@ -127,24 +116,12 @@ def main():
     print(f"shape {args.shape}: {s}, torch threads {args.threads}\nours:    {' '.join(ours)}\n"
           f"nanoGPT: {' '.join(nanogpt_command(args))}", flush=True)
 
-    rows = {"ours": [], "nanoGPT": []}
-    header = f"{'round':>5} {'side':<8} {'tokens/s':>10} {'step_ms':>9} {'compile_s':>9} {'mfu':>7} {'wall_s':>7}"
-    print(header, flush=True)
-    for r in range(1, args.rounds + 1):
-        for side in ("ours", "nanoGPT"):
-            if side == "ours":
-                res = run_json(side, ours, args.repo, env)
-                if (res.get("batch"), res.get("seq_len")) not in ((s["batch"], s["seq_len"]), (None, None)):
-                    print(f"warning: ours reports batch {res.get('batch')} seq_len {res.get('seq_len')}, "
-                          f"expected {s['batch']} {s['seq_len']}", file=sys.stderr)
-            else:
-                res = run_json(side, nanogpt_command(args), args.repo)
-            rows[side].append(res)
-            fmt = lambda k, f: format(res[k], f) if isinstance(res.get(k), (int, float)) else "-"
-            print(f"{r:>5} {side:<8} {fmt('tokens_per_sec', '10.0f'):>10} {fmt('step_ms', '9.2f'):>9} "
-                  f"{fmt('compile_s', '9.2f'):>9} {fmt('mfu', '7.4f'):>7} {fmt('wall_s', '7.1f'):>7}", flush=True)
+    def check(side, res):
+        if side == "ours" and (res.get("batch"), res.get("seq_len")) != (s["batch"], s["seq_len"]):
+            print(f"warning: ours reports batch {res.get('batch')} seq_len {res.get('seq_len')}, "
+                  f"expected {s['batch']} {s['seq_len']}", file=sys.stderr)
 
-    med = {side: statistics.median(r["tokens_per_sec"] for r in rs) for side, rs in rows.items()}
+    med = alternate({"ours": (ours, env), "nanoGPT": (nanogpt_command(args), None)}, args.rounds, args.repo, check)
     ratio = med["ours"] / med["nanoGPT"]
     print(f"median tokens/s: ours {med['ours']:.0f}, nanoGPT {med['nanoGPT']:.0f}; ours/nanoGPT = {ratio:.2f}x")
     print(json.dumps({"shape": args.shape, "rounds": args.rounds, "steps": args.steps,

@@ -72,6 +72,7 @@ class SentencePieceTokenizer:
         sentence_iterator=lines, model_writer=out, vocab_size=vocab_size, model_type=model_type,
         character_coverage=1.0, byte_fallback=True, input_sentence_size=max_sentences,
         normalization_rule_name='identity',  # keep text as it is: newlines and all round-trip
+        hard_vocab_limit=False,              # a small corpus gets fewer pieces, not an error
         shuffle_input_sentence=True, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
         unk_piece='[UNK]' if '[UNK]' in special else '<unk>',
         control_symbols=[s for s in special if s != '[UNK]'], split_digits=True, remove_extra_whitespaces=False,
