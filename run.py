@@ -5,6 +5,7 @@ Commands:
   eval      evaluate the workdir's newest checkpoint on the held-out split
   bench     time the train step: one JSON line (tokens/s, step_ms, compile_s, MFU, ...)
   generate  sample from the workdir's newest checkpoint: --prompt "..." [--max_new_tokens N]
+  convert   Hugging Face BERT in or out: --from_hf DIR (into --workdir) or --to_hf DIR (from --workdir)
 
 Without --config, `train` and `bench` use experiments/default.py (a small GPT on the
 embedded corpus); `eval` and `generate` use the config saved in the workdir.
@@ -16,7 +17,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMMANDS = ('train', 'eval', 'bench', 'generate')
+COMMANDS = ('train', 'eval', 'bench', 'generate', 'convert')
 
 
 def parse(argv):
@@ -33,6 +34,8 @@ def parse(argv):
   parser.add_argument('--max_new_tokens', type=int, default=200, help='generate: tokens to sample')
   parser.add_argument('--temperature', type=float, default=0.8, help='generate: 0 = greedy')
   parser.add_argument('--top_k', type=int, default=200, help='generate: sample among the k likeliest')
+  parser.add_argument('--from_hf', default=None, help='convert: a Hugging Face BERT directory to import')
+  parser.add_argument('--to_hf', default=None, help='convert: a directory to export the workdir\'s BERT to')
   parser.add_argument('--debug', action='store_true', help='show full tracebacks')
   overrides, rest = [], []
   args = list(argv)
@@ -57,7 +60,7 @@ def main(argv):
     cli.run(flags.command, flags.config or os.path.join(HERE, 'experiments', 'default.py'), overrides,
             config_given=flags.config is not None, workdir=flags.workdir, steps=flags.steps,
             prompt=flags.prompt, prompt_file=flags.prompt_file, max_new_tokens=flags.max_new_tokens,
-            temperature=flags.temperature, top_k=flags.top_k)
+            temperature=flags.temperature, top_k=flags.top_k, from_hf=flags.from_hf, to_hf=flags.to_hf)
   except Exception as e:  # pylint: disable=broad-except
     if flags.debug or not cli.is_user_error(e):
       raise

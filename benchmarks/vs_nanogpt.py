@@ -41,7 +41,7 @@ def ours_command(shape, steps, extra):
     return [sys.executable, "run.py", "bench", "--config", OURS_CONFIG,
             f"--config.model.num_layers={s['layers']}", f"--config.model.num_heads={s['heads']}",
             f"--config.model.d_model={s['width']}", f"--config.model.d_ff={4 * s['width']}",
-            f"--config.model.dropout=0.0", f"--config.data.seq_len={s['seq_len']}",
+            "--config.model.dropout=0.0", f"--config.data.seq_len={s['seq_len']}",
             f"--config.train.batch_size={s['batch']}", "--steps", str(steps), *extra]
 
 

@@ -19,7 +19,11 @@ def default_workdir(config) -> str:
 
 
 def run(command: str, config_spec: str, overrides, *, config_given: bool, workdir, steps=None, prompt='\n',
-        prompt_file=None, max_new_tokens=200, temperature=0.8, top_k=200):
+        prompt_file=None, max_new_tokens=200, temperature=0.8, top_k=200, from_hf=None, to_hf=None):
+  if command == 'convert':  # needs no experiment: the shapes come from the files
+    from ssl_jax import convert  # pylint: disable=import-outside-toplevel
+    convert.convert_command(from_hf, to_hf, workdir)
+    return
   if command in ('eval', 'generate') and not config_given:
     if not workdir:
       raise config_lib.ConfigError(f'{command} needs --workdir (a trained run) or --config')
