@@ -6,9 +6,20 @@
   flops_per_step(config) -> (model FLOPs of one training step, Megatron-convention FLOPs)
 """
 
+import dataclasses
 import importlib
 
 TASKS = ('clm', 'mlm_nsp')
+
+
+@dataclasses.dataclass
+class Data:
+  """What a task's make_data returns: batches (each a pure function of seed and step) and units."""
+  train: object                  # .batch(step) -> dict of host-local arrays
+  eval: object                   # .eval_batch(i) -> the same, from the held-out split
+  tokenizer: object
+  unit: str = 'tokens'           # what throughput counts
+  units_per_example: int = 0
 
 
 def get(name: str):

@@ -1,22 +1,12 @@
 """Causal language modelling: predict every next token (GPT)."""
 
-import dataclasses
-
 import jax
 import optax
 
 from ssl_jax import flops, generate
 from ssl_jax.data.corpus import TextCorpus
 from ssl_jax.data.text import LMBatches
-
-
-@dataclasses.dataclass
-class Data:
-  train: LMBatches
-  eval: LMBatches
-  tokenizer: object
-  unit: str = 'tokens'           # what throughput counts
-  units_per_example: int = 0
+from ssl_jax.tasks import Data
 
 
 def make_data(config, workdir: str) -> Data:

@@ -4,8 +4,6 @@ The MLM head runs only at the gathered masked positions (data.max_predictions pe
 sequence), which is where its vocabulary projection's FLOPs are counted too.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -15,15 +13,7 @@ from ssl_jax.config import ConfigError
 from ssl_jax.data import documents as documents_lib, text
 from ssl_jax.data.bert_examples import SPECIALS, PretrainingBatches
 from ssl_jax.data.corpus import run_tokenizer
-
-
-@dataclasses.dataclass
-class Data:
-  train: PretrainingBatches
-  eval: PretrainingBatches
-  tokenizer: object
-  unit: str = 'tokens'
-  units_per_example: int = 0
+from ssl_jax.tasks import Data
 
 
 def make_data(config, workdir: str) -> Data:
