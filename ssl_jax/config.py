@@ -36,6 +36,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.activation = 'gelu_tanh'  # gelu_tanh (GPT-2) | gelu (exact erf, BERT)
   c.model.dtype = 'float32'     # compute dtype; parameters stay float32
   c.model.remat = False         # recompute each block's activations in the backward pass
+  c.model.patch = 0             # vision: patch size in pixels
+  c.model.mask_ratio = 0.75     # MAE: share of patches hidden
+  c.model.decoder_layers = 2    # MAE decoder
+  c.model.decoder_heads = 4
+  c.model.decoder_d_model = 128
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ''              # file, glob or comma-separated list; '' = embedded corpus
@@ -46,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_predictions = 20   # masked LM: most masked positions per sequence
   c.data.short_seq_prob = 0.1   # masked LM: chance of a shorter target length
   c.data.whole_word_masking = False
+  c.data.image_size = 32        # vision: images are resized to this square
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16       # global batch, over all hosts and devices

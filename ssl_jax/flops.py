@@ -62,6 +62,24 @@ def encoder_train_flops(config, batch: int, seq_len: int, predictions: int):
   return float(common + head_per_position * batch * predictions), float(common + head_per_position * tokens)
 
 
+def mae_train_flops(config, batch: int):
+  """(model FLOPs with the encoder on the visible patches only, FLOPs as if it saw them all)."""
+  m = config.model
+  n = (config.data.image_size // m.patch) ** 2
+  visible = int(round(n * (1 - m.mask_ratio))) + 1          # plus the class token
+  pixels = m.patch * m.patch * 3
+
+  def stack(layers, d, d_ff, tokens):
+    return 6 * tokens * (layers * (4 * d * d + 2 * d * d_ff) + 2 * layers * tokens * d)   # matmuls + attention
+
+  dec = m.decoder_d_model
+  common = 6 * batch * ((n + 1) * pixels * dec + visible * m.d_model * dec)                # decoder in and out
+  common += batch * stack(m.decoder_layers, dec, 4 * dec, n + 1)
+  encoder_visible = batch * (stack(m.num_layers, m.d_model, m.d_ff, visible) + 6 * (visible - 1) * pixels * m.d_model)
+  encoder_all = batch * (stack(m.num_layers, m.d_model, m.d_ff, n + 1) + 6 * n * pixels * m.d_model)
+  return float(common + encoder_visible), float(common + encoder_all)
+
+
 def measured_cpu_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:
   """FLOP/s of a large matmul in this process: the CPU's practical peak for this dtype."""
   a = jnp.ones((n, n), dtype)

@@ -89,7 +89,8 @@ class Setup:
     """What a checkpoint must agree with to be restored into this run."""
     m = self.model_cfg
     shape = f'{self.config.model.family} L{m.num_layers} H{m.num_heads} D{m.d_model} F{m.d_ff} V{m.vocab_size} P{m.max_len}'
-    return {'model': shape, 'tokenizer': tokenizers.fingerprint(self.data.tokenizer)}
+    tokenizer = self.data.tokenizer
+    return {'model': shape, 'tokenizer': tokenizers.fingerprint(tokenizer) if tokenizer else 'none'}
 
   def put(self, local_batch: dict) -> dict:
     return parallel.global_batch(local_batch, self.mesh)
@@ -104,16 +105,16 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
   # Data and tokenizer; the vocabulary size follows the tokenizer unless set.
   task = tasks.get(config.task)
   data = task.make_data(config, workdir)
-  with config.unlocked():
+  if data.tokenizer is not None:   # text; images have no vocabulary
     if config.model.vocab_size <= 0:
       config.model.vocab_size = data.tokenizer.vocab_size
-  if config.model.vocab_size < data.tokenizer.vocab_size:
-    raise config_lib.ConfigError(f'model.vocab_size={config.model.vocab_size} is smaller than the '
-                                 f'tokenizer\'s {data.tokenizer.vocab_size} tokens')
+    if config.model.vocab_size < data.tokenizer.vocab_size:
+      raise config_lib.ConfigError(f'model.vocab_size={config.model.vocab_size} is smaller than the '
+                                   f'tokenizer\'s {data.tokenizer.vocab_size} tokens')
 
   # Model and optimizer.
   model, model_cfg = models.build(config)
-  if config.data.seq_len > model_cfg.max_len:
+  if data.tokenizer is not None and config.data.seq_len > model_cfg.max_len:
     raise config_lib.ConfigError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
                                  f'{model_cfg.max_len} positions (model.max_len)')
   tx = optim.make(config.train)

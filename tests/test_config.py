@@ -10,7 +10,8 @@ from conftest import ROOT, run_cli
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, 'experiments', '*.py')))
 # Variants each experiment documents; None is the plain `--config experiments/FILE.py`.
-VARIANTS = {'gpt_shakespeare_char': [None, 'baby'], 'gpt': ['gpt2:124M', 'gpt3:175B', 'gpt:nano']}
+VARIANTS = {'gpt_shakespeare_char': [None, 'baby'], 'gpt': ['gpt2:124M', 'gpt3:175B', 'gpt:nano'],
+            'bert': ['tiny', 'base', 'base,phase2'], 'vit_mae': [None, 'S/4']}
 
 
 def load(path):

@@ -1,6 +1,8 @@
 """Model registry: one entry per family, built from the `model` block of a config."""
 
-from ssl_jax.models import bert, gpt
+import dataclasses
+
+from ssl_jax.models import bert, gpt, vit
 from ssl_jax.models.layers import TransformerConfig
 from ssl_jax.config import ConfigError
 
@@ -8,6 +10,8 @@ from ssl_jax.config import ConfigError
 FAMILIES = {
     'gpt': (gpt.GPT, dict(pre_norm=True, ln_eps=1e-5)),
     'bert': (bert.BERT, dict(pre_norm=False, ln_eps=1e-12)),
+    'vit': (vit.ViT, dict(pre_norm=True, ln_eps=1e-6)),
+    'mae': (vit.MAE, dict(pre_norm=True, ln_eps=1e-6)),
 }
 
 
@@ -18,17 +22,27 @@ def transformer_config(config) -> TransformerConfig:
     raise ConfigError(f'unknown model.family {m.family!r}; known: {", ".join(FAMILIES)}')
   if m.d_model % m.num_heads:
     raise ConfigError(f'model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}')
-  if m.vocab_size <= 0:
+  vision = m.family in ('vit', 'mae')
+  if m.vocab_size <= 0 and not vision:
     raise ConfigError('model.vocab_size is unset: it comes from the tokenizer')
+  if vision and (m.patch <= 0 or config.data.image_size % m.patch):
+    raise ConfigError(f'model.patch={m.patch} must divide data.image_size={config.data.image_size}')
   _, family = FAMILIES[m.family]
   return TransformerConfig(
       num_layers=m.num_layers, num_heads=m.num_heads, d_model=m.d_model, d_ff=m.d_ff,
-      vocab_size=m.vocab_size, max_len=m.max_len or config.data.seq_len, dropout=m.dropout,
+      vocab_size=max(m.vocab_size, 0), max_len=m.max_len or config.data.seq_len, dropout=m.dropout,
       bias=m.bias, activation=m.activation, dtype=m.dtype, remat=m.remat, **family)
 
 
 def build(config):
   """Returns (flax module, TransformerConfig) for the config's model family."""
   cfg = transformer_config(config)
-  module, _ = FAMILIES[config.model.family]
+  m, size = config.model, config.data.image_size
+  if m.family == 'vit':
+    return vit.ViT(cfg, m.patch, size), cfg
+  if m.family == 'mae':
+    decoder = dataclasses.replace(cfg, num_layers=m.decoder_layers, num_heads=m.decoder_heads,
+                                  d_model=m.decoder_d_model, d_ff=4 * m.decoder_d_model, dropout=0.0)
+    return vit.MAE(cfg, decoder, m.patch, size, m.mask_ratio), cfg
+  module, _ = FAMILIES[m.family]
   return module(cfg), cfg

@@ -9,7 +9,7 @@
 import dataclasses
 import importlib
 
-TASKS = ('clm', 'mlm_nsp')
+TASKS = ('clm', 'mlm_nsp', 'masked_image')
 
 
 @dataclasses.dataclass
@@ -20,6 +20,7 @@ class Data:
   tokenizer: object
   unit: str = 'tokens'           # what throughput counts
   units_per_example: int = 0
+  classes: tuple = ()            # label names, where the data has labels
 
 
 def get(name: str):

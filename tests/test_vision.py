@@ -1,0 +1,105 @@
+"""ViT, the MAE objective, image data and a resumed vision run."""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax.data import images as images_lib
+from ssl_jax.models import vit
+from ssl_jax.models.layers import TransformerConfig
+from ssl_jax.tasks import masked_image
+from conftest import SHARED_DATA, read_metrics, tiny_config
+
+CFG = TransformerConfig(num_layers=2, num_heads=2, d_model=32, d_ff=64, vocab_size=0, max_len=1, ln_eps=1e-6)
+DEC = TransformerConfig(num_layers=1, num_heads=2, d_model=16, d_ff=32, vocab_size=0, max_len=1, ln_eps=1e-6)
+
+
+def test_patchify_round_trip_and_named_sizes():
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  patches = vit.patchify(images, 4)
+  assert patches.shape == (2, 64, 48)
+  np.testing.assert_array_equal(patches[0, 1], images[0, :4, 4:8].reshape(-1))   # row-major patches
+  np.testing.assert_array_equal(vit.unpatchify(patches, 4, 32, 32), images)
+  assert vit.size('vit:S/4') == dict(num_layers=12, num_heads=6, d_model=384, d_ff=1536, patch=4)
+  with pytest.raises(ValueError, match='vit:S/4'):
+    vit.size('vit:XL/4')
+
+
+def test_vit_and_mae_shapes():
+  images = jnp.zeros((3, 32, 32, 3))
+  encoder = vit.ViT(CFG, 4, 32)
+  params = nn.meta.unbox(encoder.init(jax.random.key(0), images)['params'])
+  assert encoder.apply({'params': params}, images).shape == (3, 65, 32)            # class token + 64 patches
+  keep = jnp.tile(jnp.arange(16)[None], (3, 1))
+  assert encoder.apply({'params': params}, images, keep).shape == (3, 17, 32)
+  mae = vit.MAE(CFG, DEC, 4, 32)
+  params = nn.meta.unbox(mae.init(jax.random.key(0), images, keep)['params'])
+  assert mae.apply({'params': params}, images, keep).shape == (3, 64, 48)
+
+
+def test_mask_ratio_is_exact_and_masks_follow_the_example_index():
+  rng = jax.random.key(3)
+  keep, hidden = masked_image.random_keep(rng, jnp.arange(16), 64, masked_image.num_visible(64, 0.75))
+  assert keep.shape == (16, 16)
+  np.testing.assert_array_equal(hidden.sum(1), np.full(16, 48))                    # exactly 75% hidden
+  assert not np.asarray(hidden)[np.arange(16)[:, None], np.asarray(keep)].any()    # kept ones are not hidden
+  again, _ = masked_image.random_keep(rng, jnp.arange(8, 24), 64, 16)
+  np.testing.assert_array_equal(again[:8], keep[8:])                               # same index, same mask
+
+
+def test_reconstruction_loss_ignores_predictions_for_visible_patches():
+  target = jax.random.normal(jax.random.key(0), (2, 64, 48))
+  pred = jax.random.normal(jax.random.key(1), (2, 64, 48))
+  _, hidden = masked_image.random_keep(jax.random.key(2), jnp.arange(2), 64, 16)
+  changed = jnp.where(hidden[..., None], pred, pred + 100.0)                       # only visible ones move
+  assert masked_image.reconstruction_loss(changed, target, hidden) == pytest.approx(
+      float(masked_image.reconstruction_loss(pred, target, hidden)), rel=1e-6)
+  moved_hidden = jnp.where(hidden[..., None], pred + 1.0, pred)
+  assert masked_image.reconstruction_loss(moved_hidden, target, hidden) != pytest.approx(
+      float(masked_image.reconstruction_loss(pred, target, hidden)), rel=1e-3)
+
+
+def test_image_folder_and_augmentation_are_deterministic(tmp_path):
+  from PIL import Image
+  for c in ('cat', 'dog'):
+    os.makedirs(tmp_path / c)
+    for i in range(3):
+      Image.fromarray(np.full((40, 40, 3), 40 * i + (c == 'dog') * 100, np.uint8)).save(tmp_path / c / f'{i}.png')
+  images, labels, classes = images_lib.load(str(tmp_path), 32)
+  assert images.shape == (6, 32, 32, 3) and classes == ['cat', 'dog'] and list(labels) == [0, 0, 0, 1, 1, 1]
+  a = images_lib.ImageBatches(images, labels, 4, seed=0).batch(5)
+  b = images_lib.ImageBatches(images, labels, 4, seed=0).batch(5)
+  np.testing.assert_array_equal(a['images'], b['images'])
+  assert a['images'].dtype == np.float32 and a['images'].max() <= 1.0
+  (tmp_path / 'broken').mkdir()
+  (tmp_path / 'broken' / 'x.png').write_bytes(b'not an image')
+  with pytest.raises(images_lib.DataError, match='not a readable image'):
+    images_lib.load(str(tmp_path), 32)
+
+
+def test_cifar_folder_loads_when_present():
+  path = os.path.join(SHARED_DATA, 'cifar10', 'test')
+  if not os.path.exists(path):
+    pytest.skip(f'{path} is absent: the shared data sets sit beside the repository in CI')
+  images, labels, classes = images_lib.load(path, 32)
+  assert images.shape == (1000, 32, 32, 3) and len(classes) == 10 and np.bincount(labels).tolist() == [100] * 10
+
+
+def test_mae_run_resumes_exactly(tmp_path):
+  from ssl_jax import train
+  import shutil
+  settings = {'train.steps': 6, 'train.checkpoint_every': 3, 'train.eval_every': 3, 'train.batch_size': 8,
+              'train.eval_batches': 1, 'model.decoder_d_model': 16, 'model.decoder_heads': 2,
+              'model.decoder_layers': 1, 'model.d_ff': 64}
+  workdir = str(tmp_path / 'mae')
+  train.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
+  reference = read_metrics(workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '6'))
+  train.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
+  resumed = read_metrics(workdir)
+  assert [r['train_loss'] for r in resumed] == [r['train_loss'] for r in reference]
+  assert [r['step'] for r in resumed] == list(range(1, 7))
