@@ -60,6 +60,16 @@ def saved_config(workdir: str):
   if not os.path.exists(path):
     raise config_lib.ConfigError(f'{path} does not exist: is {workdir} a training workdir?')
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  config = config_lib.base_config()   # keys added since the run was saved keep their defaults
+
+  def merge(node, values):
+    for key, value in values.items():
+      if isinstance(value, dict) and key in node and isinstance(node[key], ml_collections.ConfigDict):
+        merge(node[key], value)
+      else:
+        node[key] = value
+
+  merge(config, saved)
   config.lock()
   return config

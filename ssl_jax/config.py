@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.task = 'clm'                # objective in ssl_jax/tasks (clm, ...)
   c.init_from = ''              # a workdir (or Hugging Face directory) to start the body from
+  c.init = ''                   # eval: 'random' evaluates the model at its random initialisation
 
   c.model = ml_collections.ConfigDict()
   c.model.family = 'gpt'        # gpt | ...

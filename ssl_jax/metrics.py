@@ -88,6 +88,13 @@ class MetricLogger:
     plot(self.workdir)
 
 
+def append(workdir: str, record: dict) -> None:
+  """One more record in metrics.jsonl (e.g. an `eval` command's result)."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
+    f.write(json.dumps({k: _plain(v) if not isinstance(v, str) else v for k, v in record.items()}) + '\n')
+
+
 def read(workdir: str):
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):

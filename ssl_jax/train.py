@@ -291,7 +291,19 @@ def restore_for_inference(config, workdir: str):
 
 
 def eval_command(config, workdir: str) -> dict:
-  s, state, step = restore_for_inference(config, workdir)
+  """Held-out metrics of the workdir's newest checkpoint (or, with init=random, of a fresh
+  init), plus the task's probe where it has one; printed as JSON and logged to metrics.jsonl."""
+  if config.init == 'random':
+    s = setup(config, workdir)
+    state, step = s.init_fn(jax.random.key(config.seed)), 0
+  else:
+    s, state, step = restore_for_inference(config, workdir)
   result = {'step': int(step), **evaluate(s, state.params)}
-  print(json.dumps(result), flush=True)
+  if hasattr(s.task, 'probe'):
+    result.update(s.task.probe(s, state.params))
+  if config.init:
+    result['init'] = config.init
+  if jax.process_index() == 0:
+    metrics_lib.append(workdir, result)
+    print(json.dumps(result), flush=True)
   return result

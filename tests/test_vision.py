@@ -103,3 +103,27 @@ def test_mae_run_resumes_exactly(tmp_path):
   resumed = read_metrics(workdir)
   assert [r['train_loss'] for r in resumed] == [r['train_loss'] for r in reference]
   assert [r['step'] for r in resumed] == list(range(1, 7))
+
+
+def test_eval_fits_a_linear_probe_for_the_trained_and_the_random_encoder(tmp_path):
+  from ssl_jax import train
+  settings = {'train.steps': 2, 'train.checkpoint_every': 2, 'train.eval_every': 2, 'train.batch_size': 8,
+              'train.eval_batches': 1, 'model.decoder_d_model': 16, 'model.decoder_heads': 2,
+              'model.decoder_layers': 1, 'model.d_ff': 64}
+  workdir = str(tmp_path / 'mae')
+  train.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
+  trained = train.eval_command(tiny_config('', 'vit_mae.py', **settings), workdir)
+  random = train.eval_command(tiny_config('', 'vit_mae.py', **settings, init='random'), workdir)
+  assert trained['step'] == 2 and random['step'] == 0 and random['init'] == 'random'
+  for result in (trained, random):
+    assert 0.0 <= result['probe_accuracy'] <= 1.0
+  logged = read_metrics(workdir)[-2:]
+  assert [r.get('probe_accuracy') for r in logged] == [trained['probe_accuracy'], random['probe_accuracy']]
+
+
+def test_linear_probe_learns_a_separable_problem():
+  from ssl_jax import probe
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(400, 8)).astype(np.float32)
+  y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+  assert probe.linear_probe(x[:300], y[:300], x[300:], y[300:], 2) > 0.95

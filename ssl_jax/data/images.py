@@ -8,7 +8,7 @@ row's random resized crop and flip from a generator seeded with (seed, s, row).
 import glob
 import os
 import pickle
-from typing import List, Tuple
+from typing import List
 
 import numpy as np
 from PIL import Image

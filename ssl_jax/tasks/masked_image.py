@@ -9,10 +9,10 @@ patch (MAE's best-performing target).
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import flops
+from ssl_jax import flops, probe as probe_lib
 from ssl_jax.config import ConfigError
 from ssl_jax.data import images as images_lib
-from ssl_jax.models.vit import patchify
+from ssl_jax.models.vit import ViT, patchify
 from ssl_jax.tasks import Data
 
 
@@ -78,3 +78,15 @@ def loss_fn(model, params, batch, rng, train: bool):
 
 def flops_per_step(config):
   return flops.mae_train_flops(config, config.train.batch_size)
+
+
+def probe(setup, params) -> dict:
+  """Linear-probe accuracy on the held-out images, from the encoder's mean patch features."""
+  model = setup.model
+  encoder = ViT(model.cfg, model.patch, model.image_size)
+  encode = lambda x: encoder.apply({'params': params['encoder']}, x)[:, 1:].mean(1)   # (B, D)
+  train, held_out = setup.data.train, setup.data.eval
+  accuracy = probe_lib.linear_probe(probe_lib.features(encode, train.images), train.labels,
+                                    probe_lib.features(encode, held_out.images), held_out.labels,
+                                    max(len(setup.data.classes), int(train.labels.max()) + 1))
+  return {'probe_accuracy': accuracy}
