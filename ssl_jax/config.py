@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.decoder_layers = 2    # MAE decoder
   c.model.decoder_heads = 4
   c.model.decoder_d_model = 128
+  c.model.num_classes = 0       # classifier heads (rotation: 4)
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ''              # file, glob or comma-separated list; '' = embedded corpus

@@ -62,16 +62,25 @@ def encoder_train_flops(config, batch: int, seq_len: int, predictions: int):
   return float(common + head_per_position * batch * predictions), float(common + head_per_position * tokens)
 
 
+def stack(layers: int, d: int, d_ff: int, tokens: int) -> float:
+  """Training FLOPs of `layers` full-attention blocks over one sequence of `tokens`."""
+  return 6 * tokens * (layers * (4 * d * d + 2 * d * d_ff) + 2 * layers * tokens * d)   # matmuls + attention
+
+
+def vit_classifier_train_flops(config, batch: int):
+  """(model FLOPs, the same: a classifier sees every patch) of a ViT with a class-token head."""
+  m = config.model
+  n = (config.data.image_size // m.patch) ** 2
+  total = batch * (stack(m.num_layers, m.d_model, m.d_ff, n + 1) + 6 * n * m.patch * m.patch * 3 * m.d_model)
+  return float(total), float(total)
+
+
 def mae_train_flops(config, batch: int):
   """(model FLOPs with the encoder on the visible patches only, FLOPs as if it saw them all)."""
   m = config.model
   n = (config.data.image_size // m.patch) ** 2
   visible = int(round(n * (1 - m.mask_ratio))) + 1          # plus the class token
   pixels = m.patch * m.patch * 3
-
-  def stack(layers, d, d_ff, tokens):
-    return 6 * tokens * (layers * (4 * d * d + 2 * d * d_ff) + 2 * layers * tokens * d)   # matmuls + attention
-
   dec = m.decoder_d_model
   common = 6 * batch * ((n + 1) * pixels * dec + visible * m.d_model * dec)                # decoder in and out
   common += batch * stack(m.decoder_layers, dec, 4 * dec, n + 1)

@@ -127,3 +127,19 @@ def test_linear_probe_learns_a_separable_problem():
   x = rng.normal(size=(400, 8)).astype(np.float32)
   y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
   assert probe.linear_probe(x[:300], y[:300], x[300:], y[300:], 2) > 0.95
+
+
+def test_rotation_turns_each_image_by_its_own_quarter_turns():
+  from ssl_jax.tasks import rotation
+  images = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
+  turned = rotation.rotate(images, jnp.array([0, 1, 2, 3]))
+  for k in range(4):
+    np.testing.assert_array_equal(turned[k], np.rot90(np.asarray(images[k]), k, axes=(0, 1)))
+
+
+def test_rotation_run_trains_and_reports_accuracy(tmp_path):
+  from ssl_jax import train
+  settings = {'train.steps': 2, 'train.checkpoint_every': 2, 'train.eval_every': 2, 'train.batch_size': 8,
+              'train.eval_batches': 1, 'model.d_ff': 64}
+  last = train.train_and_evaluate(tiny_config('', 'vit_rotation.py', **settings), str(tmp_path / 'rot'))
+  assert 0.0 <= last['accuracy'] <= 1.0 and 'train_accuracy' in last

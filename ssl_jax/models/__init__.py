@@ -12,6 +12,7 @@ FAMILIES = {
     'bert': (bert.BERT, dict(pre_norm=False, ln_eps=1e-12)),
     'vit': (vit.ViT, dict(pre_norm=True, ln_eps=1e-6)),
     'mae': (vit.MAE, dict(pre_norm=True, ln_eps=1e-6)),
+    'vit_classifier': (vit.ViTClassifier, dict(pre_norm=True, ln_eps=1e-6)),
 }
 
 
@@ -22,7 +23,7 @@ def transformer_config(config) -> TransformerConfig:
     raise ConfigError(f'unknown model.family {m.family!r}; known: {", ".join(FAMILIES)}')
   if m.d_model % m.num_heads:
     raise ConfigError(f'model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}')
-  vision = m.family in ('vit', 'mae')
+  vision = m.family in ('vit', 'mae', 'vit_classifier')
   if m.vocab_size <= 0 and not vision:
     raise ConfigError('model.vocab_size is unset: it comes from the tokenizer')
   if vision and (m.patch <= 0 or config.data.image_size % m.patch):
@@ -44,5 +45,7 @@ def build(config):
     decoder = dataclasses.replace(cfg, num_layers=m.decoder_layers, num_heads=m.decoder_heads,
                                   d_model=m.decoder_d_model, d_ff=4 * m.decoder_d_model, dropout=0.0)
     return vit.MAE(cfg, decoder, m.patch, size, m.mask_ratio), cfg
+  if m.family == 'vit_classifier':
+    return vit.ViTClassifier(cfg, m.patch, size, m.num_classes), cfg
   module, _ = FAMILIES[m.family]
   return module(cfg), cfg

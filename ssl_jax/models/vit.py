@@ -123,3 +123,20 @@ class MAE(nn.Module):
     y = LayerNorm(dec, name='decoder_ln')(y)
     pixels = self.patch * self.patch * images.shape[-1]
     return Dense((pixels,), (None, None), dec.init_std, dtype=dec.dtype, name='decoder_pred')(y[:, 1:])
+
+
+class ViTClassifier(nn.Module):
+  """A ViT with a linear head on the class token (rotation and jigsaw pretext tasks, fine-tuning)."""
+  cfg: TransformerConfig
+  patch: int
+  image_size: int
+  num_classes: int
+
+  def setup(self):
+    self.encoder = ViT(self.cfg, self.patch, self.image_size, class_token=True)
+
+  @nn.compact
+  def __call__(self, images, deterministic: bool = True):
+    x = self.encoder(images, None, deterministic)                              # (B, 1 + N, C)
+    logits = Dense((self.num_classes,), ('embed', None), self.cfg.init_std, dtype=self.cfg.dtype, name='head')(x[:, 0])
+    return logits.astype(jnp.float32)                                          # (B, classes)

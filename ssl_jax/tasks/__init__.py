@@ -9,7 +9,7 @@
 import dataclasses
 import importlib
 
-TASKS = ('clm', 'mlm_nsp', 'masked_image')
+TASKS = ('clm', 'mlm_nsp', 'masked_image', 'rotation')
 
 
 @dataclasses.dataclass

@@ -9,30 +9,12 @@ patch (MAE's best-performing target).
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import flops, probe as probe_lib
-from ssl_jax.config import ConfigError
-from ssl_jax.data import images as images_lib
-from ssl_jax.models.vit import ViT, patchify
-from ssl_jax.tasks import Data
+from ssl_jax import flops
+from ssl_jax.models.vit import patchify
+from ssl_jax.tasks import vision
 
-
-def make_data(config, workdir: str) -> Data:
-  del workdir
-  size, d = config.data.image_size, config.data
-  train_images, train_labels, classes = images_lib.load(d.path, size)
-  if d.eval_path:
-    eval_images, eval_labels, _ = images_lib.load(d.eval_path, size)
-  else:
-    split = int(len(train_images) * (1 - d.eval_fraction))
-    train_images, eval_images = train_images[:split], train_images[split:]
-    train_labels, eval_labels = train_labels[:split], train_labels[split:]
-  if size % config.model.patch:
-    raise ConfigError(f'data.image_size={size} is not a multiple of model.patch={config.model.patch}')
-  pi, pc = jax.process_index(), jax.process_count()
-  make = lambda x, y, augment: images_lib.ImageBatches(x, y, config.train.batch_size, config.seed, augment,
-                                                       process_index=pi, process_count=pc)
-  return Data(make(train_images, train_labels, True), make(eval_images, eval_labels, False), None,
-              unit='images', units_per_example=1, classes=tuple(classes))
+make_data = vision.make_data   # the task interface's image data and linear probe
+probe = vision.probe
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
@@ -79,14 +61,3 @@ def loss_fn(model, params, batch, rng, train: bool):
 def flops_per_step(config):
   return flops.mae_train_flops(config, config.train.batch_size)
 
-
-def probe(setup, params) -> dict:
-  """Linear-probe accuracy on the held-out images, from the encoder's mean patch features."""
-  model = setup.model
-  encoder = ViT(model.cfg, model.patch, model.image_size)
-  encode = lambda x: encoder.apply({'params': params['encoder']}, x)[:, 1:].mean(1)   # (B, D)
-  train, held_out = setup.data.train, setup.data.eval
-  accuracy = probe_lib.linear_probe(probe_lib.features(encode, train.images), train.labels,
-                                    probe_lib.features(encode, held_out.images), held_out.labels,
-                                    max(len(setup.data.classes), int(train.labels.max()) + 1))
-  return {'probe_accuracy': accuracy}
