@@ -38,3 +38,13 @@ def alternate(sides, rounds, cwd, check=None):
       print(f"{r:>5} {name:<12} {fmt('tokens_per_sec', '10.0f'):>10} {fmt('step_ms', '9.2f'):>9} "
             f"{fmt('compile_s', '9.2f'):>9} {fmt('mfu', '7.4f'):>7} {fmt('wall_s', '7.1f'):>7}", flush=True)
   return {name: statistics.median(r['tokens_per_sec'] for r in rs) for name, rs in rows.items()}
+
+
+def report(medians, peer: str, args) -> float:
+  """Prints the medians and their ratio, then the closing JSON line; returns ours / peer."""
+  ratio = medians['ours'] / medians[peer]
+  print(f"median tokens/s: ours {medians['ours']:.0f}, {peer} {medians[peer]:.0f}; ours/{peer} = {ratio:.2f}x")
+  print(json.dumps({'shape': args.shape, 'rounds': args.rounds, 'steps': args.steps,
+                    'ours_tokens_per_sec': medians['ours'], f'{peer.lower()}_tokens_per_sec': medians[peer],
+                    'ratio': ratio}))
+  return ratio

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from side_by_side import alternate
+from side_by_side import alternate, report
 
 REPO = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
@@ -99,11 +99,7 @@ def main():
   print(f'shape {args.shape}: {SHAPES[args.shape]}, batch {BATCH} x {SEQ_LEN}, vocab {VOCAB}\n'
         f'ours: {" ".join(ours_command(args))}\npeer: {" ".join(peer)}', flush=True)
   med = alternate({'ours': (ours_command(args), env), 'transformers': (peer, None)}, args.rounds, str(REPO))
-  ratio = med['ours'] / med['transformers']
-  print(f"median tokens/s: ours {med['ours']:.0f}, transformers {med['transformers']:.0f}; ratio {ratio:.2f}x")
-  print(json.dumps({'shape': args.shape, 'rounds': args.rounds, 'steps': args.steps,
-                    'ours_tokens_per_sec': med['ours'], 'transformers_tokens_per_sec': med['transformers'],
-                    'ratio': ratio}))
+  report(med, 'transformers', args)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from side_by_side import alternate
+from side_by_side import alternate, report
 
 REPO = Path(__file__).resolve().parent.parent
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -122,11 +122,7 @@ def main():
                   f"expected {s['batch']} {s['seq_len']}", file=sys.stderr)
 
     med = alternate({"ours": (ours, env), "nanoGPT": (nanogpt_command(args), None)}, args.rounds, args.repo, check)
-    ratio = med["ours"] / med["nanoGPT"]
-    print(f"median tokens/s: ours {med['ours']:.0f}, nanoGPT {med['nanoGPT']:.0f}; ours/nanoGPT = {ratio:.2f}x")
-    print(json.dumps({"shape": args.shape, "rounds": args.rounds, "steps": args.steps,
-                      "ours_tokens_per_sec": med["ours"], "nanogpt_tokens_per_sec": med["nanoGPT"],
-                      "ratio": ratio}))
+    report(med, "nanoGPT", args)
 
 
 if __name__ == "__main__":
