@@ -93,7 +93,9 @@ def embedded_images(size: int, count: int = 2048, seed: int = 0):
       x, y = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
       images.append(np.asarray(photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BICUBIC)))
       labels.append(label)
-  return np.stack(images).astype(np.uint8), np.asarray(labels, np.int32), [n.split('.')[0] for n in names]
+  order = rng.permutation(len(images))   # mixed, so a held-out tail holds every photograph
+  return (np.stack(images)[order].astype(np.uint8), np.asarray(labels, np.int32)[order],
+          [n.split('.')[0] for n in names])
 
 
 def load(path: str, size: int):

@@ -12,6 +12,8 @@ from ssl_jax.tasks import Data
 def make_data(config, workdir: str) -> Data:
   del workdir
   size, d = config.data.image_size, config.data
+  if config.model.patch <= 0 or size % config.model.patch:   # before any image is read
+    raise ConfigError(f'data.image_size={size} is not a multiple of model.patch={config.model.patch}')
   train_images, train_labels, classes = images_lib.load(d.path, size)
   if d.eval_path:
     eval_images, eval_labels, _ = images_lib.load(d.eval_path, size)
@@ -19,8 +21,6 @@ def make_data(config, workdir: str) -> Data:
     split = int(len(train_images) * (1 - d.eval_fraction))
     train_images, eval_images = train_images[:split], train_images[split:]
     train_labels, eval_labels = train_labels[:split], train_labels[split:]
-  if size % config.model.patch:
-    raise ConfigError(f'data.image_size={size} is not a multiple of model.patch={config.model.patch}')
   pi, pc = jax.process_index(), jax.process_count()
   make = lambda x, y, augment: images_lib.ImageBatches(x, y, config.train.batch_size, config.seed, augment,
                                                        process_index=pi, process_count=pc)
