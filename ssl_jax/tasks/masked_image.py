@@ -44,7 +44,7 @@ def reconstruction_loss(pred, target, hidden):
 
 
 def model_inputs(batch, keep=None) -> dict:
-  if keep is None:   # for init: any K of the right size
+  if keep is None:   # for init: the parameters do not depend on how many patches are kept
     keep = jnp.zeros((batch['images'].shape[0], 1), jnp.int32)
   return dict(images=batch['images'], keep=keep)
 
