@@ -2,6 +2,9 @@
 
 Commands:
   train     train (resuming from the workdir's newest checkpoint), evaluate, sample
+  finetune  train a fine-tuning experiment (experiments/finetune_*.py) from --config.init_from=DIR
+            (our workdir, a `convert --from_hf` output or a Hugging Face BERT directory);
+            the best held-out checkpoint is kept in WORKDIR/best
   eval      evaluate the workdir's newest checkpoint on the held-out split
   bench     time the train step: one JSON line (tokens/s, step_ms, compile_s, MFU, ...)
   generate  sample from the workdir's newest checkpoint: --prompt "..." [--max_new_tokens N]
@@ -17,7 +20,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMMANDS = ('train', 'eval', 'bench', 'generate', 'convert')
+COMMANDS = ('train', 'finetune', 'eval', 'bench', 'generate', 'convert')
 
 
 def parse(argv):

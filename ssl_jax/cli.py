@@ -5,7 +5,7 @@ import os
 
 import ml_collections
 
-from ssl_jax import bench, checkpoint, config as config_lib, generate, train
+from ssl_jax import bench, checkpoint, config as config_lib, generate, tasks, train
 from ssl_jax.data.text import DataError
 
 
@@ -37,6 +37,15 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
     print(f'workdir: {workdir} (set --workdir to choose)', flush=True)
   if command == 'train':
     train.train_and_evaluate(config, workdir)
+  elif command == 'finetune':
+    if not hasattr(tasks.get(config.task), 'HEADS'):
+      raise config_lib.ConfigError(f'task {config.task!r} is not a fine-tuning task; finetune takes '
+                                   'experiments/finetune_*.py (or use train)')
+    train.train_and_evaluate(config, workdir)
+    best = os.path.join(workdir, 'best', 'best.json')
+    if os.path.exists(best):
+      with open(best) as f:
+        print(f'best: {f.read().strip()} (parameters in {os.path.dirname(best)})', flush=True)
   elif command == 'eval':
     train.eval_command(config, workdir)
   elif command == 'bench':

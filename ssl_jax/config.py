@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.short_seq_prob = 0.1   # masked LM: chance of a shorter target length
   c.data.whole_word_masking = False
   c.data.image_size = 32        # vision: images are resized to this square
+  c.data.max_examples = 0       # fine-tuning: use the first N training rows (0: all)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16       # global batch, over all hosts and devices
@@ -76,6 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   c.train.sample_tokens = 200   # text sampled at the end of a decoder run; 0 = none
   c.train.sample_prompt = ''
+
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.freeze = 0         # -1: the whole body (a linear probe); k > 0: embeddings + the lowest k blocks
+  c.finetune.lm_weight = 0.5    # decoders: weight of the auxiliary language-modelling loss (GPT-1)
+  c.finetune.doc_stride = 128   # span QA: tokens between the starts of a long context's windows
+  c.finetune.max_query_len = 64 # span QA: question tokens kept
+  c.finetune.max_answer_len = 30  # span QA: longest answer decoded, in tokens
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1              # -1: whatever the other axes leave of the devices

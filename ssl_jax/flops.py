@@ -62,6 +62,20 @@ def encoder_train_flops(config, batch: int, seq_len: int, predictions: int):
   return float(common + head_per_position * batch * predictions), float(common + head_per_position * tokens)
 
 
+def encoder_finetune_flops(config, batch: int, seq_len: int, head_outputs: int, per_token: bool):
+  """(model FLOPs, the same) of an encoder with a fine-tuning head: on the pooled [CLS]
+  vector (per_token False: classification) or on every position (tagging, span QA).
+  Every position is computed and attended to, so both conventions agree."""
+  m = config.model
+  tokens = batch * seq_len
+  body = 6 * m.num_layers * (4 * m.d_model * m.d_model + 2 * m.d_model * m.d_ff) * tokens
+  attention = 3 * m.num_layers * 4 * seq_len * m.d_model * tokens
+  head = 6 * m.d_model * head_outputs * (tokens if per_token else batch)
+  pooler = 0 if per_token else 6 * m.d_model * m.d_model * batch
+  total = float(body + attention + head + pooler)
+  return total, total
+
+
 def stack(layers: int, d: int, d_ff: int, tokens: int) -> float:
   """Training FLOPs of `layers` full-attention blocks over one sequence of `tokens`."""
   return 6 * tokens * (layers * (4 * d * d + 2 * d * d_ff) + 2 * layers * tokens * d)   # matmuls + attention

@@ -1,6 +1,7 @@
 """The optimizer: AdamW with decay on matrices only, warm-up then decay, global-norm clipping."""
 
 import jax
+import jax.numpy as jnp
 import optax
 from ssl_jax.config import ConfigError
 
@@ -28,10 +29,26 @@ def decay_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
-def make(train) -> optax.GradientTransformation:
+def zero_where(tree, frozen):
+  """`tree` with the leaves whose path `frozen(path)` names replaced by zeros (which do not
+  depend on them, so XLA drops the work that only computed them)."""
+  return jax.tree_util.tree_map_with_path(lambda path, x: jnp.zeros_like(x) if frozen(path) else x, tree)
+
+
+def zero_frozen(frozen) -> optax.GradientTransformation:
+  """Zeroes the updates of frozen parameters (their weight decay too); stateless."""
+  return optax.GradientTransformation(lambda params: optax.EmptyState(),
+                                      lambda updates, state, params=None: (zero_where(updates, frozen), state))
+
+
+def make(train, frozen=None) -> optax.GradientTransformation:
+  """AdamW as `train` says; with `frozen` (a path predicate) those parameters never move
+  (the train step zeroes their gradients; this zeroes their updates, weight decay included)."""
   parts = []
   if train.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(train.grad_clip))
   parts.append(optax.adamw(schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
                            weight_decay=train.weight_decay, mask=decay_mask))
+  if frozen is not None:
+    parts.append(zero_frozen(frozen))
   return optax.chain(*parts)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax import checkpoint, config as config_lib, metrics as metrics_lib, models, optim, parallel, tasks
+from ssl_jax import checkpoint, config as config_lib, metrics as metrics_lib, models, optim, parallel, tasks, transfer
 from ssl_jax.data import tokenizer as tokenizers
 
 
@@ -34,8 +34,12 @@ class TrainState:
   opt_state: Any
 
 
-def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_accum: int):
-  """One optimizer update on a global batch; gradients averaged over `grad_accum` micro-batches."""
+def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_accum: int, frozen=None):
+  """One optimizer update on a global batch; gradients averaged over `grad_accum` micro-batches.
+
+  `frozen` (fine-tuning: a predicate on parameter paths) zeroes those gradients first, so
+  XLA drops the backward work only they needed.
+  """
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
   grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(model, p, b, r, True), has_aux=True)
   if grad_accum == 1:
@@ -55,6 +59,8 @@ def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_
     zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[1], shapes[0][1]))
     (grads, step_metrics), _ = jax.lax.scan(accumulate, zeros, jnp.arange(grad_accum))
     grads, step_metrics = jax.tree_util.tree_map(lambda x: x / grad_accum, (grads, step_metrics))
+  if frozen is not None:
+    grads = optim.zero_where(grads, frozen)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step_metrics = {**step_metrics, 'grad_norm': optax.tree.norm(grads)}
@@ -84,6 +90,7 @@ class Setup:
   compile_s: float
   num_params: int
   init_fn: Any = None       # rng -> a fresh state, created sharded
+  source: Any = None        # fine-tuning: the pretrained body (transfer.Source), if init_from names one
 
   def meta(self) -> dict:
     """What a checkpoint must agree with to be restored into this run."""
@@ -102,8 +109,15 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch(config.train.batch_size, mesh, config.train.grad_accum)
 
-  # Data and tokenizer; the vocabulary size follows the tokenizer unless set.
+  # Fine-tuning takes the shape and tokenizer of its pretrained body; then data and tokenizer
+  # (the vocabulary size follows the tokenizer unless set).
   task = tasks.get(config.task)
+  source = None
+  if hasattr(task, 'HEADS'):
+    source = transfer.apply_source(config, workdir, task.HEADS)
+    if config.model.family not in task.HEADS.values():
+      raise config_lib.ConfigError(f'task {config.task} fine-tunes model.family {", ".join(task.HEADS.values())}; '
+                                   f'got {config.model.family!r}')
   data = task.make_data(config, workdir)
   if data.tokenizer is not None:   # text; images have no vocabulary
     if config.model.vocab_size <= 0:
@@ -117,7 +131,8 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
   if data.tokenizer is not None and config.data.seq_len > model_cfg.max_len:
     raise config_lib.ConfigError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
                                  f'{model_cfg.max_len} positions (model.max_len)')
-  tx = optim.make(config.train)
+  frozen = transfer.frozen(config.finetune.freeze, config.model.family) if config.finetune.freeze else None
+  tx = optim.make(config.train, frozen)
 
   # State shapes and shardings, from the logical names the model's parameters carry.
   example = jax.tree_util.tree_map(lambda x: jnp.zeros((1,) + x.shape[1:], x.dtype), data.train.batch(0))
@@ -134,7 +149,7 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
   s = Setup(config=config, workdir=workdir, mesh=mesh, task=task, data=data, model=model,
             model_cfg=model_cfg, tx=tx, state_shardings=state_shardings,
             abstract_state=abstract_state, train_fn=None, eval_fn=None, compile_s=0.0,
-            num_params=num_params,
+            num_params=num_params, source=source,
             init_fn=jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings))
   if compile_steps:
     compile_steps_ahead(s)
@@ -144,20 +159,25 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
 def compile_steps_ahead(s: Setup) -> None:
   """Lowers and compiles the train and eval steps once, from abstract shapes."""
   config = s.config
-  local = s.data.train.batch(0)
   bs = parallel.batch_sharding(s.mesh)
-  batch_abstract = jax.tree_util.tree_map(
+  batch_abstract, eval_batch_abstract = (jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct((config.train.batch_size,) + x.shape[1:], x.dtype, sharding=bs), local)
-  step = functools.partial(train_step, model=s.model, loss_fn=s.task.loss_fn, tx=s.tx, seed=config.seed,
-                           grad_accum=config.train.grad_accum)
-  evaluate_step = functools.partial(eval_step, model=s.model, loss_fn=s.task.loss_fn)
+      for local in (s.data.train.batch(0), s.data.eval.eval_batch(0)))
+  loss_fn = s.task.loss_fn
+  if hasattr(s.task, 'bind'):
+    loss_fn = functools.partial(loss_fn, **s.task.bind(config))
+  step = functools.partial(train_step, model=s.model, loss_fn=loss_fn, tx=s.tx, seed=config.seed,
+                           grad_accum=config.train.grad_accum,
+                           frozen=transfer.frozen(config.finetune.freeze, config.model.family)
+                           if config.finetune.freeze else None)
+  evaluate_step = functools.partial(eval_step, model=s.model, loss_fn=loss_fn)
   rep = parallel.replicated(s.mesh)
   t = time.perf_counter()
   with jax.set_mesh(s.mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
     s.train_fn = jax.jit(step, in_shardings=(s.state_shardings, bs), out_shardings=(s.state_shardings, rep),
                          donate_argnums=0).lower(s.abstract_state, batch_abstract).compile()
     s.eval_fn = jax.jit(evaluate_step, in_shardings=(s.state_shardings.params, bs), out_shardings=rep
-                        ).lower(s.abstract_state.params, batch_abstract).compile()
+                        ).lower(s.abstract_state.params, eval_batch_abstract).compile()
   s.compile_s = time.perf_counter() - t
 
 
@@ -165,13 +185,17 @@ def init_or_restore(s: Setup, ckpt: checkpoint.Checkpointer):
   """(state, start step): the newest valid checkpoint in the workdir, else a fresh state.
 
   A fresh state takes its parameters from `init_from` (another run's workdir) when set:
-  e.g. BERT's phase 2 at length 512 starting from phase 1. The optimizer starts anew.
+  e.g. BERT's phase 2 at length 512 starting from phase 1; a fine-tuning run takes only its
+  body from there (transfer.load_body) and its head fresh. The optimizer starts anew.
   """
   restored = ckpt.restore(s.abstract_state, expect_meta=s.meta())
   if restored is not None:
     state, _, step = restored
     return state, step
   state = s.init_fn(jax.random.key(s.config.seed))
+  if s.source is not None:
+    family = transfer.BASE_FAMILY[s.config.model.family]
+    return state.replace(params=transfer.load_body(s.source, state.params, s.state_shardings.params, family)), 0
   if s.config.init_from:
     source = checkpoint.Checkpointer(s.config.init_from, create=False)
     found = source.restore(s.abstract_state, expect_meta=s.meta())
@@ -183,12 +207,25 @@ def init_or_restore(s: Setup, ckpt: checkpoint.Checkpointer):
 
 
 def evaluate(s: Setup, params) -> dict:
-  """Mean of each task metric over `train.eval_batches` fixed held-out batches."""
+  """Held-out metrics over `train.eval_batches` fixed held-out batches (0: all of the split).
+
+  Each task metric is averaged over the batches, unless the task sums them itself
+  (`summarize`: e.g. accuracy over rows, F1 from a confusion matrix) or evaluates on the
+  host (`evaluate`: e.g. decoding answer spans).
+  """
+  if hasattr(s.task, 'evaluate'):
+    return s.task.evaluate(s, params)
+  batches = s.config.train.eval_batches or getattr(s.data.eval, 'num_batches', 0)
+  if batches <= 0:
+    raise config_lib.ConfigError('train.eval_batches=0 (all) needs held-out data of known size')
   totals = None
-  for i in range(s.config.train.eval_batches):
+  for i in range(batches):
     m = s.eval_fn(params, s.put(s.data.eval.eval_batch(i)))
     totals = m if totals is None else jax.tree_util.tree_map(jnp.add, totals, m)
-  means = {k: float(v) / s.config.train.eval_batches for k, v in jax.device_get(totals).items()}
+  totals = jax.device_get(totals)
+  if hasattr(s.task, 'summarize'):
+    return s.task.summarize(totals)
+  means = {k: float(v) / batches for k, v in totals.items()}
   return {('eval_loss' if k == 'loss' else k): v for k, v in means.items()}
 
 
@@ -254,8 +291,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if done % tc.log_every == 0 or done == tc.steps:
       pending = (done, step_metrics)
     if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
+      jax.block_until_ready(state)          # the steps queued so far count as training time
       t = time.perf_counter()
       eval_metrics = evaluate(s, state.params)
+      if hasattr(s.task, 'BEST_METRIC'):
+        transfer.keep_best(workdir, done, eval_metrics, s.task.BEST_METRIC, state.params, config.model.to_dict())
       clock[0] += time.perf_counter() - t   # eval time is not training throughput
       flush(eval_metrics)
     if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:

@@ -14,6 +14,7 @@ import numpy as np
 import sentencepiece as spm
 from ssl_jax.config import ConfigError
 from ssl_jax.data.text import DataError
+from ssl_jax.data.wordpiece import WordPieceTokenizer, read_vocab
 
 TOKENIZER_FILE = 'tokenizer.json'
 SPM_FILE = 'tokenizer.model'
@@ -94,7 +95,12 @@ class SentencePieceTokenizer:
 
 def fingerprint(tok) -> str:
   """A short hash that tells two tokenizers apart (stored with checkpoints)."""
-  payload = tok.model_proto if tok.kind == 'sentencepiece' else tok.state()['chars'].encode()
+  if tok.kind == 'sentencepiece':
+    payload = tok.model_proto
+  elif tok.kind == 'wordpiece':
+    payload = json.dumps([tok.vocab, tok.lowercase, tok.strip_accents]).encode()
+  else:
+    payload = tok.state()['chars'].encode()
   return hashlib.sha1(payload).hexdigest()[:16]
 
 
@@ -102,6 +108,8 @@ def save(tok, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
   if tok.kind == 'sentencepiece':
     _atomic_write(os.path.join(workdir, SPM_FILE), tok.model_proto)
+  if tok.kind == 'wordpiece':
+    _atomic_write(os.path.join(workdir, tok.state()['vocab']), ''.join(f'{t}\n' for t in tok.vocab).encode())
   _atomic_write(os.path.join(workdir, TOKENIZER_FILE), json.dumps(tok.state()).encode())
 
 
@@ -112,8 +120,13 @@ def load(workdir: str):
     return None
   with open(path) as f:
     state = json.load(f)
+  if 'kind' not in state:     # a Hugging Face tokenizer.json, not ours
+    return None
   if state['kind'] == 'char':
     return CharTokenizer(state['chars'])
+  if state['kind'] == 'wordpiece':
+    return WordPieceTokenizer(read_vocab(os.path.join(workdir, state['vocab'])), state['lowercase'],
+                              state['strip_accents'])
   with open(os.path.join(workdir, state['model']), 'rb') as f:
     return SentencePieceTokenizer(f.read())
 

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from ssl_jax.models import bert, gpt, vit
+from ssl_jax.models import bert, gpt, heads, vit
 from ssl_jax.models.layers import TransformerConfig
 from ssl_jax.config import ConfigError
 
@@ -13,6 +13,11 @@ FAMILIES = {
     'vit': (vit.ViT, dict(pre_norm=True, ln_eps=1e-6)),
     'mae': (vit.MAE, dict(pre_norm=True, ln_eps=1e-6)),
     'vit_classifier': (vit.ViTClassifier, dict(pre_norm=True, ln_eps=1e-6)),
+    # Fine-tuning heads on the bodies above (ssl_jax/models/heads.py).
+    'bert_classifier': (heads.BertClassifier, dict(pre_norm=False, ln_eps=1e-12)),
+    'bert_tagger': (heads.BertTagger, dict(pre_norm=False, ln_eps=1e-12)),
+    'bert_qa': (heads.BertSpanQA, dict(pre_norm=False, ln_eps=1e-12)),
+    'gpt_classifier': (heads.GPTClassifier, dict(pre_norm=True, ln_eps=1e-5)),
 }
 
 
@@ -48,4 +53,8 @@ def build(config):
   if m.family == 'vit_classifier':
     return vit.ViTClassifier(cfg, m.patch, size, m.num_classes), cfg
   module, _ = FAMILIES[m.family]
+  if m.family in ('bert_classifier', 'bert_tagger', 'gpt_classifier'):
+    if m.num_classes <= 0:
+      raise ConfigError(f'model.num_classes={m.num_classes}: a classifier needs its number of classes')
+    return module(cfg, m.num_classes), cfg
   return module(cfg), cfg

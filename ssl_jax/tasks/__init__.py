@@ -4,12 +4,22 @@
   model_inputs(batch) -> dict                  (the model's keyword arguments)
   loss_fn(model, params, batch, rng, train) -> (loss, metrics)
   flops_per_step(config) -> (model FLOPs of one training step, Megatron-convention FLOPs)
+
+and optionally
+  probe(setup, params) -> dict                 (run.py eval: a linear probe of the encoder)
+  report(setup, params) -> str                 (the end of training: figures, plots)
+  bind(config) -> dict                         (keyword arguments of loss_fn from the config)
+  summarize(sums) -> dict                      (held-out metrics from loss_fn's per-batch sums,
+                                                which it returns when train is False)
+  evaluate(setup, params) -> dict              (held-out metrics computed on the host instead)
+  HEADS, BEST_METRIC                           (fine-tuning: body family -> model family, and
+                                                the held-out metric whose best is kept)
 """
 
 import dataclasses
 import importlib
 
-TASKS = ('clm', 'mlm_nsp', 'masked_image', 'rotation')
+TASKS = ('clm', 'mlm_nsp', 'masked_image', 'rotation', 'classify', 'tag', 'span_qa')
 
 
 @dataclasses.dataclass

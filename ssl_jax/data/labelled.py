@@ -1,0 +1,215 @@
+"""Labelled text for fine-tuning: readers, encoders into fixed-length rows, and batches.
+
+  TSV      a header row naming `text` [, `text_b`], `label` columns (GLUE's SST-2 is
+           `text<TAB>label`); labels are names, mapped to ids in sorted order
+  CoNLL-U  one sentence a block; the FORM and UPOS columns (multi-word token lines such
+           as `1-2` and empty nodes such as `8.1` are skipped, as UD's own tools do)
+
+Encoders (BERT framing `[CLS] A [SEP] B [SEP]`, or a decoder's plain tokens) turn rows
+into NumPy arrays; `LabelledBatches` serves them: the batch at step s is a pure function
+of (seed, s) (epochs reshuffled by (seed, epoch)), held-out batches walk the rows in
+order, padded at the end with rows of weight 0.
+"""
+
+import csv
+import functools
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ssl_jax.data.text import DataError, read_text
+
+IGNORE = -1   # label of positions that carry no loss (sub-word continuations, specials, padding)
+
+
+def read_tsv(path: str) -> Tuple[List[str], List[Optional[str]], List[str]]:
+  """(texts, texts_b or Nones, label names) of a TSV with a header."""
+  lines = read_text(path).splitlines()
+  rows = list(csv.reader(lines, delimiter='\t', quoting=csv.QUOTE_NONE))
+  if not rows:
+    raise DataError(f'{path}: empty')
+  header = [h.strip().lower() for h in rows[0]]
+  text_col = next((header.index(n) for n in ('text', 'sentence', 'sentence1', 'text_a') if n in header), None)
+  b_col = next((header.index(n) for n in ('text_b', 'sentence2') if n in header), None)
+  if text_col is None or 'label' not in header:
+    raise DataError(f'{path}: the header {rows[0]} needs a text (or sentence) column and a label column')
+  label_col = header.index('label')
+  texts, texts_b, labels = [], [], []
+  for n, row in enumerate(rows[1:], start=2):
+    if not any(cell.strip() for cell in row):
+      continue
+    if len(row) <= max(text_col, label_col, b_col or 0):
+      raise DataError(f'{path}:{n}: {len(row)} columns, the header has {len(header)}')
+    texts.append(row[text_col].strip())
+    texts_b.append(row[b_col].strip() if b_col is not None else None)
+    labels.append(row[label_col].strip())
+  if not texts:
+    raise DataError(f'{path}: no rows after the header')
+  return texts, texts_b, labels
+
+
+def read_conllu_tags(path: str) -> List[Tuple[List[str], List[str]]]:
+  """[(words, UPOS tags)] per sentence of a CoNLL-U file."""
+  sentences, words, tags = [], [], []
+  for n, line in enumerate(read_text(path).splitlines(), start=1):
+    line = line.rstrip('\n')
+    if not line.strip():
+      if words:
+        sentences.append((words, tags))
+        words, tags = [], []
+      continue
+    if line.startswith('#'):
+      continue
+    cols = line.split('\t')
+    if len(cols) != 10:
+      raise DataError(f'{path}:{n}: {len(cols)} columns, CoNLL-U has 10')
+    if '-' in cols[0] or '.' in cols[0]:
+      continue
+    words.append(cols[1])
+    tags.append(cols[3])
+  if words:
+    sentences.append((words, tags))
+  if not sentences:
+    raise DataError(f'{path}: no sentences')
+  return sentences
+
+
+def label_ids(names: Sequence[str], classes: Sequence[str] = ()) -> Tuple[np.ndarray, Tuple[str, ...]]:
+  """Ids of label names in `classes` (default: the sorted distinct names; integers sort as numbers)."""
+  if not classes:
+    distinct = set(names)
+    numeric = all(n.lstrip('-').isdigit() for n in distinct)
+    classes = tuple(sorted(distinct, key=int if numeric else str))
+  index = {c: i for i, c in enumerate(classes)}
+  unknown = sorted(set(names) - set(index))
+  if unknown:
+    raise DataError(f'labels {unknown[:5]} are not among the training labels {list(classes)[:20]}')
+  return np.asarray([index[n] for n in names], np.int32), tuple(classes)
+
+
+def _specials(tokenizer):
+  ids = [tokenizer.piece_id(p) for p in ('[CLS]', '[SEP]', '[PAD]')]
+  unk = tokenizer.piece_id('[UNK]') if hasattr(tokenizer, 'piece_id') else -1
+  if any(i == unk for i in ids):
+    raise DataError('this vocabulary lacks [CLS], [SEP] or [PAD]: an encoder needs them')
+  return ids
+
+
+def encode_pairs(tokenizer, texts, texts_b, seq_len: int) -> dict:
+  """`[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]` rows, the longer side truncated first."""
+  cls, sep, pad = _specials(tokenizer)
+  n = len(texts)
+  tokens = np.full((n, seq_len), pad, np.int32)
+  segments = np.zeros((n, seq_len), np.int32)
+  for i, (a, b) in enumerate(zip(texts, texts_b)):
+    a = list(tokenizer.encode(a))
+    b = list(tokenizer.encode(b)) if b is not None else None
+    room = seq_len - (3 if b is not None else 2)
+    while len(a) + len(b or []) > room:
+      if b is not None and len(b) > len(a):
+        b.pop()
+      else:
+        a.pop()
+    row = [cls] + a + [sep] + ((b + [sep]) if b is not None else [])
+    tokens[i, :len(row)] = row
+    if b is not None:
+      segments[i, len(a) + 2:len(row)] = 1
+  return {'tokens': tokens, 'segments': segments, 'padding': tokens != pad}
+
+
+def encode_plain(tokenizer, texts, texts_b, seq_len: int) -> dict:
+  """A decoder's rows (GPT-1 style): A, then a newline and B, left-aligned; `length` per row.
+
+  Too long a row keeps its last seq_len tokens, since a decoder's classifier reads the
+  last one. A character-level tokenizer drops the characters its alphabet lacks.
+  """
+  n = len(texts)
+  tokens = np.zeros((n, seq_len), np.int32)
+  lengths = np.zeros((n,), np.int32)
+  known = set(tokenizer.chars) if tokenizer.kind == 'char' else None
+  for i, (a, b) in enumerate(zip(texts, texts_b)):
+    row = a if b is None else f'{a}\n{b}'
+    if known is not None:     # a character-level model skips characters its alphabet lacks
+      row = ''.join(ch for ch in row if ch in known)
+    ids = list(tokenizer.encode(row)) or [0]
+    ids = ids[-seq_len:]
+    tokens[i, :len(ids)] = ids
+    lengths[i] = len(ids)
+  return {'tokens': tokens, 'lengths': lengths, 'padding': np.arange(seq_len)[None, :] < lengths[:, None]}
+
+
+def encode_tags(tokenizer, sentences, seq_len: int, tag_ids: np.ndarray) -> dict:
+  """`[CLS] pieces [SEP]` rows; each word's tag on its first piece, IGNORE elsewhere.
+
+  Words past the end of a row are cut (their tags are not scored); `words_kept` counts them.
+  """
+  cls, sep, pad = _specials(tokenizer)
+  unk = tokenizer.piece_id('[UNK]')
+  n = len(sentences)
+  tokens = np.full((n, seq_len), pad, np.int32)
+  labels = np.full((n, seq_len), IGNORE, np.int32)
+  kept = 0
+  offset = 0
+  for i, (words, _) in enumerate(sentences):
+    row, row_labels = [cls], [IGNORE]
+    for j, word in enumerate(words):
+      pieces = list(tokenizer.encode(word)) or [unk]
+      if len(row) + len(pieces) > seq_len - 1:
+        break
+      row += pieces
+      row_labels += [int(tag_ids[offset + j])] + [IGNORE] * (len(pieces) - 1)
+      kept += 1
+    offset += len(words)
+    row.append(sep)
+    row_labels.append(IGNORE)
+    tokens[i, :len(row)] = row
+    labels[i, :len(row)] = row_labels
+  return {'tokens': tokens, 'segments': np.zeros_like(tokens), 'padding': tokens != pad, 'labels': labels,
+          'words_kept': kept}
+
+
+class LabelledBatches:
+  """Rows of equal-length arrays served as global batches; each host gets its own rows.
+
+  `batch(step)`: rows of a permutation drawn per epoch from (seed, epoch), so the batch at
+  step s is a pure function of (seed, s) and every row is seen once an epoch.
+  `eval_batch(i)`: rows i*B ... (i+1)*B - 1 in order; past the end, row 0 again with
+  `weight` 0. `num_batches` held-out batches cover every row once.
+  """
+
+  def __init__(self, arrays: dict, global_batch: int, seed: int, process_index: int = 0, process_count: int = 1,
+               name: str = 'data'):
+    self.size = len(next(iter(arrays.values())))
+    if self.size == 0:
+      raise DataError(f'{name}: no examples')
+    if global_batch % process_count:
+      raise DataError(f'train.batch_size={global_batch} is not divisible by the {process_count} hosts')
+    self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    self.global_batch, self.seed = global_batch, seed
+    local = global_batch // process_count
+    self.rows = np.arange(process_index * local, (process_index + 1) * local)
+    self.num_batches = -(-self.size // global_batch)
+
+  @functools.lru_cache(maxsize=2)
+  def _order(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch, 7]).permutation(self.size)
+
+  def _take(self, index: np.ndarray, weight: np.ndarray, positions: np.ndarray) -> dict:
+    out = {k: v[index] for k, v in self.arrays.items()}
+    out['weight'] = weight.astype(np.float32)
+    out['index'] = positions.astype(np.int32)
+    return out
+
+  def batch(self, step: int) -> dict:
+    positions = step * self.global_batch + self.rows                   # global positions in the stream
+    epochs, within = positions // self.size, positions % self.size
+    index = np.asarray([self._order(int(e))[w] for e, w in zip(epochs, within)])
+    return self._take(index, np.ones(len(index)), positions)
+
+  def eval_batch(self, i: int) -> dict:
+    positions = i * self.global_batch + self.rows
+    valid = positions < self.size
+    return self._take(np.where(valid, positions, 0), valid, positions)
+
+  def epochs(self, steps: int) -> float:
+    return steps * self.global_batch / self.size

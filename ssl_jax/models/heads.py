@@ -1,0 +1,73 @@
+"""Fine-tuning heads on a pretrained body: the body's parameters sit under one key (`bert`,
+`gpt`; a ViT's under `encoder`, see vit.ViTClassifier), the fresh head under `head`, so a
+pretrained tree maps across by that one name.
+
+  BertClassifier  a linear layer on the pooled [CLS] vector (single texts and pairs)
+  BertTagger      a linear layer on every hidden state (part of speech, ...)
+  BertSpanQA      start and end logits over the tokens (extractive QA)
+  GPTClassifier   GPT-1's: a linear layer on the last token's state, plus the LM logits for
+                  the auxiliary language-modelling loss
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ssl_jax.models.bert import BERT
+from ssl_jax.models.gpt import GPT
+from ssl_jax.models.layers import Dense, TransformerConfig
+
+
+def _head(cfg: TransformerConfig, outputs: int):
+  return Dense((outputs,), ('embed', None), cfg.init_std, dtype=cfg.dtype, name='head')
+
+
+class BertClassifier(nn.Module):
+  cfg: TransformerConfig
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, padding_mask=None, deterministic: bool = True):
+    out = BERT(self.cfg, name='bert')(tokens, segment_ids, padding_mask, deterministic=deterministic,
+                                      return_hidden=True)
+    x = nn.Dropout(self.cfg.dropout)(out['pooled'], deterministic=deterministic)     # (B, C)
+    return {'logits': _head(self.cfg, self.num_classes)(x).astype(jnp.float32)}      # (B, classes)
+
+
+class BertTagger(nn.Module):
+  cfg: TransformerConfig
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, padding_mask=None, deterministic: bool = True):
+    out = BERT(self.cfg, name='bert')(tokens, segment_ids, padding_mask, deterministic=deterministic,
+                                      return_hidden=True)
+    x = nn.Dropout(self.cfg.dropout)(out['hidden'], deterministic=deterministic)     # (B, T, C)
+    return {'logits': _head(self.cfg, self.num_classes)(x).astype(jnp.float32)}      # (B, T, classes)
+
+
+class BertSpanQA(nn.Module):
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, padding_mask=None, deterministic: bool = True):
+    out = BERT(self.cfg, name='bert')(tokens, segment_ids, padding_mask, deterministic=deterministic,
+                                      return_hidden=True)
+    logits = _head(self.cfg, 2)(out['hidden']).astype(jnp.float32)                  # (B, T, 2)
+    return {'start_logits': logits[..., 0], 'end_logits': logits[..., 1]}             # (B, T) each
+
+
+class GPTClassifier(nn.Module):
+  cfg: TransformerConfig
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, tokens, lengths, deterministic: bool = True):
+    """tokens (B, T) left-aligned, lengths (B,): the class read at token lengths - 1."""
+    body = GPT(self.cfg, name='gpt')
+    x = body(tokens, deterministic=deterministic, return_hidden=True)                 # (B, T, C)
+    last = jnp.take_along_axis(x, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]  # (B, C)
+    last = nn.Dropout(self.cfg.dropout)(last, deterministic=deterministic)
+    logits = _head(self.cfg, self.num_classes)(last).astype(jnp.float32)              # (B, classes)
+    wte = jnp.asarray(nn.meta.unbox(body.variables['params']['wte']), x.dtype)    # boxed during init
+    lm_logits = jnp.einsum('btc,vc->btv', x, wte).astype(jnp.float32)                # (B, T, V), tied
+    return {'logits': logits, 'lm_logits': lm_logits}

@@ -1,0 +1,91 @@
+"""Extractive question answering fine-tuning (SQuAD v1.1 / v2.0 JSON).
+
+Loss: (CE over start positions + CE over end positions) / 2. Held-out evaluation decodes
+the best valid span of every question over all its windows, maps it back to characters
+of the context and scores `exact_match` and `f1` (SQuAD's official normalisation); a
+v2.0 file (any unanswerable question) lets the model answer '' when [CLS] scores best.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ssl_jax import flops
+from ssl_jax.config import ConfigError
+from ssl_jax.data import labelled, squad, text
+from ssl_jax.data.corpus import run_tokenizer
+from ssl_jax.tasks import Data
+
+HEADS = {'bert': 'bert_qa'}
+BEST_METRIC = 'f1'
+
+
+def make_data(config, workdir: str) -> Data:
+  d, f = config.data, config.finetune
+  if not d.path:
+    raise ConfigError('span_qa needs data.path: a SQuAD-style JSON file')
+  examples = squad.read_squad(text.resolve_paths(d.path, 'data.path')[0])
+  if d.eval_path:
+    held_out = squad.read_squad(text.resolve_paths(d.eval_path, 'data.eval_path')[0])
+  else:
+    split = max(1, int(len(examples) * (1 - d.eval_fraction)))
+    examples, held_out = examples[:split], examples[split:]
+  if d.max_examples:
+    examples = examples[:d.max_examples]
+  tok = run_tokenizer(config, workdir, lambda: [e.question + '\n' + e.context for e in examples + held_out])
+  pi, pc = jax.process_index(), jax.process_count()
+  train_features = squad.make_features(examples, tok, d.seq_len, f.doc_stride, f.max_query_len)
+  eval_features = squad.make_features(held_out, tok, d.seq_len, f.doc_stride, f.max_query_len)
+  make = lambda feats, name: labelled.LabelledBatches(feats.arrays, config.train.batch_size, config.seed, pi, pc,
+                                                      name)
+  data = Data(make(train_features, 'training windows'), make(eval_features, 'held-out windows'), tok,
+              units_per_example=d.seq_len)
+  data.eval.examples, data.eval.features = held_out, eval_features   # for decoding
+  return data
+
+
+def model_inputs(batch) -> dict:
+  return dict(tokens=batch['tokens'], segment_ids=batch['segments'], padding_mask=batch['padding'])
+
+
+def loss_fn(model, params, batch, rng, train: bool):
+  out = model.apply({'params': params}, **model_inputs(batch), deterministic=not train, rngs={'dropout': rng})
+  weight = batch['weight']
+  count = jnp.maximum(weight.sum(), 1.0)
+  start = optax.softmax_cross_entropy_with_integer_labels(out['start_logits'], batch['start_positions'])
+  end = optax.softmax_cross_entropy_with_integer_labels(out['end_logits'], batch['end_positions'])
+  loss = (((start + end) / 2) * weight).sum() / count
+  return loss, {'loss': loss}
+
+
+def evaluate(s, params) -> dict:
+  """Held-out loss, exact_match and f1 over every held-out question."""
+  held_out = s.data.eval
+  if not hasattr(s, '_qa_forward'):
+    s._qa_forward = jax.jit(lambda p, b: s.model.apply({'params': p}, **model_inputs(b)))  # pylint: disable=protected-access
+  starts, ends = [], []
+  for i in range(held_out.num_batches):
+    out = s._qa_forward(params, s.put(held_out.eval_batch(i)))   # pylint: disable=protected-access
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      out = multihost_utils.process_allgather(out, tiled=True)
+    starts.append(np.asarray(out['start_logits']))
+    ends.append(np.asarray(out['end_logits']))
+  n = held_out.size
+  start_logits, end_logits = np.concatenate(starts)[:n], np.concatenate(ends)[:n]
+  a = held_out.features.arrays
+  rows = np.arange(n)
+  loss = float(np.mean((_ce(start_logits, a['start_positions'], rows) + _ce(end_logits, a['end_positions'], rows)) / 2))
+  predictions = squad.decode(held_out.examples, held_out.features, start_logits, end_logits,
+                             s.config.finetune.max_answer_len, squad.version_2(held_out.examples))
+  return {'eval_loss': loss, **squad.score(held_out.examples, predictions), 'eval_examples': len(predictions)}
+
+
+def _ce(logits, positions, rows):
+  shifted = logits - logits.max(-1, keepdims=True)
+  return np.log(np.exp(shifted).sum(-1)) - shifted[rows, positions]
+
+
+def flops_per_step(config):
+  return flops.encoder_finetune_flops(config, config.train.batch_size, config.data.seq_len, 2, per_token=True)
