@@ -245,3 +245,19 @@ def test_pos_tagging_and_qa_from_the_real_minilm(tmp_path):
 def test_finetune_refuses_a_pretraining_experiment(corpus):
   proc = run_cli('finetune', '--config', 'experiments/default.py', f'--config.data.path={corpus}', check=False)
   assert proc.returncode == 1 and 'not a fine-tuning task' in proc.stderr
+
+
+def test_finetune_a_pretrained_vit_on_labelled_images(tmp_path):
+  from ssl_jax import train  # pylint: disable=import-outside-toplevel
+  pretrained = str(tmp_path / 'mae')
+  config = tiny_config('', 'vit_mae.py', **{'train.steps': 2, 'train.eval_every': 0, 'train.batch_size': 8,
+                                             'model.patch': 8, 'data.image_size': 16})
+  train.train_and_evaluate(config, pretrained)
+  workdir = str(tmp_path / 'ft')
+  run_cli('finetune', '--config', 'experiments/finetune_images.py', f'--config.init_from={pretrained}',
+          '--workdir', workdir, '--config.train.steps=2', '--config.train.batch_size=8', '--config.train.eval_every=2')
+  last = read_metrics(workdir)[-1]
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  assert 0 <= last['accuracy'] <= 1 and last['eval_examples'] > 0
+  assert (saved['model']['patch'], saved['data']['image_size'], saved['model']['d_model']) == (8, 16, 32)
