@@ -142,6 +142,15 @@ def trim_at_stop(text: str, stop: Sequence[str]) -> str:
   return text[:cut]
 
 
+def complete(model, params, tokenizer, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
+             **sampling) -> List[str]:
+  """The text each prompt continues with (cut at the first stop string); `sampling` as generate()'s."""
+  stop = [s for s in stop if s]
+  ids = generate(model, params, [tokenizer.encode(p) for p in prompts], max_new_tokens,
+                 stop_tokens=stop_token_ids(tokenizer, stop), **sampling)
+  return [trim_at_stop(tokenizer.decode(new), stop) for new in ids]
+
+
 # The reference path.
 
 @functools.partial(jax.jit, static_argnames=('model', 'top_k'))
