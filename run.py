@@ -7,7 +7,7 @@ Commands:
   generate  sample from the workdir's newest checkpoint: --prompt "..." [--max_new_tokens N] [--stop S]
   fewshot   few-shot accuracy against K: --task TEST.jsonl --train TRAIN.jsonl --shots 0,1,4
   summarize TL;DR summaries (and ROUGE against references): --input FILE.jsonl
-  convert   Hugging Face BERT in or out: --from_hf DIR (into --workdir) or --to_hf DIR (from --workdir)
+  convert   Hugging Face BERT or GPT-2 in or out: --from_hf DIR (into --workdir) or --to_hf DIR (from --workdir)
 
 Without --config, `train` and `bench` use experiments/default.py (a small GPT on the
 embedded corpus); `eval` and `generate` use the config saved in the workdir.
@@ -44,8 +44,8 @@ def parse(argv):
   parser.add_argument('--train', default=None, help='fewshot: the JSONL the K examples are drawn from')
   parser.add_argument('--shots', default='0,1,4', help='fewshot: the values of K, comma-separated')
   parser.add_argument('--input', default=None, help='summarize: JSONL of article (and reference)')
-  parser.add_argument('--from_hf', default=None, help='convert: a Hugging Face BERT directory to import')
-  parser.add_argument('--to_hf', default=None, help='convert: a directory to export the workdir\'s BERT to')
+  parser.add_argument('--from_hf', default=None, help='convert: a Hugging Face BERT or GPT-2 directory to import')
+  parser.add_argument('--to_hf', default=None, help='convert: a directory to export the workdir\'s BERT or GPT to')
   parser.add_argument('--debug', action='store_true', help='show full tracebacks')
   overrides, rest = [], []
   args = list(argv)
