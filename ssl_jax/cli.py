@@ -45,7 +45,7 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
       config.bench.steps = steps
     bench.main(config, workdir or '')
   elif command == 'generate':
-    s, state, _ = train.restore_for_inference(config, workdir)
+    s, state, _ = train.restore_for_inference(config, workdir, compile_steps=False)
     prompts = [prompt]
     if prompt_file:
       with open(prompt_file) as f:
@@ -56,11 +56,11 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
       print(p + text, flush=True)
   elif command == 'fewshot':
     from ssl_jax import evaluate  # pylint: disable=import-outside-toplevel
-    s, state, _ = train.restore_for_inference(config, workdir)
+    s, state, _ = train.restore_for_inference(config, workdir, compile_steps=False)
     evaluate.fewshot_command(s, state.params, task_file, train_file, shots, workdir)
   elif command == 'summarize':
     from ssl_jax import summarize  # pylint: disable=import-outside-toplevel
-    s, state, _ = train.restore_for_inference(config, workdir)
+    s, state, _ = train.restore_for_inference(config, workdir, compile_steps=False)
     summarize.summarize_command(s, state.params, input_file, workdir)
 
 
