@@ -107,6 +107,8 @@ def generate(model, params, prompts: Sequence[Sequence[int]], max_new_tokens: in
              top_k: int = 200, top_p: float = 1.0, seed: int = 0, stop_tokens=None) -> List[np.ndarray]:
   """For each prompt (a sequence of ids), its `max_new_tokens` new ids, fewer where every
   row emitted one of `stop_tokens` (ids, see stop_token_ids) before the end."""
+  if not prompts:
+    return []
   context = model.cfg.max_len
   top_k = min(top_k, model.cfg.vocab_size)
   stop_tokens = jnp.asarray(np.asarray([-1] if stop_tokens is None else stop_tokens, np.int32))
