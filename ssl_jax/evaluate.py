@@ -11,7 +11,9 @@ Multiple choice: each choice is scored by the log-likelihood of its tokens after
 prompt, summed, and divided by its number of tokens (per-token normalised); the prediction
 is the best-scoring choice, and both accuracies are reported (the paper uses either per
 task). Free form: greedy generation up to a newline, exact match after stripping spaces.
-Prompt and choice are tokenized apart and joined, so a choice is always the same tokens.
+A choice's tokens are those of prompt + choice past the prompt's own tokens (so " positive"
+after "Sentiment:" is the model's usual word-initial piece); where the joint tokenization
+does not start with the prompt's, the two are tokenized apart and joined.
 A prompt longer than the model's positions keeps its rightmost tokens (the oldest
 demonstrations go first), as a decoder reading a stream would.
 
@@ -109,6 +111,15 @@ def continuation_logprobs(model, params, requests: Sequence[Tuple[Sequence[int],
   return out
 
 
+def split_tokens(tokenizer, context: str, continuation: str) -> Tuple[List[int], List[int]]:
+  """(context ids, continuation ids), the continuation's as tokenized after the context."""
+  ctx = [int(i) for i in tokenizer.encode(context)]
+  joint = [int(i) for i in tokenizer.encode(context + continuation)]
+  if joint[:len(ctx)] == ctx and len(joint) > len(ctx):
+    return ctx, joint[len(ctx):]
+  return ctx, [int(i) for i in tokenizer.encode(continuation)]
+
+
 def evaluate(model, params, tokenizer, test: Sequence[dict], train: Sequence[dict], shots: Sequence[int],
              seed: int = 0) -> List[dict]:
   """One row per K: accuracy (free form), or accuracy_sum and accuracy_per_token (multiple choice)."""
@@ -120,9 +131,8 @@ def evaluate(model, params, tokenizer, test: Sequence[dict], train: Sequence[dic
     if choice:
       requests, owners = [], []
       for i in choice:
-        ctx = tokenizer.encode(prompts[i])
         for c in test[i]['choices']:
-          requests.append((ctx, tokenizer.encode(c)))
+          requests.append(split_tokens(tokenizer, prompts[i], c))
           owners.append(i)
       logprobs = continuation_logprobs(model, params, requests)
       by_example = {}

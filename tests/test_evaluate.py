@@ -76,6 +76,23 @@ class Digits:
     return ''.join(self.alphabet[i] for i in ids)
 
 
+class Merging:
+  """Characters as ids, except that "ab" is one token (id 99): a joint tokenization can differ."""
+
+  def encode(self, text):
+    ids, i = [], 0
+    while i < len(text):
+      ids.append(99 if text.startswith('ab', i) else ord(text[i]))
+      i += 2 if ids[-1] == 99 else 1
+    return np.asarray(ids, np.int32)
+
+
+def test_a_choice_is_tokenized_after_its_context_unless_that_splits_the_context():
+  tok = Merging()
+  assert evaluate.split_tokens(tok, 'x:', 'ab') == ([ord('x'), ord(':')], [99])
+  assert evaluate.split_tokens(tok, 'xa', 'b') == ([ord('x'), ord('a')], [ord('b')])   # joint: x, ab
+
+
 def test_sum_and_per_token_scores_pick_as_computed_by_hand(tiny_model):
   model, params = tiny_model
   tok = Digits()
