@@ -57,8 +57,8 @@ def choose(logits, rng, temperature, top_k: int, top_p):
 @functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'top_k'))
 def _decode(model, params, tokens, starts, stop_tokens, rng, temperature, top_p, *, max_new_tokens: int,
             top_k: int):
-  """tokens (B, P) prompts left-padded (row b's begins at starts[b]) -> (B, N) new ids and
-  (B,) how many of them were made before every row was done."""
+  """tokens (B, P) prompts left-padded (row b's begins at starts[b]) -> (B, N) new ids, and
+  how many of the N were made (fewer once every row has emitted a stop token)."""
   b, p = tokens.shape
   slots = p + max_new_tokens                                            # S: the cache's length
   shapes = jax.eval_shape(functools.partial(model.init, decode=True), jax.random.key(0),
