@@ -148,9 +148,16 @@ def complete(model, params, tokenizer, prompts: Sequence[str], max_new_tokens: i
              **sampling) -> List[str]:
   """The text each prompt continues with (cut at the first stop string); `sampling` as generate()'s."""
   stop = [s for s in stop if s]
-  ids = generate(model, params, [tokenizer.encode(p) for p in prompts], max_new_tokens,
-                 stop_tokens=stop_token_ids(tokenizer, stop), **sampling)
-  return [trim_at_stop(tokenizer.decode(new), stop) for new in ids]
+  prompt_ids = [tokenizer.encode(p) for p in prompts]
+  ids = generate(model, params, prompt_ids, max_new_tokens, stop_tokens=stop_token_ids(tokenizer, stop), **sampling)
+  return [trim_at_stop(continuation_text(tokenizer, p, new), stop) for p, new in zip(prompt_ids, ids)]
+
+
+def continuation_text(tokenizer, prompt_ids, new_ids) -> str:
+  """The text of new_ids as it reads after the prompt: sentencepiece drops a word-initial
+  space from text decoded on its own, so the whole is decoded and the prompt's part cut."""
+  whole, head = tokenizer.decode(np.concatenate([prompt_ids, new_ids])), tokenizer.decode(prompt_ids)
+  return whole[len(head):] if whole.startswith(head) else tokenizer.decode(new_ids)
 
 
 # The reference path.

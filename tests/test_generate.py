@@ -90,3 +90,17 @@ def test_stop_strings_cut_the_text_and_end_the_loop(tiny):
   stopped = generate.generate(model, params, [tok.encode('abc')], 30, temperature=0.0,
                               stop_tokens=generate.stop_token_ids(tok, [stop]))[0]
   assert len(stopped) == full.index(stop) + 1            # the loop ended at the stop token
+
+
+class Pieces:
+  """Decodes like sentencepiece: '▁' is a space, and a text's leading space is dropped."""
+  pieces = ['▁the', '▁cat', 's']
+
+  def decode(self, ids):
+    return ''.join(self.pieces[i] for i in ids).replace('▁', ' ').lstrip(' ')
+
+
+def test_continuation_text_keeps_the_space_before_a_new_word():
+  tok = Pieces()
+  assert tok.decode([1, 2]) == 'cats'                                  # decoded alone, the space is gone
+  assert generate.continuation_text(tok, np.asarray([0]), np.asarray([1, 2])) == ' cats'
