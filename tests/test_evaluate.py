@@ -171,3 +171,12 @@ def test_summarize_command_writes_summaries_and_rouge(trained, tmp_path):
   assert result['articles'] == 2 and result['scored'] == 2 and 0 <= result['rougeL_f1'] <= 1
   with open(os.path.join(workdir, 'summaries.jsonl')) as f:
     assert len(f.readlines()) == 2
+
+
+def test_generate_command_cuts_at_stop_strings(trained, capsys):
+  workdir, text = trained
+  prompt = text[:30]
+  cli.run('generate', '', [], config_given=False, workdir=workdir, prompt=prompt, max_new_tokens=60,
+          temperature=1.0, top_k=0, top_p=0.9, stop=['\n', 'e'])
+  printed = capsys.readouterr().out.split(prompt, 1)[1]
+  assert '\n' not in printed.rstrip('\n') and 'e' not in printed
