@@ -38,6 +38,11 @@ def random_params(model_config, seed=0):
   return jax.tree_util.tree_unflatten(tree, leaves)
 
 
+@pytest.fixture(scope='module')
+def tiny_params():
+  return random_params(TINY)
+
+
 def our_logits(params, model_config, tokens):
   model = GPT(convert_gpt2.transformer_config(model_config))
   return np.asarray(jax.jit(model.apply)({'params': params}, jnp.asarray(tokens)))
@@ -50,9 +55,10 @@ def assert_trees_identical(a, b):
     assert x.dtype == flat_b[path].dtype and np.array_equal(x, flat_b[path]), path
 
 
-def test_export_matches_gpt2_lm_head_model_and_imports_back_bit_identical(torch_and_transformers, tmp_path):
+def test_export_matches_gpt2_lm_head_model_and_imports_back_bit_identical(torch_and_transformers, tiny_params,
+                                                                         tmp_path):
   torch, transformers = torch_and_transformers
-  params = random_params(TINY)
+  params = tiny_params
   convert_gpt2.save_hf_gpt2(params, TINY, str(tmp_path / 'hf'))
   reference = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / 'hf'), dtype=torch.float32).eval()
   tokens = np.random.default_rng(0).integers(0, TINY['vocab_size'], (3, TINY['max_len']))
@@ -82,8 +88,8 @@ def test_a_gpt2_config_model_imports_with_its_logits(torch_and_transformers, tmp
   assert np.abs(our_logits(params, model_config, tokens) - expected).max() < 1e-4
 
 
-def test_names_with_or_without_the_transformer_prefix_import_alike(tmp_path):
-  params = random_params(TINY, seed=3)
+def test_names_with_or_without_the_transformer_prefix_import_alike(tiny_params, tmp_path):
+  params = tiny_params
   convert_gpt2.save_hf_gpt2(params, TINY, str(tmp_path))
   path = os.path.join(str(tmp_path), 'model.safetensors')
   tensors = load_file(path)
@@ -113,8 +119,8 @@ def test_a_model_without_biases_exports_zero_biases_and_errors_name_the_tensor(t
     convert_gpt2.load_hf_gpt2(str(tmp_path))
 
 
-def test_convert_command_picks_the_family_from_the_files(tmp_path):
-  params = random_params(TINY)
+def test_convert_command_picks_the_family_from_the_files(tiny_params, tmp_path):
+  params = tiny_params
   convert_gpt2.save_hf_gpt2(params, TINY, str(tmp_path / 'hf'))
   report = convert.convert_command(str(tmp_path / 'hf'), None, str(tmp_path / 'ours'))
   assert report['unused_tensors'] == []
