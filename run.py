@@ -7,8 +7,10 @@ Commands:
             the best held-out checkpoint is kept in WORKDIR/best
   eval      evaluate the workdir's newest checkpoint on the held-out split
   bench     time the train step: one JSON line (tokens/s, step_ms, compile_s, MFU, ...)
-  generate  sample from the workdir's newest checkpoint: --prompt "..." [--max_new_tokens N]
-  convert   Hugging Face BERT in or out: --from_hf DIR (into --workdir) or --to_hf DIR (from --workdir)
+  generate  sample from the workdir's newest checkpoint: --prompt "..." [--max_new_tokens N] [--stop S]
+  fewshot   few-shot accuracy against K: --task TEST.jsonl --train TRAIN.jsonl --shots 0,1,4
+  summarize TL;DR summaries (and ROUGE against references): --input FILE.jsonl
+  convert   Hugging Face BERT or GPT-2 in or out: --from_hf DIR (into --workdir) or --to_hf DIR (from --workdir)
 
 Without --config, `train` and `bench` use experiments/default.py (a small GPT on the
 embedded corpus); `eval` and `generate` use the config saved in the workdir.
@@ -20,7 +22,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMMANDS = ('train', 'finetune', 'eval', 'bench', 'generate', 'convert')
+COMMANDS = ('train', 'finetune', 'eval', 'bench', 'generate', 'convert', 'fewshot', 'summarize')
 
 
 def parse(argv):
@@ -37,8 +39,16 @@ def parse(argv):
   parser.add_argument('--max_new_tokens', type=int, default=200, help='generate: tokens to sample')
   parser.add_argument('--temperature', type=float, default=0.8, help='generate: 0 = greedy')
   parser.add_argument('--top_k', type=int, default=200, help='generate: sample among the k likeliest')
-  parser.add_argument('--from_hf', default=None, help='convert: a Hugging Face BERT directory to import')
-  parser.add_argument('--to_hf', default=None, help='convert: a directory to export the workdir\'s BERT to')
+  parser.add_argument('--top_p', type=float, default=1.0, help='generate: sample among the likeliest tokens '
+                      'holding this much probability (1 = all)')
+  parser.add_argument('--stop', action='append', default=[], help='generate: cut the text at this string '
+                      '(repeatable; \\n for a newline)')
+  parser.add_argument('--task', default=None, help='fewshot: the test JSONL (context, choices + label, or target)')
+  parser.add_argument('--train', default=None, help='fewshot: the JSONL the K examples are drawn from')
+  parser.add_argument('--shots', default='0,1,4', help='fewshot: the values of K, comma-separated')
+  parser.add_argument('--input', default=None, help='summarize: JSONL of article (and reference)')
+  parser.add_argument('--from_hf', default=None, help='convert: a Hugging Face BERT or GPT-2 directory to import')
+  parser.add_argument('--to_hf', default=None, help='convert: a directory to export the workdir\'s BERT or GPT to')
   parser.add_argument('--debug', action='store_true', help='show full tracebacks')
   overrides, rest = [], []
   args = list(argv)
@@ -63,7 +73,9 @@ def main(argv):
     cli.run(flags.command, flags.config or os.path.join(HERE, 'experiments', 'default.py'), overrides,
             config_given=flags.config is not None, workdir=flags.workdir, steps=flags.steps,
             prompt=flags.prompt, prompt_file=flags.prompt_file, max_new_tokens=flags.max_new_tokens,
-            temperature=flags.temperature, top_k=flags.top_k, from_hf=flags.from_hf, to_hf=flags.to_hf)
+            temperature=flags.temperature, top_k=flags.top_k, from_hf=flags.from_hf, to_hf=flags.to_hf,
+            top_p=flags.top_p, stop=[s.replace('\\n', '\n') for s in flags.stop], task_file=flags.task,
+            train_file=flags.train, shots=flags.shots, input_file=flags.input)
   except Exception as e:  # pylint: disable=broad-except
     if flags.debug or not cli.is_user_error(e):
       raise

@@ -19,12 +19,13 @@ def default_workdir(config) -> str:
 
 
 def run(command: str, config_spec: str, overrides, *, config_given: bool, workdir, steps=None, prompt='\n',
-        prompt_file=None, max_new_tokens=200, temperature=0.8, top_k=200, from_hf=None, to_hf=None):
+        prompt_file=None, max_new_tokens=200, temperature=0.8, top_k=200, from_hf=None, to_hf=None, top_p=1.0,
+        stop=(), task_file=None, train_file=None, shots='0,1,4', input_file=None):
   if command == 'convert':  # needs no experiment: the shapes come from the files
     from ssl_jax import convert  # pylint: disable=import-outside-toplevel
     convert.convert_command(from_hf, to_hf, workdir)
     return
-  if command in ('eval', 'generate') and not config_given:
+  if command in ('eval', 'generate', 'fewshot', 'summarize') and not config_given:
     if not workdir:
       raise config_lib.ConfigError(f'{command} needs --workdir (a trained run) or --config')
     config = saved_config(workdir)
@@ -53,15 +54,23 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
       config.bench.steps = steps
     bench.main(config, workdir or '')
   elif command == 'generate':
-    s, state, step = train.restore_for_inference(config, workdir)
+    s, state, _ = train.restore_for_inference(config, workdir, compile_steps=False)
     prompts = [prompt]
     if prompt_file:
       with open(prompt_file) as f:
         prompts = [line.rstrip('\n').replace('\\n', '\n') for line in f if line.strip()]
-    for p in prompts:
-      ids = generate.sample(s.model, state.params, s.data.tokenizer.encode(p), max_new_tokens,
-                            temperature=temperature, top_k=top_k, seed=config.seed)
-      print(s.data.tokenizer.decode(ids), flush=True)
+    texts = generate.complete(s.model, state.params, s.data.tokenizer, prompts, max_new_tokens, stop,
+                              temperature=temperature, top_k=top_k, top_p=top_p, seed=config.seed)
+    for p, text in zip(prompts, texts):
+      print(p + text, flush=True)
+  elif command == 'fewshot':
+    from ssl_jax import evaluate  # pylint: disable=import-outside-toplevel
+    s, state, _ = train.restore_for_inference(config, workdir, compile_steps=False)
+    evaluate.fewshot_command(s, state.params, task_file, train_file, shots, workdir)
+  elif command == 'summarize':
+    from ssl_jax import summarize  # pylint: disable=import-outside-toplevel
+    s, state, _ = train.restore_for_inference(config, workdir, compile_steps=False)
+    summarize.summarize_command(s, state.params, input_file, workdir)
 
 
 def saved_config(workdir: str):

@@ -1,5 +1,8 @@
 """Hugging Face BERT checkpoints in and out, exactly (the WordPiece tokenizer is data/wordpiece.py).
 
+GPT-2 is convert_gpt2.py, on the helpers here; `run.py convert` picks the family from the
+files (config.json's model_type, or our model.json's family).
+
 A Hugging Face BERT directory holds `config.json`, `model.safetensors` (tensors named as
 in transformers' BertModel, or BertForPreTraining with a `bert.` prefix on the body and
 the heads under `cls.`) and `vocab.txt` (one WordPiece a line; the id is the line number).
@@ -67,6 +70,8 @@ TO_HF_ACTIVATION = {'gelu': 'gelu', 'gelu_tanh': 'gelu_new', 'relu': 'relu'}
 # Our parameters that a checkpoint may lack (BertModel has no pre-training heads; some have no pooler).
 OPTIONAL = ('pooler', 'nsp', 'mlm_transform', 'mlm_ln', 'mlm_bias')
 HEADS = ('nsp', 'mlm_transform', 'mlm_ln', 'mlm_bias')
+# The families that convert, with the LayerNorm eps their TransformerConfig fixes (models.FAMILIES).
+LN_EPS = {'bert': 1e-12, 'gpt': 1e-5}
 TRANSFORMER_KEYS = ('num_layers', 'num_heads', 'd_model', 'd_ff', 'vocab_size', 'max_len', 'activation',
                     'ln_eps', 'dropout', 'bias')
 
@@ -397,12 +402,13 @@ def load_workdir_params(workdir: str) -> Tuple[dict, dict, Optional[List[str]]]:
     raise ConversionError(f'{workdir} has neither {PARAMS_FILE} nor a training config.json')
   run_config = _read_json(config_path)
   model = run_config.get('model', {})
-  if model.get('family') != 'bert':
-    raise ConversionError(f'{config_path}: model.family is {model.get("family")!r}; only bert converts')
+  if model.get('family') not in LN_EPS:
+    raise ConversionError(f'{config_path}: model.family is {model.get("family")!r}; only {", ".join(LN_EPS)} convert')
   seq_len = run_config.get('data', {}).get('seq_len', 0)
-  model_config = dict(family='bert', num_layers=model['num_layers'], num_heads=model['num_heads'],
+  model_config = dict(family=model['family'], num_layers=model['num_layers'], num_heads=model['num_heads'],
                       d_model=model['d_model'], d_ff=model['d_ff'], vocab_size=model['vocab_size'],
-                      max_len=model.get('max_len') or seq_len, activation=model['activation'], ln_eps=1e-12,
+                      max_len=model.get('max_len') or seq_len, activation=model['activation'],
+                      ln_eps=LN_EPS[model['family']],
                       dropout=model.get('dropout', 0.0), bias=model.get('bias', True))
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from ssl_jax import checkpoint  # pylint: disable=import-outside-toplevel
@@ -420,20 +426,35 @@ def load_workdir_params(workdir: str) -> Tuple[dict, dict, Optional[List[str]]]:
 
 
 def convert_command(from_hf: Optional[str], to_hf: Optional[str], workdir: str) -> dict:
-  """`run.py convert`: exactly one of from_hf (HF dir -> workdir) and to_hf (workdir -> HF dir)."""
+  """`run.py convert`: exactly one of from_hf (HF dir -> workdir) and to_hf (workdir -> HF dir).
+
+  The family comes from the files: config.json's model_type (bert, gpt2) on the way in, our
+  model.json's (or the training config's) family (bert, gpt) on the way out."""
+  from ssl_jax import convert_gpt2  # pylint: disable=import-outside-toplevel  (it imports this module)
   if bool(from_hf) == bool(to_hf):
     raise ConversionError('convert needs exactly one of --from_hf DIR and --to_hf DIR')
   if not workdir:
     raise ConversionError('convert needs --workdir')
   if from_hf:
-    params, model_config, vocab = load_hf_bert(from_hf)
+    model_type = _read_json(os.path.join(from_hf, HF_CONFIG)).get('model_type')
+    if model_type == 'gpt2':
+      (params, model_config), vocab = convert_gpt2.load_hf_gpt2(from_hf), None
+      model_config['fresh_init'] = []
+    elif model_type in ('bert', None):
+      params, model_config, vocab = load_hf_bert(from_hf)
+    else:
+      raise ConversionError(f'{os.path.join(from_hf, HF_CONFIG)}: model_type {model_type!r}; bert and gpt2 convert')
     save_params(params, model_config, workdir, vocab)
     report = {'from': from_hf, 'to': workdir, 'files': [PARAMS_FILE, MODEL_FILE] + ([VOCAB_FILE] if vocab else []),
               'fresh_init': model_config['fresh_init'], 'unused_tensors': model_config['unused_tensors']}
   else:
     params, model_config, vocab = load_workdir_params(workdir)
-    report = {'from': workdir, 'to': to_hf, 'files': save_hf_bert(params, model_config, to_hf, vocab)}
-    if vocab is None:
+    if model_config.get('family') == 'gpt':
+      report = {'from': workdir, 'to': to_hf, 'files': convert_gpt2.save_hf_gpt2(params, model_config, to_hf),
+                'note': 'weights only: our char or sentencepiece tokenizer is not GPT-2\'s byte-level BPE'}
+    else:
+      report = {'from': workdir, 'to': to_hf, 'files': save_hf_bert(params, model_config, to_hf, vocab)}
+    if vocab is None and model_config.get('family') != 'gpt':
       report['note'] = f'no {VOCAB_FILE} in {workdir}: the run\'s tokenizer is not WordPiece, so none was written'
   print(json.dumps(report), flush=True)
   return report

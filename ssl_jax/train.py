@@ -318,9 +318,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return last
 
 
-def restore_for_inference(config, workdir: str):
-  """(Setup, state) from the workdir's newest checkpoint; an error if there is none."""
-  s = setup(config, workdir)
+def restore_for_inference(config, workdir: str, compile_steps: bool = True):
+  """(Setup, state) from the workdir's newest checkpoint; an error if there is none.
+  Commands that only sample or score pass compile_steps=False (no train or eval step)."""
+  s = setup(config, workdir, compile_steps)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   restored = ckpt.restore(s.abstract_state, expect_meta=s.meta())
   ckpt.close()

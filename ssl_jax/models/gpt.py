@@ -45,17 +45,27 @@ class GPT(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens, deterministic: bool = True, return_hidden: bool = False):
-    """tokens (B, T) int -> logits (B, T, vocab) in float32 (or the final hidden states)."""
+  def __call__(self, tokens, deterministic: bool = True, return_hidden: bool = False, *, positions=None,
+               padding_mask=None, decode: bool = False):
+    """tokens (B, T) int -> logits (B, T, vocab) in float32 (or the final hidden states).
+
+    Decoding (ssl_jax/generate.py) passes `decode` (keys and values go to the `cache`
+    collection, see layers.Attention), each row's `positions` (B, T) (rows are left-padded
+    to one length) and padding_mask (B, S) over the cache's slots.
+    """
     cfg = self.cfg
     _, t = tokens.shape
-    check_length(t, cfg)
     wte = self.param('wte', param_init(cfg.init_std, ('vocab', 'embed')), (cfg.vocab_size, cfg.d_model))
     wpe = self.param('wpe', param_init(cfg.init_std, (None, 'embed')), (cfg.max_len, cfg.d_model))
-    x = jnp.asarray(wte, cfg.compute_dtype)[tokens] + jnp.asarray(wpe[:t], cfg.compute_dtype)  # (B, T, C)
+    if positions is None:
+      check_length(t, cfg)
+      position_embeddings = wpe[:t]                                      # (T, C)
+    else:
+      position_embeddings = wpe[positions]                               # (B, T, C)
+    x = jnp.asarray(wte, cfg.compute_dtype)[tokens] + position_embeddings.astype(cfg.compute_dtype)  # (B, T, C)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
-    x = Stack(cfg, causal=True, name='blocks')(x, None, deterministic)
+    x = Stack(cfg, causal=True, name='blocks')(x, padding_mask, deterministic, decode)
     x = LayerNorm(cfg, name='ln_f')(x)
     if return_hidden:
       return x

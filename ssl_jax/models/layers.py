@@ -105,23 +105,30 @@ class LayerNorm(nn.Module):
         bias_init=zeros_init(('embed',)))(x)
 
 
-def attention(q, k, v, causal: bool, padding_mask=None):
-  """softmax(q k^T / sqrt(hs) + mask) v over (B, T, nh, hs) inputs.
+def attention(q, k, v, causal: bool, padding_mask=None, query_offset=None):
+  """softmax(q k^T / sqrt(hs) + mask) v over (B, Tq, nh, hs) queries and (B, Tk, nh, hs) keys.
+
+  Training has Tq == Tk. Decoding with a cache has Tk the cache's length: `query_offset`
+  is the cache slot of the first query (causality counts from there) and padding_mask
+  (B, Tk) says which slots hold real tokens.
 
   GPUs and TPUs go through `jax.nn.dot_product_attention` (cuDNN flash attention where it
   applies). On CPU the same math written as two einsums is measured faster: its backward
   pass took 1.3 ms against 2.1 ms at B=12, T=64, 4 heads of 32.
   """
-  if jax.default_backend() != 'cpu':
+  tq, tk = q.shape[1], k.shape[1]
+  if jax.default_backend() != 'cpu' and query_offset is None:
     mask = None if padding_mask is None else padding_mask[:, None, None, :]  # (B, 1, 1, T) over keys
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
-  t = q.shape[1]
-  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)  # (B, nh, T, T)
-  allowed = jnp.ones((1, 1, t, t), bool)
+  allowed = jnp.ones((1, 1, tq, tk), bool)
   if causal:
-    allowed = jnp.tril(allowed)
+    first = 0 if query_offset is None else query_offset
+    allowed = (jnp.arange(tk)[None, :] <= first + jnp.arange(tq)[:, None])[None, None]  # (1, 1, Tq, Tk)
   if padding_mask is not None:
     allowed = allowed & padding_mask[:, None, None, :]
+  if jax.default_backend() != 'cpu':
+    return jax.nn.dot_product_attention(q, k, v, mask=allowed)
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)  # (B, nh, Tq, Tk)
   scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum('bhqk,bkhd->bqhd', probs, v)
@@ -132,18 +139,36 @@ class Attention(nn.Module):
 
   Attention-probability dropout is not applied (fused kernels do not expose it); the
   residual dropout after the output projection is.
+
+  With `decode`, keys and values are also written into a `cache` collection (Flax's
+  pattern: apply with mutable=['cache']): `key` and `value` (B, S, nh, hs) and `index`,
+  the next free slot. The call that creates the cache (model.init with decode) takes S
+  from its input's length; later calls write their T tokens at `index` and attend over
+  all S slots, padding_mask (B, S) then marking the slots that hold real tokens.
   """
   cfg: TransformerConfig
   out_std: float
 
   @nn.compact
-  def __call__(self, x, *, causal: bool, padding_mask: Optional[jax.Array] = None):
+  def __call__(self, x, *, causal: bool, padding_mask: Optional[jax.Array] = None, decode: bool = False):
     cfg = self.cfg
     qkv = Dense((3, cfg.num_heads, cfg.head_dim), ('embed', 'qkv', 'heads', 'kv'), cfg.init_std,
                 use_bias=cfg.bias, dtype=cfg.dtype, name='qkv')(x)      # (B, T, 3, nh, hs)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                 # (B, T, nh, hs)
     q = nn.with_logical_constraint(q, ('batch', 'length', 'heads', 'kv'))
-    y = attention(q, k, v, causal, padding_mask)                       # (B, T, nh, hs)
+    query_offset = None
+    if decode:
+      creating = not self.has_variable('cache', 'key')
+      cached_k = self.variable('cache', 'key', jnp.zeros, k.shape, k.dtype)   # (B, S, nh, hs)
+      cached_v = self.variable('cache', 'value', jnp.zeros, v.shape, v.dtype)
+      index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+      if not creating:
+        query_offset = index.value
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, query_offset, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, query_offset, 0, 0))
+        index.value = query_offset + k.shape[1]
+        k, v = cached_k.value, cached_v.value                          # (B, S, nh, hs)
+    y = attention(q, k, v, causal, padding_mask, query_offset)         # (B, T, nh, hs)
     y = Dense((cfg.d_model,), ('heads', 'kv', 'embed'), self.out_std, in_axes=2,
               use_bias=cfg.bias, dtype=cfg.dtype, name='out')(y)        # (B, T, C)
     return y
@@ -170,7 +195,7 @@ class Block(nn.Module):
   causal: bool
 
   @nn.compact
-  def __call__(self, x, padding_mask=None, deterministic: bool = True):
+  def __call__(self, x, padding_mask=None, deterministic: bool = True, decode: bool = False):
     cfg = self.cfg
     # GPT-2: residual projections scaled by 1/sqrt(2 * layers) at init.
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers) if cfg.pre_norm else cfg.init_std
@@ -178,10 +203,12 @@ class Block(nn.Module):
     attn = Attention(cfg, out_std, name='attn')
     mlp = MLP(cfg, out_std, name='mlp')
     if cfg.pre_norm:
-      x = x + drop(attn(LayerNorm(cfg, name='ln1')(x), causal=self.causal, padding_mask=padding_mask))
+      x = x + drop(attn(LayerNorm(cfg, name='ln1')(x), causal=self.causal, padding_mask=padding_mask,
+                            decode=decode))
       x = x + drop(mlp(LayerNorm(cfg, name='ln2')(x)))
     else:
-      x = LayerNorm(cfg, name='ln1')(x + drop(attn(x, causal=self.causal, padding_mask=padding_mask)))
+      x = LayerNorm(cfg, name='ln1')(x + drop(attn(x, causal=self.causal, padding_mask=padding_mask,
+                                                decode=decode)))
       x = LayerNorm(cfg, name='ln2')(x + drop(mlp(x)))
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
@@ -192,8 +219,8 @@ class Stack(nn.Module):
   causal: bool
 
   @nn.compact
-  def __call__(self, x, padding_mask=None, deterministic: bool = True):
-    block = nn.remat(Block, static_argnums=(3,)) if self.cfg.remat else Block
+  def __call__(self, x, padding_mask=None, deterministic: bool = True, decode: bool = False):
+    block = nn.remat(Block, static_argnums=(3, 4)) if self.cfg.remat else Block
     for i in range(self.cfg.num_layers):
-      x = block(self.cfg, self.causal, name=f'h_{i}')(x, padding_mask, deterministic)
+      x = block(self.cfg, self.causal, name=f'h_{i}')(x, padding_mask, deterministic, decode)
     return x

@@ -40,7 +40,6 @@ def report(setup, params) -> str:
     return ''
   tok = setup.data.tokenizer
   prompt = setup.config.train.sample_prompt or '\n'
-  ids = tok.encode(prompt)
-  out = generate.sample(setup.model, jax.device_get(params), ids, n, temperature=0.8, top_k=200,
-                        seed=setup.config.seed)
-  return f'--- sample ({n} tokens after {prompt!r}) ---\n{tok.decode(out)}\n---'
+  [text] = generate.complete(setup.model, jax.device_get(params), tok, [prompt], n, temperature=0.8, top_k=200,
+                             seed=setup.config.seed)
+  return f'--- sample ({n} tokens after {prompt!r}) ---\n{prompt}{text}\n---'
