@@ -410,17 +410,11 @@ def load_workdir_params(workdir: str) -> Tuple[dict, dict, Optional[List[str]]]:
                       max_len=model.get('max_len') or seq_len, activation=model['activation'],
                       ln_eps=LN_EPS[model['family']],
                       dropout=model.get('dropout', 0.0), bias=model.get('bias', True))
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from ssl_jax import checkpoint  # pylint: disable=import-outside-toplevel
-  ckpt = checkpoint.Checkpointer(workdir, create=False)
+  from ssl_jax import transfer  # pylint: disable=import-outside-toplevel
   try:
-    steps = ckpt.steps()
-    if not steps:
-      raise ConversionError(f'{ckpt.directory} holds no checkpoint')
-    restored = ckpt.manager.restore(steps[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  finally:
-    ckpt.close()
-  params = jax.tree_util.tree_map(np.asarray, restored['state']['params'])
+    params = transfer.read_workdir_params(workdir)
+  except CheckpointError as e:
+    raise ConversionError(str(e)) from None
   vocab_path = os.path.join(workdir, VOCAB_FILE)
   return params, model_config, read_vocab(vocab_path) if os.path.exists(vocab_path) else None
 
