@@ -5,6 +5,8 @@ Commands:
   finetune  train a fine-tuning experiment (experiments/finetune_*.py) from --config.init_from=DIR
             (our workdir, a `convert --from_hf` output or a Hugging Face BERT directory);
             the best held-out checkpoint is kept in WORKDIR/best
+  prepare   clean and de-duplicate data.path into WORKDIR/prepared, with prepare_report.json
+            (train does it first, cached, with --config.data.prepare.enabled=true)
   eval      evaluate the workdir's newest checkpoint on the held-out split
   bench     time the train step: one JSON line (tokens/s, step_ms, compile_s, MFU, ...)
   generate  sample from the workdir's newest checkpoint: --prompt "..." [--max_new_tokens N] [--stop S]
@@ -22,7 +24,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMMANDS = ('train', 'finetune', 'eval', 'bench', 'generate', 'convert', 'fewshot', 'summarize')
+COMMANDS = ('train', 'finetune', 'prepare', 'eval', 'bench', 'generate', 'convert', 'fewshot', 'summarize')
 
 
 def parse(argv):

@@ -38,6 +38,8 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
     print(f'workdir: {workdir} (set --workdir to choose)', flush=True)
   if command == 'train':
     train.train_and_evaluate(config, workdir)
+  elif command == 'prepare':
+    prepare_command(config, workdir)
   elif command == 'finetune':
     if not hasattr(tasks.get(config.task), 'HEADS'):
       raise config_lib.ConfigError(f'task {config.task!r} is not a fine-tuning task; finetune takes '
@@ -71,6 +73,20 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
     from ssl_jax import summarize  # pylint: disable=import-outside-toplevel
     s, state, _ = train.restore_for_inference(config, workdir, compile_steps=False)
     summarize.summarize_command(s, state.params, input_file, workdir)
+
+
+def prepare_command(config, workdir: str) -> dict:
+  """`run.py prepare`: cleans data.path into WORKDIR/prepared (this host's shard on several hosts)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from ssl_jax.data import prepare, text  # pylint: disable=import-outside-toplevel
+  from ssl_jax import parallel  # pylint: disable=import-outside-toplevel
+  parallel.initialize_hosts()
+  paths = text.resolve_paths(config.data.path, 'data.path')
+  path, report = prepare.prepared_corpus(paths, workdir, config.data.prepare, jax.process_index(), jax.process_count())
+  print(prepare.table(report), flush=True)
+  print(json.dumps({k: report[k] for k in ('documents_in', 'documents_out', 'words_in', 'words_out', 'removed',
+                                           'mb_per_sec')} | {'corpus': path}), flush=True)
+  return report
 
 
 def saved_config(workdir: str):

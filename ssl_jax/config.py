@@ -55,6 +55,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.whole_word_masking = False
   c.data.image_size = 32        # vision: images are resized to this square
   c.data.max_examples = 0       # fine-tuning: use the first N training rows (0: all)
+  c.data.prepare = ml_collections.ConfigDict()   # corpus cleaning before tokenisation (run.py prepare)
+  c.data.prepare.enabled = False      # train: clean data.path first (cached in WORKDIR/prepared)
+  c.data.prepare.documents = 'paragraphs'  # paragraphs (blank-line separated) | files
+  c.data.prepare.quality = True
+  c.data.prepare.min_words = 3      # a speaker and one word ('LUCIO: Ay.') is too little to learn from
+  c.data.prepare.max_words = 100_000
+  c.data.prepare.min_mean_word_length = 2.0
+  c.data.prepare.max_mean_word_length = 12.0
+  c.data.prepare.min_alpha_fraction = 0.6
+  c.data.prepare.min_punctuated_lines = 0.2   # verse and dialogue end lines in , ; : as well as . ! ?
+  c.data.prepare.max_repeated_3grams = 0.3
+  c.data.prepare.exact = True
+  c.data.prepare.lines = True
+  c.data.prepare.min_line_chars = 40   # shorter lines (a play's speaker names) are never deduplicated
+  c.data.prepare.near = True
+  c.data.prepare.near_threshold = 0.7  # estimated Jaccard similarity of word 5-shingles
+  c.data.prepare.num_perm = 128
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16       # global batch, over all hosts and devices

@@ -18,6 +18,8 @@ class TextCorpus:
   def __init__(self, config, workdir: str, special=()):
     data = config.data
     self.train_paths = text.resolve_paths(data.path, 'data.path')
+    if data.prepare.enabled:      # cleaned and de-duplicated first (cached), on process 0
+      self.train_paths = [prepare_on_one_host(self.train_paths, workdir, data.prepare)]
     self.eval_paths = text.resolve_paths(data.eval_path, 'data.eval_path') if data.eval_path else []
     self.tokenizer = run_tokenizer(
         config, workdir, lambda: text.read_texts(self.train_paths + self.eval_paths), special)
@@ -30,6 +32,19 @@ class TextCorpus:
     else:
       split = int(len(stream) * (1 - data.eval_fraction))
       self.train_tokens, self.eval_tokens = stream[:split], stream[split:]
+
+
+def prepare_on_one_host(paths, workdir: str, settings) -> str:
+  """The prepared corpus of `paths` (ssl_jax/data/prepare.py), made by process 0 while the
+  other hosts wait, so every host reads the same token stream."""
+  from ssl_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, 'prepared', 'corpus.txt')
+  if jax.process_index() == 0:
+    path, report = prepare.prepared_corpus(paths, workdir, settings)
+    print(prepare.table(report), flush=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('ssl_jax corpus prepared')
+  return path
 
 
 def run_tokenizer(config, workdir: str, texts_fn, special=()):

@@ -1,0 +1,292 @@
+"""Corpus preparation: quality filters and de-duplication before tokenisation, with a report.
+
+One streaming pass over the raw files. Documents are the blank-line-separated paragraphs of
+each file (`data.prepare.documents='paragraphs'`) or whole files ('files'). Each document
+meets the filters in a fixed order and is counted once, by the first that removes it:
+
+  quality      Gopher/C4-style heuristics: length in words, mean word length, share of
+               alphabetic characters, share of lines ending in punctuation, share of
+               repeated word 3-grams, boilerplate ('lorem ipsum'; lines naming javascript
+               or cookies are dropped, C4's rule)
+  exact        the same text (whitespace-normalised) seen before
+  lines        every line of the document repeats a line already kept (lines of at least
+               `min_line_chars` characters are remembered; shorter ones, such as a
+               play's speaker names, are never deduplicated)
+  near         a MinHash over word 5-shingles, locality-sensitive hashing in bands, and an
+               estimated Jaccard similarity of at least `near_threshold` with a kept one
+
+Only the hash sets and the LSH index grow with the corpus; the text itself streams. The
+kept documents go to `WORKDIR/prepared/corpus.txt` with their provenance (source file and
+line range) in `provenance.jsonl`; `prepare_report.json` and `prepare_lengths.png` say
+what went where. On several hosts each host prepares the files (or, with one file, the
+documents) whose index is its process index modulo the host count.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+import zlib
+from collections import Counter, defaultdict
+from typing import Iterator, List, Tuple
+
+import numpy as np
+
+from ssl_jax.data.text import DataError
+
+FILTERS = ('quality', 'exact', 'lines', 'near')
+BOILERPLATE_DOC = ('lorem ipsum',)
+BOILERPLATE_LINE = ('javascript', 'cookie policy', 'use cookies', 'terms of use')
+LINE_END_PUNCTUATION = tuple('.!?,;:\'")-]')
+_WORD = re.compile(r'\S+')
+
+
+@dataclasses.dataclass
+class Document:
+  text: str
+  source: str
+  first_line: int     # 1-based, inclusive
+  last_line: int
+
+
+def documents(paths: List[str], mode: str = 'paragraphs', process_index: int = 0,
+              process_count: int = 1) -> Iterator[Document]:
+  """Streams the documents of `paths`, this host's share only."""
+  if mode not in ('paragraphs', 'files'):
+    raise DataError(f"data.prepare.documents={mode!r}: expected 'paragraphs' or 'files'")
+  by_file = len(paths) > 1
+  count = 0
+  for f_index, path in enumerate(paths):
+    if by_file and f_index % process_count != process_index:
+      continue
+    lines, first = [], 1
+    with open(path, encoding='utf-8', errors='replace') as f:
+      for number, line in enumerate(f, start=1):
+        line = line.rstrip('\n')
+        if mode == 'paragraphs' and not line.strip():
+          if lines:
+            if by_file or count % process_count == process_index:
+              yield Document('\n'.join(lines), path, first, number - 1)
+            count += 1
+          lines, first = [], number + 1
+          continue
+        if not lines:
+          first = number
+        lines.append(line)
+      if lines and (by_file or count % process_count == process_index):
+        yield Document('\n'.join(lines), path, first, first + len(lines) - 1)
+      count += bool(lines)
+
+
+def quality_problem(text: str, p) -> str:
+  """Why the document fails the heuristics ('' if it passes); lines of boilerplate are removed
+  by `clean_lines` before this is asked."""
+  words = _WORD.findall(text)
+  if not p.min_words <= len(words) <= p.max_words:
+    return f'{len(words)} words'
+  mean = sum(len(w) for w in words) / len(words)
+  if not p.min_mean_word_length <= mean <= p.max_mean_word_length:
+    return f'mean word length {mean:.1f}'
+  visible = [ch for ch in text if not ch.isspace()]
+  alpha = sum(ch.isalpha() for ch in visible) / max(len(visible), 1)
+  if alpha < p.min_alpha_fraction:
+    return f'{alpha:.0%} alphabetic'
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  ending = sum(l.endswith(LINE_END_PUNCTUATION) for l in lines) / max(len(lines), 1)
+  if ending < p.min_punctuated_lines:
+    return f'{ending:.0%} of lines end in punctuation'
+  grams = Counter(zip(words, words[1:], words[2:]))
+  repeated = sum(c for c in grams.values() if c > 1) / max(sum(grams.values()), 1)
+  if repeated > p.max_repeated_3grams:
+    return f'{repeated:.0%} repeated 3-grams'
+  lowered = text.lower()
+  if any(b in lowered for b in BOILERPLATE_DOC):
+    return 'boilerplate'
+  return ''
+
+
+def clean_lines(text: str) -> str:
+  return '\n'.join(l for l in text.split('\n') if not any(b in l.lower() for b in BOILERPLATE_LINE))
+
+
+class MinHashLSH:
+  """MinHash signatures (multiply-shift hashing of CRC32 shingle hashes) and an LSH index
+  of `bands` x `rows`, chosen so that (1/bands)^(1/rows) is near the threshold."""
+
+  def __init__(self, threshold: float, num_perm: int = 128, shingle: int = 5, seed: int = 0):
+    self.threshold, self.shingle = threshold, shingle
+    options = [(b, num_perm // b) for b in range(1, num_perm + 1) if num_perm % b == 0]
+    self.bands, self.rows = min(options, key=lambda br: abs((1 / br[0]) ** (1 / br[1]) - threshold))
+    rng = np.random.default_rng(seed)
+    self.a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) | np.uint64(1)     # odd multipliers
+    self.b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
+    self.tables = [defaultdict(list) for _ in range(self.bands)]
+    self.signatures: List[np.ndarray] = []
+
+  def signature(self, text: str) -> np.ndarray:
+    words = text.lower().split()
+    n = max(len(words) - self.shingle + 1, 1)
+    shingles = {' '.join(words[i:i + self.shingle]) for i in range(n)}
+    x = np.fromiter((zlib.crc32(s.encode()) for s in shingles), np.uint64, len(shingles))
+    with np.errstate(over='ignore'):
+      hashed = (self.a[:, None] * x[None, :] + self.b[:, None]) >> np.uint64(32)   # (perm, shingles)
+    return hashed.min(axis=1)
+
+  def near_duplicate(self, signature: np.ndarray) -> bool:
+    """Is there an indexed signature this close? (Checked by estimated Jaccard, not just a band.)"""
+    seen = set()
+    for band, table in enumerate(self.tables):
+      key = signature[band * self.rows:(band + 1) * self.rows].tobytes()
+      for other in table.get(key, ()):
+        if other not in seen:
+          seen.add(other)
+          if np.mean(self.signatures[other] == signature) >= self.threshold:
+            return True
+    return False
+
+  def add(self, signature: np.ndarray) -> None:
+    index = len(self.signatures)
+    self.signatures.append(signature)
+    for band, table in enumerate(self.tables):
+      table[signature[band * self.rows:(band + 1) * self.rows].tobytes()].append(index)
+
+
+def _hash(text: str) -> bytes:
+  return hashlib.blake2b(text.encode('utf-8', 'replace'), digest_size=12).digest()
+
+
+def prepare(paths: List[str], out_dir: str, p, process_index: int = 0, process_count: int = 1,
+            progress: bool = True, plot_path: str = '') -> dict:
+  """Filters and de-duplicates `paths` into out_dir/corpus.txt; returns the report (and plots
+  the document lengths before and after to plot_path, if given)."""
+  os.makedirs(out_dir, exist_ok=True)
+  total_bytes = sum(os.path.getsize(x) for x in paths)
+  lsh = MinHashLSH(p.near_threshold, p.num_perm) if p.near else None
+  seen_docs, seen_lines = set(), set()
+  removed = {f: 0 for f in FILTERS}
+  examples = {f: [] for f in FILTERS}
+  lengths_in, lengths_out = [], []
+  words_in = words_out = 0
+  start = time.perf_counter()
+  bar = None
+  if progress:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(total=total_bytes, unit='B', unit_scale=True, desc='prepare', leave=False)
+  corpus_tmp, provenance_tmp = os.path.join(out_dir, 'corpus.txt.tmp'), os.path.join(out_dir, 'provenance.jsonl.tmp')
+  with open(corpus_tmp, 'w', encoding='utf-8') as corpus, open(provenance_tmp, 'w') as provenance:
+    for doc in documents(paths, p.documents, process_index, process_count):
+      if bar is not None:
+        bar.update(len(doc.text.encode('utf-8', 'replace')) + 2)
+      words = len(doc.text.split())
+      words_in += words
+      lengths_in.append(words)
+      text = clean_lines(doc.text) if p.quality else doc.text
+      reason = ''
+      if p.quality and quality_problem(text, p):
+        reason = 'quality'
+      normalised = ' '.join(text.split())
+      if not reason and p.exact:
+        key = _hash(normalised)
+        if key in seen_docs:
+          reason = 'exact'
+        else:
+          seen_docs.add(key)
+      line_keys = [_hash(l.strip()) for l in text.split('\n') if len(l.strip()) >= p.min_line_chars]
+      if not reason and p.lines and line_keys and all(k in seen_lines for k in line_keys):
+        reason = 'lines'
+      signature = lsh.signature(normalised) if lsh is not None and not reason else None
+      if signature is not None and lsh.near_duplicate(signature):
+        reason = 'near'
+      if reason:
+        removed[reason] += 1
+        if len(examples[reason]) < 3:
+          examples[reason].append({'source': doc.source, 'lines': [doc.first_line, doc.last_line],
+                                   'text': doc.text[:300]})
+        continue
+      if signature is not None:
+        lsh.add(signature)
+      seen_lines.update(line_keys)
+      corpus.write(text + '\n\n')
+      provenance.write(json.dumps({'source': doc.source, 'first_line': doc.first_line,
+                                   'last_line': doc.last_line, 'words': len(text.split())}) + '\n')
+      words_out += len(text.split())
+      lengths_out.append(len(text.split()))
+  if bar is not None:
+    bar.close()
+  os.replace(corpus_tmp, os.path.join(out_dir, 'corpus.txt'))
+  os.replace(provenance_tmp, os.path.join(out_dir, 'provenance.jsonl'))
+  seconds = time.perf_counter() - start
+  report = {'documents_in': len(lengths_in), 'documents_out': len(lengths_out), 'words_in': words_in,
+            'words_out': words_out, 'removed': removed, 'examples': examples, 'bytes_in': total_bytes,
+            'seconds': seconds, 'mb_per_sec': total_bytes / 1e6 / max(seconds, 1e-9),
+            'lsh': {'bands': lsh.bands, 'rows': lsh.rows} if lsh else None,
+            'settings': p.to_dict() if hasattr(p, 'to_dict') else dict(p)}
+  assert report['documents_in'] == report['documents_out'] + sum(removed.values())
+  if plot_path:
+    _plot(lengths_in, lengths_out, plot_path)
+  return report
+
+
+def _plot(before, after, path):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, ax = plt.subplots(figsize=(7, 4))
+  top = max(before + after + [1])
+  bins = np.unique(np.geomspace(1, top + 1, 40).astype(int))
+  ax.hist(before, bins=bins, alpha=0.5, label=f'before ({len(before)} documents)')
+  ax.hist(after, bins=bins, alpha=0.5, label=f'after ({len(after)} documents)')
+  ax.set_xscale('log')
+  ax.set_xlabel('document length (words)')
+  ax.set_ylabel('documents')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def table(report: dict) -> str:
+  lines = [f"{'':<10}{'documents':>12}{'words':>14}",
+           f"{'in':<10}{report['documents_in']:>12,}{report['words_in']:>14,}"]
+  for name, count in report['removed'].items():
+    lines.append(f"{'- ' + name:<10}{count:>12,}")
+  lines.append(f"{'kept':<10}{report['documents_out']:>12,}{report['words_out']:>14,}")
+  lines.append(f"{report['bytes_in'] / 1e6:.1f} MB in {report['seconds']:.1f} s ({report['mb_per_sec']:.2f} MB/s)")
+  return '\n'.join(lines)
+
+
+def cache_key(paths: List[str], p) -> str:
+  stats = [(os.path.abspath(x), os.path.getsize(x), os.path.getmtime(x)) for x in paths]
+  settings = {k: v for k, v in (p.to_dict() if hasattr(p, 'to_dict') else dict(p)).items() if k != 'enabled'}
+  return hashlib.sha1(json.dumps([stats, settings], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepared_corpus(paths: List[str], workdir: str, p, process_index: int = 0, process_count: int = 1,
+                    progress: bool = True) -> Tuple[str, dict]:
+  """(path of the cleaned corpus, report): prepared once per (files, settings), then cached.
+
+  With process_count > 1 (`run.py prepare` on every host) each host writes its own shard
+  under prepared/host_<i>; training prepares on one host, over every document.
+  """
+  out_dir = os.path.join(workdir, 'prepared')
+  report_dir = workdir
+  if process_count > 1:
+    out_dir = report_dir = os.path.join(out_dir, f'host_{process_index}')
+  key = cache_key(paths, p)
+  report_path = os.path.join(report_dir, 'prepare_report.json')
+  corpus = os.path.join(out_dir, 'corpus.txt')
+  if os.path.exists(report_path) and os.path.exists(corpus):
+    with open(report_path) as f:
+      report = json.load(f)
+    if report.get('key') == key:
+      return corpus, report
+  report = prepare(paths, out_dir, p, process_index, process_count, progress,
+                   os.path.join(report_dir, 'prepare_lengths.png'))
+  report['key'] = key
+  tmp = report_path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(report, f, indent=1)
+  os.replace(tmp, report_path)
+  return corpus, report

@@ -1,0 +1,103 @@
+"""Corpus preparation: planted exact and near duplicates, report arithmetic, the cache, and a
+training run on the prepared corpus."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ssl_jax import config as config_lib
+from ssl_jax.data import prepare
+from conftest import SHARED_DATA, read_metrics, run_cli
+
+LINES_PER_DOC = 40
+
+
+def planted_corpus(path, copies=60, edits=60, seed=0):
+  """tinyshakespeare's non-blank lines in documents of 40 lines; then exact copies of `copies`
+  documents and copies of `edits` others with 3 words changed, each placed after its original.
+
+  Returns {document index in the file: 'original' | 'exact' | 'near'}.
+  """
+  source = os.path.join(SHARED_DATA, 'tinyshakespeare', 'input.txt')
+  if not os.path.exists(source):
+    pytest.skip(f'{source} is absent: the shared data sets sit beside the repository in CI')
+  with open(source) as f:
+    lines = [l for l in f.read().splitlines() if l.strip()]
+  docs = ['\n'.join(lines[i:i + LINES_PER_DOC]) for i in range(0, len(lines) - LINES_PER_DOC + 1, LINES_PER_DOC)]
+  rng = np.random.default_rng(seed)
+  chosen = rng.choice(len(docs), copies + edits, replace=False)
+  order = [(d, 'original') for d in docs]
+  for k, index in enumerate(chosen):
+    text = docs[index]
+    if k >= copies:                                   # a few words changed
+      words = text.split(' ')
+      inside_lines = [i for i, w in enumerate(words) if '\n' not in w]     # keep the line count
+      for w in rng.choice(inside_lines, 3, replace=False):
+        words[w] = 'zounds'
+      text = ' '.join(words)
+    position = next(i for i, (t, kind) in enumerate(order) if t == docs[index] and kind == 'original')
+    order.insert(int(rng.integers(position + 1, len(order) + 1)), (text, 'exact' if k < copies else 'near'))
+  with open(path, 'w') as f:
+    f.write('\n\n'.join(t for t, _ in order) + '\n')
+  return {i: kind for i, (_, kind) in enumerate(order)}
+
+
+def settings(**overrides):
+  p = config_lib.base_config().data.prepare
+  for key, value in overrides.items():
+    p[key] = value
+  return p
+
+
+def test_planted_duplicates_are_removed_and_distinct_documents_kept(tmp_path):
+  corpus = tmp_path / 'planted.txt'
+  kinds = planted_corpus(str(corpus))
+  report = prepare.prepare([str(corpus)], str(tmp_path / 'out'), settings(), progress=False)
+  kept_first_lines = set()
+  with open(tmp_path / 'out' / 'provenance.jsonl') as f:
+    for line in f:
+      kept_first_lines.add(json.loads(line)['first_line'])
+  kept = {i for i in kinds if i * (LINES_PER_DOC + 1) + 1 in kept_first_lines}
+  count = lambda kind, ids: sum(kinds[i] == kind for i in ids)
+  originals = count('original', kinds)
+  assert count('exact', kept) == 0                                      # every exact copy removed
+  assert count('near', kept) <= 0.1 * count('near', kinds)               # at least 90% of near copies
+  assert originals - count('original', kept) <= 0.01 * originals         # at most 1% of distinct ones
+  # The report's counts add up.
+  assert report['documents_in'] == len(kinds)
+  assert report['documents_in'] == report['documents_out'] + sum(report['removed'].values())
+  assert report['documents_out'] == len(kept)
+  assert report['removed']['exact'] >= count('exact', kinds)
+
+
+def test_each_filter_is_switchable_and_counted_once(tmp_path):
+  text = ('lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n\n'
+          'The quick brown fox jumps over the lazy dog, and runs away.\n\n'
+          'The quick brown fox jumps over the lazy dog, and runs away.\n\n'
+          '$$$ ### @@@ %%% ^^^ &&& *** !!! ??? +++ ===\n\n'
+          'A perfectly ordinary sentence about the weather today.\nBuy now: javascript is required.\n')
+  path = tmp_path / 'c.txt'
+  path.write_text(text)
+  report = prepare.prepare([str(path)], str(tmp_path / 'a'), settings(), progress=False)
+  assert report['removed'] == {'quality': 2, 'exact': 1, 'lines': 0, 'near': 0}
+  kept = (tmp_path / 'a' / 'corpus.txt').read_text()
+  assert 'javascript' not in kept and 'weather' in kept                 # the boilerplate line went
+  off = prepare.prepare([str(path)], str(tmp_path / 'b'), settings(quality=False, exact=False, near=False,
+                                                                    lines=False), progress=False)
+  assert off['documents_out'] == off['documents_in'] == 5
+
+
+def test_prepare_command_then_train_on_the_prepared_corpus(tmp_path, corpus):
+  workdir = str(tmp_path / 'run')
+  proc = run_cli('prepare', f'--config.data.path={corpus}', '--workdir', workdir)
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report['documents_in'] == report['documents_out'] + sum(report['removed'].values())
+  assert os.path.exists(os.path.join(workdir, 'prepare_lengths.png'))
+  run_cli('train', f'--config.data.path={corpus}', '--config.data.prepare.enabled=true', '--workdir', workdir,
+          '--config.train.steps=2', '--config.model.num_layers=1', '--config.model.d_model=32',
+          '--config.model.d_ff=64', '--config.model.num_heads=2', '--config.train.sample_tokens=0')
+  assert read_metrics(workdir)[-1]['step'] == 2
+  with open(os.path.join(workdir, 'prepare_report.json')) as f:
+    assert json.load(f)['key'] == prepare.cache_key([corpus], config_lib.base_config().data.prepare)
