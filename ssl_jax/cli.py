@@ -11,7 +11,8 @@ from ssl_jax.data.text import DataError
 
 def is_user_error(e: Exception) -> bool:
   """Errors that a one-line message explains (bad input, config, data, checkpoint)."""
-  return isinstance(e, (DataError, checkpoint.CheckpointError, config_lib.ConfigError, FileNotFoundError))
+  return isinstance(e, (DataError, checkpoint.CheckpointError, config_lib.ConfigError, FileNotFoundError,
+                        train.TrainingError))
 
 
 def default_workdir(config) -> str:

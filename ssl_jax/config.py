@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 1
   c.train.checkpoint_every = 250
   c.train.keep_checkpoints = 2
+  c.train.max_bad_steps = 10    # stop after this many non-finite steps in a row (their updates are skipped); 0 = never
   c.train.sample_tokens = 200   # text sampled at the end of a decoder run; 0 = none
   c.train.sample_prompt = ''
 

@@ -63,7 +63,13 @@ def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_
     grads = optim.zero_where(grads, frozen)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  step_metrics = {**step_metrics, 'grad_norm': optax.tree.norm(grads)}
+  grad_norm = optax.tree.norm(grads)
+  # A non-finite loss or gradient skips the update (the step still advances, so the data
+  # order stays a function of the step); the loop counts skips and stops after too many.
+  finite = jnp.isfinite(grad_norm) & jnp.isfinite(step_metrics.get('loss', 0.0))
+  keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+  step_metrics = {**step_metrics, 'grad_norm': grad_norm, 'skipped': 1.0 - finite.astype(jnp.float32)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
 
@@ -229,6 +235,51 @@ def evaluate(s: Setup, params) -> dict:
   return {('eval_loss' if k == 'loss' else k): v for k, v in means.items()}
 
 
+class TrainingError(RuntimeError):
+  """A run that cannot go on (too many non-finite steps in a row, a busy workdir)."""
+
+
+class WorkdirLock:
+  """WORKDIR/run.lock holds the PID and host of the run training there. A second run refuses
+  while that process lives; a lock left by a killed run (its PID gone) is taken over."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, 'run.lock')
+    self.held = False
+
+  def acquire(self) -> None:
+    host = os.uname().nodename
+    if os.path.exists(self.path):
+      try:
+        with open(self.path) as f:
+          owner = json.load(f)
+      except (OSError, ValueError):
+        owner = {}
+      if owner.get('host') == host and owner.get('pid') != os.getpid() and _alive(owner.get('pid', -1)):
+        raise TrainingError(f'another run (pid {owner["pid"]}) is training in {os.path.dirname(self.path)}; '
+                            f'wait for it, or stop it, or choose another --workdir')
+    tmp = f'{self.path}.{os.getpid()}'
+    with open(tmp, 'w') as f:
+      json.dump({'pid': os.getpid(), 'host': host}, f)
+    os.replace(tmp, self.path)
+    self.held = True
+
+  def release(self) -> None:
+    if self.held and os.path.exists(self.path):
+      os.remove(self.path)
+    self.held = False
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return pid > 0
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks: save a checkpoint, then exit cleanly."""
 
@@ -246,6 +297,16 @@ class _Preemption:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the workdir's newest checkpoint), evaluates, samples; returns last metrics."""
   os.makedirs(workdir, exist_ok=True)
+  lock = WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    return _train_and_evaluate(config, workdir)
+  finally:
+    lock.release()
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   s = setup(config, workdir)
   tc = config.train
   if jax.process_index() == 0:
@@ -276,6 +337,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       record[f'{s.data.unit}_per_sec'] = (step - clock[1]) * units_per_step / (now - clock[0])
       clock[:] = [now, step]
     record['lr'] = float(lr_at(step - 1))
+    if skips['total']:
+      record['nonfinite_skipped'] = skips['total']
     record.update(extra or {})
     logger.write(step, record)
     logger.progress(step, record)
@@ -283,9 +346,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
     pending = None
 
   meta = s.meta()
+  skips = {'total': 0, 'streak': 0, 'flag': None}   # updates skipped for a non-finite loss or gradient
+
+  def count_skip():
+    """Reads the previous step's skip flag (done by now, or nearly: this step is queued)."""
+    if skips['flag'] is not None and float(skips['flag']):
+      skips['total'] += 1
+      skips['streak'] += 1
+    elif skips['flag'] is not None:
+      skips['streak'] = 0
+    return tc.max_bad_steps and skips['streak'] >= tc.max_bad_steps
+
+  too_many = False
   for step in range(start, tc.steps):
     state, step_metrics = s.train_fn(state, s.put(s.data.train.batch(step)))
     done = step + 1
+    too_many = count_skip()
+    skips['flag'] = step_metrics['skipped']
+    if too_many:
+      break
     if pending is not None:       # fetch the previous step's metrics now that this one is queued
       flush()
     if done % tc.log_every == 0 or done == tc.steps:
@@ -305,9 +384,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
       ckpt.save(done, state, meta)
       logger.print(f'SIGTERM: saved the checkpoint of step {done}; exiting')
       break
+  too_many = too_many or count_skip()
   flush()
   ckpt.close()
   logger.close()
+  if too_many:
+    raise TrainingError(f'{skips["streak"]} steps in a row had a non-finite loss or gradient (updates skipped, '
+                        f'{skips["total"]} in all); stopping at step {done}. Lower train.lr, or raise '
+                        f'train.max_bad_steps to wait longer')
 
   if hasattr(s.task, 'report') and not preemption.requested and jax.process_index() == 0:
     text = s.task.report(s, state.params)

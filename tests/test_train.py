@@ -8,8 +8,11 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
+from ssl_jax import train, transfer
 from conftest import ROOT, TINY, read_metrics, tiny_config
 
 
@@ -124,3 +127,48 @@ def test_sentencepiece_run_trains_and_resumes_with_the_saved_model(tmp_path, cor
   train.train_and_evaluate(tiny_config(corpus, **{**overrides, 'train.steps': 6}), workdir)
   assert tokenizers.fingerprint(tokenizers.load(workdir)) == first
   assert [r['step'] for r in read_metrics(workdir)] == list(range(1, 7))
+
+
+def _nan_sometimes(loss_fn, share):
+  """The task's loss, made NaN on a `share` of the steps (drawn from the step's key)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  def wrapped(model, params, batch, rng, train):
+    loss, metrics = loss_fn(model, params, batch, rng, train)
+    bad = jax.random.uniform(jax.random.fold_in(rng, 12345)) < share
+    loss = jnp.where(bad & train, jnp.nan, loss)
+    return loss, {**metrics, 'loss': loss}
+  return wrapped
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, corpus, monkeypatch):
+  from ssl_jax.tasks import clm  # pylint: disable=import-outside-toplevel
+  original = clm.loss_fn
+  monkeypatch.setattr(clm, 'loss_fn', _nan_sometimes(original, 0.4))
+  workdir = str(tmp_path / 'some')
+  train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 12, 'train.max_bad_steps': 12}), workdir)
+  records = read_metrics(workdir)
+  skipped = [r['train_skipped'] for r in records if 'train_skipped' in r]
+  assert 0 < sum(skipped) < 12 and records[-1]['nonfinite_skipped'] == sum(skipped)
+  params = transfer.read_workdir_params(workdir)                        # the newest checkpoint's
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+  monkeypatch.setattr(clm, 'loss_fn', _nan_sometimes(original, 1.0))     # every step: stop after 3
+  with pytest.raises(train.TrainingError, match='3 steps in a row'):
+    train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 12, 'train.max_bad_steps': 3}),
+                             str(tmp_path / 'all'))
+
+
+def test_a_second_run_in_the_same_workdir_refuses_while_the_first_lives(tmp_path, corpus):
+  workdir = tmp_path / 'busy'
+  workdir.mkdir()
+  sleeper = subprocess.Popen(['sleep', '60'])
+  try:
+    (workdir / 'run.lock').write_text(json.dumps({'pid': sleeper.pid, 'host': os.uname().nodename}))
+    with pytest.raises(train.TrainingError, match=f'pid {sleeper.pid}'):
+      train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 1}), str(workdir))
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  # Its process gone, the lock is stale: a new run takes it over, and leaves none behind.
+  train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 1}), str(workdir))
+  assert not (workdir / 'run.lock').exists()
