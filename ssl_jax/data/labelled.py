@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ssl_jax.data.text import DataError, read_text
+from ssl_jax.data.text import DataError, read_text, resolve_paths
 
 IGNORE = -1   # label of positions that carry no loss (sub-word continuations, specials, padding)
 
@@ -72,6 +72,22 @@ def read_conllu_tags(path: str) -> List[Tuple[List[str], List[str]]]:
   if not sentences:
     raise DataError(f'{path}: no sentences')
   return sentences
+
+
+def split(config, read) -> Tuple[list, list]:
+  """(training rows, held-out rows) of data.path and data.eval_path, each read by `read(path)`.
+
+  Without data.eval_path the last data.eval_fraction of data.path's rows is held out;
+  data.max_examples (0: all) then caps the training rows, taken from the front.
+  """
+  d = config.data
+  rows = read(resolve_paths(d.path, 'data.path')[0])
+  if d.eval_path:
+    held_out = read(resolve_paths(d.eval_path, 'data.eval_path')[0])
+  else:
+    cut = max(1, int(len(rows) * (1 - d.eval_fraction)))
+    rows, held_out = rows[:cut], rows[cut:]
+  return (rows[:d.max_examples] if d.max_examples else rows), held_out
 
 
 def label_ids(names: Sequence[str], classes: Sequence[str] = ()) -> Tuple[np.ndarray, Tuple[str, ...]]:

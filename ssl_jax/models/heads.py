@@ -22,27 +22,23 @@ def _head(cfg: TransformerConfig, outputs: int):
 
 
 class BertClassifier(nn.Module):
+  """Classes from the pooled [CLS] vector (B, classes), or with per_token from every hidden
+  state (B, T, classes): BertTagger."""
   cfg: TransformerConfig
   num_classes: int
+  per_token: bool = False
 
   @nn.compact
   def __call__(self, tokens, segment_ids=None, padding_mask=None, deterministic: bool = True):
     out = BERT(self.cfg, name='bert')(tokens, segment_ids, padding_mask, deterministic=deterministic,
                                       return_hidden=True)
-    x = nn.Dropout(self.cfg.dropout)(out['pooled'], deterministic=deterministic)     # (B, C)
-    return {'logits': _head(self.cfg, self.num_classes)(x).astype(jnp.float32)}      # (B, classes)
+    x = out['hidden'] if self.per_token else out['pooled']                          # (B, T, C) or (B, C)
+    x = nn.Dropout(self.cfg.dropout)(x, deterministic=deterministic)
+    return {'logits': _head(self.cfg, self.num_classes)(x).astype(jnp.float32)}
 
 
-class BertTagger(nn.Module):
-  cfg: TransformerConfig
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, tokens, segment_ids=None, padding_mask=None, deterministic: bool = True):
-    out = BERT(self.cfg, name='bert')(tokens, segment_ids, padding_mask, deterministic=deterministic,
-                                      return_hidden=True)
-    x = nn.Dropout(self.cfg.dropout)(out['hidden'], deterministic=deterministic)     # (B, T, C)
-    return {'logits': _head(self.cfg, self.num_classes)(x).astype(jnp.float32)}      # (B, T, classes)
+class BertTagger(BertClassifier):
+  per_token: bool = True
 
 
 class BertSpanQA(nn.Module):

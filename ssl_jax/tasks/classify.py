@@ -14,30 +14,12 @@ import optax
 
 from ssl_jax import flops
 from ssl_jax.config import ConfigError
-from ssl_jax.data import labelled, text
+from ssl_jax.data import labelled
 from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.tasks import Data, vision
 
 HEADS = {'bert': 'bert_classifier', 'gpt': 'gpt_classifier', 'vit': 'vit_classifier'}
 BEST_METRIC = 'accuracy'
-
-
-def split_rows(config, path_key: str = 'data.path'):
-  """(train rows, held-out rows) of data.path / data.eval_path as (texts, texts_b, labels) lists.
-
-  Without data.eval_path the last data.eval_fraction of data.path is held out; data.max_examples
-  (0: all) then caps the training rows, taken from the front.
-  """
-  d = config.data
-  rows = labelled.read_tsv(text.resolve_paths(d.path, path_key)[0])
-  if d.eval_path:
-    held_out = labelled.read_tsv(text.resolve_paths(d.eval_path, 'data.eval_path')[0])
-  else:
-    split = max(1, int(len(rows[0]) * (1 - d.eval_fraction)))
-    rows, held_out = tuple(r[:split] for r in rows), tuple(r[split:] for r in rows)
-  if d.max_examples:
-    rows = tuple(r[:d.max_examples] for r in rows)
-  return rows, held_out
 
 
 def make_data(config, workdir: str) -> Data:
@@ -49,7 +31,9 @@ def make_data(config, workdir: str) -> Data:
     return data
   if not config.data.path:
     raise ConfigError('classification needs data.path: a TSV with a header (text[, text_b], label)')
-  (texts, texts_b, names), (eval_texts, eval_texts_b, eval_names) = split_rows(config)
+  rows, held_out = labelled.split(config, lambda path: list(zip(*labelled.read_tsv(path))))
+  (texts, texts_b, names), (eval_texts, eval_texts_b, eval_names) = (
+      tuple(list(column) for column in zip(*part)) for part in (rows, held_out))
   tok = run_tokenizer(config, workdir, lambda: texts + [b for b in texts_b if b])
   labels, classes = labelled.label_ids(names)
   eval_labels, _ = labelled.label_ids(eval_names, classes)

@@ -13,7 +13,7 @@ import optax
 
 from ssl_jax import flops
 from ssl_jax.config import ConfigError
-from ssl_jax.data import labelled, squad, text
+from ssl_jax.data import labelled, squad
 from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.tasks import Data
 
@@ -25,14 +25,7 @@ def make_data(config, workdir: str) -> Data:
   d, f = config.data, config.finetune
   if not d.path:
     raise ConfigError('span_qa needs data.path: a SQuAD-style JSON file')
-  examples = squad.read_squad(text.resolve_paths(d.path, 'data.path')[0])
-  if d.eval_path:
-    held_out = squad.read_squad(text.resolve_paths(d.eval_path, 'data.eval_path')[0])
-  else:
-    split = max(1, int(len(examples) * (1 - d.eval_fraction)))
-    examples, held_out = examples[:split], examples[split:]
-  if d.max_examples:
-    examples = examples[:d.max_examples]
+  examples, held_out = labelled.split(config, squad.read_squad)
   tok = run_tokenizer(config, workdir, lambda: [e.question + '\n' + e.context for e in examples + held_out])
   pi, pc = jax.process_index(), jax.process_count()
   train_features = squad.make_features(examples, tok, d.seq_len, f.doc_stride, f.max_query_len)

@@ -12,7 +12,7 @@ import optax
 
 from ssl_jax import flops
 from ssl_jax.config import ConfigError
-from ssl_jax.data import labelled, text
+from ssl_jax.data import labelled
 from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.tasks import Data
 
@@ -24,14 +24,7 @@ def make_data(config, workdir: str) -> Data:
   d = config.data
   if not d.path:
     raise ConfigError('tagging needs data.path: a CoNLL-U file (FORM and UPOS columns)')
-  sentences = labelled.read_conllu_tags(text.resolve_paths(d.path, 'data.path')[0])
-  if d.eval_path:
-    held_out = labelled.read_conllu_tags(text.resolve_paths(d.eval_path, 'data.eval_path')[0])
-  else:
-    split = max(1, int(len(sentences) * (1 - d.eval_fraction)))
-    sentences, held_out = sentences[:split], sentences[split:]
-  if d.max_examples:
-    sentences = sentences[:d.max_examples]
+  sentences, held_out = labelled.split(config, labelled.read_conllu_tags)
   tok = run_tokenizer(config, workdir, lambda: [' '.join(words) for words, _ in sentences + held_out])
   # The tag set is read from both splits: a rare tag missing from a small training part is
   # still a class the held-out words are scored against.
