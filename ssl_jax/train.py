@@ -97,6 +97,7 @@ class Setup:
   num_params: int
   init_fn: Any = None       # rng -> a fresh state, created sharded
   source: Any = None        # fine-tuning: the pretrained body (transfer.Source), if init_from names one
+  frozen: Any = None        # fine-tuning: a predicate on the paths of parameters that do not train
 
   def meta(self) -> dict:
     """What a checkpoint must agree with to be restored into this run."""
@@ -155,7 +156,7 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
   s = Setup(config=config, workdir=workdir, mesh=mesh, task=task, data=data, model=model,
             model_cfg=model_cfg, tx=tx, state_shardings=state_shardings,
             abstract_state=abstract_state, train_fn=None, eval_fn=None, compile_s=0.0,
-            num_params=num_params, source=source,
+            num_params=num_params, source=source, frozen=frozen,
             init_fn=jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings))
   if compile_steps:
     compile_steps_ahead(s)
@@ -173,9 +174,7 @@ def compile_steps_ahead(s: Setup) -> None:
   if hasattr(s.task, 'bind'):
     loss_fn = functools.partial(loss_fn, **s.task.bind(config))
   step = functools.partial(train_step, model=s.model, loss_fn=loss_fn, tx=s.tx, seed=config.seed,
-                           grad_accum=config.train.grad_accum,
-                           frozen=transfer.frozen(config.finetune.freeze, config.model.family)
-                           if config.finetune.freeze else None)
+                           grad_accum=config.train.grad_accum, frozen=s.frozen)
   evaluate_step = functools.partial(eval_step, model=s.model, loss_fn=loss_fn)
   rep = parallel.replicated(s.mesh)
   t = time.perf_counter()
