@@ -50,12 +50,14 @@ class Checkpointer:
     (per `expect_meta`) is a CheckpointError, since no older one would fit either.
     """
     candidates = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+    failed = []
     for s in candidates:
       try:
         meta = self.read_meta(s)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning('checkpoint %s/%d does not read (%s); trying an older one', self.directory, s,
                         _short(e))
+        failed.append(s)
         continue
       _check_meta(meta, expect_meta or {}, f'{self.directory}/{s}')
       try:
@@ -63,8 +65,15 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         logging.warning('checkpoint %s/%d does not restore (%s); trying an older one', self.directory, s,
                         _short(e))
+        failed.append(s)
         continue
+      if failed:
+        logging.warning('checkpoints %s of %s are corrupt; fell back to step %d', ', '.join(map(str, failed)),
+                        self.directory, s)
       return restored['state'], meta, s
+    if failed:
+      logging.warning('no checkpoint of %s restores (%s are corrupt); starting afresh', self.directory,
+                      ', '.join(map(str, failed)))
     return None
 
   def wait(self) -> None:

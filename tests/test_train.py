@@ -172,3 +172,29 @@ def test_a_second_run_in_the_same_workdir_refuses_while_the_first_lives(tmp_path
   # Its process gone, the lock is stale: a new run takes it over, and leaves none behind.
   train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 1}), str(workdir))
   assert not (workdir / 'run.lock').exists()
+
+
+@pytest.mark.parametrize('corruption', ['truncate', 'delete', 'garbage'])
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, corpus, corruption, caplog):
+  workdir = str(tmp_path / corruption)
+  config = tiny_config(corpus, **{'train.steps': 6, 'train.checkpoint_every': 3, 'train.eval_every': 0})
+  train.train_and_evaluate(config, workdir)
+  newest = os.path.join(workdir, 'checkpoints', '6', 'state')
+  files = sorted((os.path.join(d, f) for d, _, fs in os.walk(newest) for f in fs), key=os.path.getsize)
+  target = files[-1]                                     # the largest: array data
+  if corruption == 'truncate':
+    with open(target, 'r+b') as f:
+      f.truncate(os.path.getsize(target) // 2)
+  elif corruption == 'delete':
+    os.remove(target)
+  else:
+    with open(target, 'r+b') as f:
+      f.write(os.urandom(min(os.path.getsize(target), 4096)))
+  s = train.setup(config, workdir)
+  from ssl_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  ckpt = checkpoint.Checkpointer(workdir)
+  with caplog.at_level('WARNING'):
+    restored = ckpt.restore(s.abstract_state, expect_meta=s.meta())
+  ckpt.close()
+  assert restored is not None and restored[2] == 3
+  assert 'checkpoints 6 of' in caplog.text and 'fell back to step 3' in caplog.text
