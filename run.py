@@ -20,6 +20,7 @@ Without --workdir a run writes to runs/<experiment> under the current folder.
 """
 
 import argparse
+import logging
 import os
 import sys
 
@@ -71,6 +72,8 @@ def parse(argv):
 def main(argv):
   flags, overrides = parse(argv)
   from ssl_jax import cli  # after parsing: importing jax is slow
+  if not flags.debug:
+    _no_tracebacks_but_ours()
   try:
     cli.run(flags.command, flags.config or os.path.join(HERE, 'experiments', 'default.py'), overrides,
             config_given=flags.config is not None, workdir=flags.workdir, steps=flags.steps,
@@ -85,5 +88,52 @@ def main(argv):
     sys.exit(1)
 
 
+def _no_tracebacks_but_ours():
+  """Without --debug, what library threads and loggers report (e.g. a checkpoint writer that
+  failed, which the main thread then reports as an error) takes one line, not a traceback."""
+  import threading  # pylint: disable=import-outside-toplevel
+
+  def line(kind, value) -> str:
+    text = str(value).strip().splitlines()
+    return f'{kind.__name__}: {text[0] if text else ""}'[:300]
+
+  main_hook = sys.excepthook
+
+  def excepthook(kind, value, tb):
+    if threading.current_thread() is threading.main_thread():
+      main_hook(kind, value, tb)
+    else:
+      print(f'background thread: {line(kind, value)}', file=sys.stderr)
+
+  class OneLine(logging.Filter):
+    def filter(self, record):
+      if record.exc_info and record.exc_info[0] is not None:
+        record.msg, record.args = f'{record.getMessage()} ({line(*record.exc_info[:2])})', ()
+        record.exc_info = record.exc_text = None
+      return True
+
+  sys.excepthook = excepthook
+  threading.excepthook = lambda a: print(f'background thread: {line(a.exc_type, a.exc_value)}', file=sys.stderr)
+  seen = set()
+
+  def unraisablehook(u):   # once per kind of message: library callbacks repeat themselves
+    if u.exc_type is not None and line(u.exc_type, u.exc_value) not in seen:
+      seen.add(line(u.exc_type, u.exc_value))
+      print(f'ignored: {line(u.exc_type, u.exc_value)}', file=sys.stderr)
+
+  sys.unraisablehook = unraisablehook
+  logging.basicConfig(format='%(levelname)s:%(name)s:%(message)s')
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(OneLine())
+  logging.getLogger('asyncio').setLevel(logging.CRITICAL)   # "exception was never retrieved": we did
+
+
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  try:
+    main(sys.argv[1:])
+  except SystemExit as e:
+    if e.code == 1:   # a user error, reported: exit before library threads print at shutdown
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(1)
+    raise

@@ -3,10 +3,15 @@
 A checkpoint holds the train state (params, optimizer state, step) and a small JSON of
 what else a resume needs: the model shape and the tokenizer's fingerprint. The input
 pipeline needs nothing more: its batch at step s is a pure function of (seed, s).
+
+Keep-N is ours, not Orbax's: an old checkpoint is deleted only once a newer one has been
+written in full, so a save that fails (a full disk, a crash) never costs a valid one. A
+checkpoint found corrupt on resume is moved to WORKDIR/checkpoints_corrupt/, out of the count.
 """
 
 import logging
 import os
+import shutil
 from typing import Optional
 
 import jax
@@ -17,37 +22,91 @@ class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used here; the message says which and why."""
 
 
+_MARGIN = 16 * 2**20   # bytes a save needs beyond its arrays (metadata, and room to spare)
+
+
+def _free_bytes(directory: str) -> Optional[int]:
+  try:
+    return shutil.disk_usage(directory).free
+  except OSError:
+    return None
+
+
+# Words in an OS error that mean the disk (or the quota, or the file size limit) is full.
+_NO_SPACE = ('No space left', 'ENOSPC', 'File too large', 'Disk quota exceeded', "os_error_code='28'")
+
+
 class Checkpointer:
 
-  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True, create: bool = True):
+  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True, create: bool = True,
+               cleanup: bool = False):
+    """`cleanup`: remove half-written saves of a killed run (only a run holding the workdir's lock)."""
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.corrupt_directory = os.path.abspath(os.path.join(workdir, 'checkpoints_corrupt'))
     if not create and not os.path.isdir(self.directory):
       raise CheckpointError(f'{self.directory} does not exist')
+    self.keep = keep
+    self.pending = None        # the step whose save runs in the background
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=create, enable_async_checkpointing=async_save))
+            max_to_keep=None, create=create, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=cleanup and create))
 
   def steps(self):
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, meta: dict) -> None:
-    """Starts saving (in the background); an existing checkpoint of this step is kept."""
+    """Starts saving (in the background) once the previous save has finished; an existing
+    checkpoint of this step is kept. A failed save is a CheckpointError naming it."""
+    self.wait()
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    need = sum(x.nbytes for x in jax.tree_util.tree_leaves(state)) // jax.process_count() + _MARGIN
+    free = _free_bytes(self.directory)
+    if free is not None and free < need:
+      raise self._failed(step, f'the disk is full (it needs about {need / 2**20:,.0f} MiB, '
+                               f'{free / 2**20:,.0f} MiB are free)', full=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(step, e) from None
+    self.pending = step
+
+  def _failed(self, step: int, e, full: bool = False) -> CheckpointError:
+    """The error of a save that failed (`e`: the exception, or the reason in words)."""
+    if isinstance(e, Exception):
+      full = any(marker in str(e) for marker in _NO_SPACE) or (isinstance(e, OSError) and e.errno in (28, 27, 122))
+      reason = 'the disk is full' if full else _short(e)
+    else:
+      reason = e
+    self.manager.reload()
+    valid = [s for s in self.manager.all_steps() if s != step]
+    listed = ', '.join(map(str, sorted(valid)))
+    kept = ((f'checkpoints {listed} are intact' if len(valid) > 1 else f'checkpoint {listed} is intact')
+            + f' and a new run resumes from step {max(valid)}' if valid else 'no earlier checkpoint exists')
+    return CheckpointError(f'saving checkpoint {step} in {self.directory} failed: {reason}; {kept}'
+                           + ('; free some space and run again' if full else ''))
+
+  def _prune(self) -> None:
+    """Deletes the oldest checkpoints beyond `keep` (called only after a save has completed)."""
+    steps = sorted(self.manager.all_steps())
+    for s in steps[:-self.keep] if self.keep and self.keep > 0 else []:
+      self.manager.delete(s)
 
   def read_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
-  def restore(self, abstract_state, expect_meta: Optional[dict] = None, step: Optional[int] = None):
+  def restore(self, abstract_state, expect_meta: Optional[dict] = None, step: Optional[int] = None,
+              set_aside: bool = False):
     """(state, meta, step) of the newest checkpoint that restores, or None if there is none.
 
     `abstract_state` is a tree of jax.ShapeDtypeStruct with shardings: the state lands
     sharded as it says, whatever the mesh it was saved from. A checkpoint that does not
     read is skipped with a warning naming it; one of another model shape or tokenizer
-    (per `expect_meta`) is a CheckpointError, since no older one would fit either.
+    (per `expect_meta`) is a CheckpointError, since no older one would fit either. With
+    `set_aside` (training), corrupt ones move to checkpoints_corrupt/ so new saves replace them.
     """
     candidates = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
     failed = []
@@ -68,19 +127,45 @@ class Checkpointer:
         failed.append(s)
         continue
       if failed:
-        logging.warning('checkpoints %s of %s are corrupt; fell back to step %d', ', '.join(map(str, failed)),
-                        self.directory, s)
+        logging.warning('checkpoints %s of %s are corrupt; fell back to step %d%s', ', '.join(map(str, failed)),
+                        self.directory, s, self._set_aside(failed) if set_aside else '')
       return restored['state'], meta, s
     if failed:
-      logging.warning('no checkpoint of %s restores (%s are corrupt); starting afresh', self.directory,
-                      ', '.join(map(str, failed)))
+      logging.warning('no checkpoint of %s restores (%s are corrupt); starting afresh%s', self.directory,
+                      ', '.join(map(str, failed)), self._set_aside(failed) if set_aside else '')
     return None
 
+  def _set_aside(self, steps) -> str:
+    """Moves corrupt checkpoints out of the manager's sight (kept for inspection)."""
+    if jax.process_index() == 0:
+      os.makedirs(self.corrupt_directory, exist_ok=True)
+      for s in steps:
+        target = os.path.join(self.corrupt_directory, str(s))
+        n = 1
+        while os.path.exists(target):
+          target, n = os.path.join(self.corrupt_directory, f'{s}.{n}'), n + 1
+        os.rename(os.path.join(self.directory, str(s)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices('ssl_jax corrupt checkpoints set aside')
+    self.manager.reload()
+    return f' (moved to {self.corrupt_directory})'
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the background save; raises a CheckpointError if it failed; then keeps the newest `keep`."""
+    step, self.pending = self.pending, None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(step, e) from None
+    if step is not None:
+      self.manager.reload()
+      if step not in self.manager.all_steps():
+        raise self._failed(step, RuntimeError('the checkpoint was not finalized'))
+      self._prune()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
 

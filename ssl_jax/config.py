@@ -168,6 +168,9 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
       raise ConfigError(f'unknown config key {key!r}: {where} has no {part!r}{hint}')
     if i < len(parents):
       node = node[part]
+  if isinstance(node[leaf], ml_collections.ConfigDict):
+    raise ConfigError(f'--config.{key}={text}: {key!r} is a group of keys; set its keys, e.g. '
+                      f'--config.{key}.{next(iter(node[leaf].keys()), "KEY")}=...')
   try:
     value = parse_value(text, node[leaf])
   except (ValueError, SyntaxError) as e:

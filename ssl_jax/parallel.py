@@ -87,6 +87,21 @@ def logical_shardings(logical_specs, mesh: Mesh):
   return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_RULES)
 
 
+def divisible(shardings, abstract_tree):
+  """`shardings` with each dimension left whole whose size its mesh axes do not divide
+  (e.g. a 65-character vocabulary over tensor=2): the array stays valid on any mesh, and
+  its shape does not depend on the mesh, so checkpoints move between meshes."""
+
+  def fit(sharding, x):
+    spec = list(sharding.spec) + [None] * (len(x.shape) - len(sharding.spec))
+    for i, axes in enumerate(spec):
+      names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+      if names and x.shape[i] % int(np.prod([sharding.mesh.shape[a] for a in names])):
+        spec[i] = None
+    return NamedSharding(sharding.mesh, P(*spec))
+  return jax.tree_util.tree_map(fit, shardings, abstract_tree)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(('data', 'fsdp')))
 

@@ -10,6 +10,7 @@ randomness is `fold_in(key(seed), step)`; the objective comes from the task modu
 """
 
 import dataclasses
+import contextlib
 import functools
 import json
 import os
@@ -149,7 +150,8 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   boxed = jax.eval_shape(init_boxed, jax.random.key(config.seed))
-  state_shardings = parallel.logical_shardings(nn.get_partition_spec(boxed), mesh)
+  state_shardings = parallel.divisible(parallel.logical_shardings(nn.get_partition_spec(boxed), mesh),
+                                       nn.meta.unbox(boxed))
   abstract_state = checkpoint.abstract(nn.meta.unbox(boxed), state_shardings)
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract_state.params))
 
@@ -193,7 +195,7 @@ def init_or_restore(s: Setup, ckpt: checkpoint.Checkpointer):
   e.g. BERT's phase 2 at length 512 starting from phase 1; a fine-tuning run takes only its
   body from there (transfer.load_body) and its head fresh. The optimizer starts anew.
   """
-  restored = ckpt.restore(s.abstract_state, expect_meta=s.meta())
+  restored = ckpt.restore(s.abstract_state, expect_meta=s.meta(), set_aside=True)
   if restored is not None:
     state, _, step = restored
     return state, step
@@ -308,12 +310,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _train_and_evaluate(config, workdir: str) -> dict:
   s = setup(config, workdir)
   tc = config.train
-  if jax.process_index() == 0:
+  ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints, cleanup=True)
+  state, start = init_or_restore(s, ckpt)
+  if jax.process_index() == 0:   # once the checkpoint is known to fit this config
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
-
-  ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints)
-  state, start = init_or_restore(s, ckpt)
   logger = metrics_lib.MetricLogger(workdir, tc.steps, start, unit=s.data.unit)
   logger.print(f'{config.experiment or "run"}: {s.num_params:,} parameters on {s.mesh.devices.size} devices '
                f'(mesh data={s.mesh.shape["data"]} fsdp={s.mesh.shape["fsdp"]} tensor={s.mesh.shape["tensor"]}), '
@@ -356,36 +357,43 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       skips['streak'] = 0
     return tc.max_bad_steps and skips['streak'] >= tc.max_bad_steps
 
-  too_many = False
-  for step in range(start, tc.steps):
-    state, step_metrics = s.train_fn(state, s.put(s.data.train.batch(step)))
-    done = step + 1
-    too_many = count_skip()
-    skips['flag'] = step_metrics['skipped']
-    if too_many:
-      break
-    if pending is not None:       # fetch the previous step's metrics now that this one is queued
-      flush()
-    if done % tc.log_every == 0 or done == tc.steps:
-      pending = (done, step_metrics)
-    if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
-      jax.block_until_ready(state)          # the steps queued so far count as training time
-      t = time.perf_counter()
-      eval_metrics = evaluate(s, state.params)
-      if hasattr(s.task, 'BEST_METRIC'):
-        transfer.keep_best(workdir, done, eval_metrics, s.task.BEST_METRIC, state.params, config.model.to_dict())
-      clock[0] += time.perf_counter() - t   # eval time is not training throughput
-      flush(eval_metrics)
-    if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:
-      ckpt.save(done, state, meta)
-    if preemption.requested:
-      flush()
-      ckpt.save(done, state, meta)
-      logger.print(f'SIGTERM: saved the checkpoint of step {done}; exiting')
-      break
-  too_many = too_many or count_skip()
-  flush()
-  ckpt.close()
+  try:
+    too_many = False
+    for step in range(start, tc.steps):
+      state, step_metrics = s.train_fn(state, s.put(s.data.train.batch(step)))
+      done = step + 1
+      too_many = count_skip()
+      skips['flag'] = step_metrics['skipped']
+      if too_many:
+        break
+      if pending is not None:       # fetch the previous step's metrics now that this one is queued
+        flush()
+      if done % tc.log_every == 0 or done == tc.steps:
+        pending = (done, step_metrics)
+      if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
+        jax.block_until_ready(state)          # the steps queued so far count as training time
+        t = time.perf_counter()
+        eval_metrics = evaluate(s, state.params)
+        if hasattr(s.task, 'BEST_METRIC'):
+          transfer.keep_best(workdir, done, eval_metrics, s.task.BEST_METRIC, state.params, config.model.to_dict())
+        clock[0] += time.perf_counter() - t   # eval time is not training throughput
+        flush(eval_metrics)
+      if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:
+        ckpt.save(done, state, meta)
+      if preemption.requested:
+        flush()
+        ckpt.save(done, state, meta)
+        logger.print(f'SIGTERM: saved the checkpoint of step {done}; exiting')
+        break
+    too_many = too_many or count_skip()
+    flush()
+    ckpt.close()
+  except BaseException:
+    with contextlib.suppress(Exception):
+      ckpt.close()       # a save in flight completes: no finished work is lost to the error
+    with contextlib.suppress(Exception):
+      logger.close()     # the progress bar ends its line before the error's
+    raise
   logger.close()
   if too_many:
     raise TrainingError(f'{skips["streak"]} steps in a row had a non-finite loss or gradient (updates skipped, '

@@ -1,6 +1,6 @@
 """Runs a few train steps in a fresh process and prints one JSON line (used by the sharding tests).
 
-  python tests/steps.py CORPUS STEPS [--experiment=FILE.py[:ARG]] [--config.KEY=VALUE ...]
+  python tests/steps.py CORPUS STEPS [--experiment=FILE.py[:ARG]] [--meshes=D,F,T/...] [--config.KEY=VALUE ...]
 
 The JSON holds the losses and, for a few parameters, their sharding, so a test can check
 both that a mesh gives the same numbers and that the parameters really are split.
@@ -19,15 +19,48 @@ from ssl_jax import train  # pylint: disable=wrong-import-position
 from conftest import tiny_config  # pylint: disable=wrong-import-position
 
 
+def fc_kernel(params):
+  """The first MLP input kernel of a model (GPT, BERT or ViT: the names differ a little)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = [getattr(k, 'key', '') for k in path]
+    if 'mlp' in names and 'fc' in names and names[-1] == 'kernel':
+      return leaf
+  raise KeyError('no mlp/fc/kernel')
+
+
+def meshes(corpus, steps, experiment, shapes, parsed):
+  """Runs `steps` steps on each mesh of `shapes` ('D,F,T/D,F,T/...'); prints one JSON line."""
+  runs = []
+  for shape in shapes.split('/'):
+    d, f, t = (int(x) for x in shape.split(','))
+    config = tiny_config(corpus, experiment, **parsed, **{'mesh.data': d, 'mesh.fsdp': f, 'mesh.tensor': t})
+    s = train.setup(config, tempfile.mkdtemp())
+    state = s.init_fn(jax.random.key(config.seed))
+    losses = []
+    for step in range(int(steps)):
+      state, m = s.train_fn(state, s.put(s.data.train.batch(step)))
+      losses.append(float(m['loss']))
+    kernel = fc_kernel(state.params)
+    runs.append({'mesh': [d, f, t], 'losses': losses, 'fc_kernel_shape': list(kernel.shape),
+                 'fc_kernel_shard_shape': list(kernel.sharding.shard_shape(kernel.shape))})
+  print(json.dumps({'devices': jax.device_count(), 'runs': runs}))
+
+
 def main(corpus, steps, *overrides):
   parsed = {}
   experiment = 'default.py'
+  shapes = None
   for o in overrides:
     if o.startswith('--experiment='):
       experiment = o.split('=', 1)[1]
       continue
+    if o.startswith('--meshes='):
+      shapes = o.split('=', 1)[1]
+      continue
     key, value = o.removeprefix('--config.').split('=', 1)
     parsed[key] = json.loads(value) if value[:1].isdigit() or value[:1] in '-[{' else value
+  if shapes:
+    return meshes(corpus, steps, experiment, shapes, parsed)
   config = tiny_config(corpus, experiment, **parsed)
   s = train.setup(config, tempfile.mkdtemp())
   state = s.init_fn(jax.random.key(config.seed))

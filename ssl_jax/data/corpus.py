@@ -55,6 +55,8 @@ def run_tokenizer(config, workdir: str, texts_fn, special=()):
   """
   tok = tokenizers.load(workdir)
   if tok is not None:
+    if not config.init_from:
+      tokenizers.check_matches(tok, config.data.tokenizer, os.path.join(workdir, tokenizers.TOKENIZER_FILE))
     return tok
   if jax.process_index() == 0:
     tok = tokenizers.load(config.init_from) if config.init_from else None

@@ -33,22 +33,35 @@ def read_squad(path: str) -> List[Example]:
   try:
     with open(path, encoding='utf-8') as f:
       data = json.load(f)['data']
-  except (OSError, ValueError, KeyError) as e:
-    raise DataError(f'{path}: not a SQuAD-style JSON file ({e})') from None
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DataError(f'{path}: not a SQuAD-style JSON file ({type(e).__name__}: {e})') from None
   examples = []
-  for article in data:
-    for paragraph in article['paragraphs']:
-      context = paragraph['context']
-      for qa in paragraph['qas']:
-        answers = [(a['text'], int(a['answer_start'])) for a in qa.get('answers', [])]
-        for text, start in answers:
-          if context[start:start + len(text)] != text:
-            raise DataError(f'{path}: question {qa["id"]}: answer {text!r} is not at character {start} of its context')
-        examples.append(Example(str(qa['id']), qa['question'], context, answers,
-                                bool(qa.get('is_impossible', False)) or not answers))
+  try:
+    for article in data:
+      for paragraph in article['paragraphs']:
+        context = _string(paragraph['context'])
+        for qa in paragraph['qas']:
+          answers = [(_string(a['text']), int(a['answer_start'])) for a in qa.get('answers', [])]
+          for text, start in answers:
+            if not 0 <= start <= len(context) - len(text) or context[start:start + len(text)] != text:
+              raise DataError(f'{path}: question {qa["id"]}: answer {text!r} is not at character {start} '
+                              'of its context')
+          examples.append(Example(str(qa['id']), _string(qa['question']), context, answers,
+                                  bool(qa.get('is_impossible', False)) or not answers))
+  except DataError:
+    raise
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
+    raise DataError(f'{path}: not SQuAD-style data (data / paragraphs / context, qas / id, question, '
+                    f'answers): {type(e).__name__}: {e}') from None
   if not examples:
     raise DataError(f'{path}: no questions')
   return examples
+
+
+def _string(value) -> str:
+  if not isinstance(value, str):
+    raise TypeError(f'expected a string, got {value!r:.40}')
+  return value
 
 
 # Tokens with the character spans they came from.

@@ -149,6 +149,22 @@ def build(spec: str, texts_fn, vocab_size: int, special: Sequence[str] = ()):
   raise ConfigError(f'data.tokenizer={spec!r}: expected char, sentencepiece, bpe or a sentencepiece .model file')
 
 
+def check_matches(tok, spec: str, where: str) -> None:
+  """A ConfigError unless `tok` (a workdir's) is what `data.tokenizer=spec` asks for."""
+  if spec == 'char':
+    same = tok.kind == 'char'
+  elif spec in ('sentencepiece', 'spm', 'unigram', 'bpe'):
+    same = tok.kind == 'sentencepiece'
+  elif os.path.isfile(spec):
+    with open(spec, 'rb') as f:
+      same = tok.kind == 'sentencepiece' and tok.model_proto == f.read()
+  else:
+    same = True   # build() names what is wrong with the spec itself
+  if not same:
+    raise ConfigError(f'{where} holds the {tok.kind} tokenizer this run began with, but data.tokenizer={spec!r}; '
+                      'a run resumes with its own tokenizer: use a new --workdir for another one')
+
+
 def _atomic_write(path: str, data: bytes) -> None:
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'wb') as f:

@@ -65,7 +65,10 @@ class BERT(nn.Module):
       return {'hidden': x, 'pooled': pooled}
     nsp_logits = Dense((2,), ('mlp', None), cfg.init_std, dtype=cfg.dtype, name='nsp')(pooled)  # (B, 2)
     h = x if masked_positions is None else jnp.take_along_axis(x, masked_positions[..., None], axis=1)  # (B, P, C)
-    h = Dense((cfg.d_model,), ('embed', 'mlp'), cfg.init_std, dtype=cfg.dtype, name='mlm_transform')(h)
+    h = nn.with_logical_constraint(h, ('batch', 'length', 'embed'))
+    # Its output is not split over 'tensor' (as 'mlp' would): with data, fsdp and tensor all > 1,
+    # XLA:CPU got the LayerNorm's gradients after it wrong (seen with jax 0.10.2).
+    h = Dense((cfg.d_model,), ('embed', None), cfg.init_std, dtype=cfg.dtype, name='mlm_transform')(h)
     h = LayerNorm(cfg, name='mlm_ln')(activation_fn(cfg.activation)(h))
     bias = self.param('mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
                       (cfg.vocab_size,))
