@@ -102,6 +102,8 @@ def saved_config(workdir: str):
     for key, value in values.items():
       if isinstance(value, dict) and key in node and isinstance(node[key], ml_collections.ConfigDict):
         merge(node[key], value)
+      elif key == 'remat' and isinstance(value, bool):   # saved before remat named a policy
+        node[key] = 'full' if value else 'none'
       else:
         node[key] = value
 

@@ -107,3 +107,23 @@ def test_bert_padding_is_invisible_and_mlm_head_reads_only_masked_positions():
   assert gathered['mlm_logits'].shape == (2, 3, 100)
   np.testing.assert_allclose(gathered['mlm_logits'],
                              jnp.take_along_axis(out['mlm_logits'], positions[..., None], axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny'])
+def test_remat_policies_give_the_same_gradients(corpus, tmp_path, experiment):
+  from ssl_jax import train  # pylint: disable=import-outside-toplevel
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  data = '' if experiment.startswith('vit') else corpus
+  grads = {}
+  for policy in ('none', 'dots', 'full'):
+    s = train.setup(tiny_config(data, experiment, **{'model.remat': policy}), str(tmp_path / policy),
+                    compile_steps=False)
+    params = s.init_fn(jax.random.key(0)).params
+    batch = s.put(s.data.train.batch(0))
+    loss = lambda p, b: s.task.loss_fn(s.model, p, b, jax.random.key(1), True)[0]  # pylint: disable=cell-var-from-loop
+    grads[policy] = jax.tree_util.tree_leaves(jax.jit(jax.grad(loss))(params, batch))
+    rematerialised = 'remat' in str(jax.make_jaxpr(jax.grad(loss))(params, batch))
+    assert rematerialised == (policy != 'none')
+  for policy in ('dots', 'full'):
+    for a, b in zip(grads['none'], grads[policy]):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)

@@ -45,19 +45,28 @@ def run_steps(corpus, steps, devices, *overrides):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny'])
-def test_data_and_fsdp_on_8_devices_match_one_device(corpus, experiment):
-  one = run_steps(corpus, 5, 1, f'--experiment={experiment}')
-  sharded = run_steps(corpus, 5, 8, f'--experiment={experiment}', '--config.mesh.data=4', '--config.mesh.fsdp=2')
+MESHES = '8,1,1/2,2,2/1,4,2/1,1,8'   # (data, fsdp, tensor)
+
+
+@pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny', 'vit_mae.py'])
+def test_data_fsdp_and_tensor_meshes_on_8_devices_match_one_device(corpus, experiment):
+  data = '' if experiment.startswith('vit') else corpus    # ViT: the embedded images
+  one = run_steps(data, 5, 1, f'--experiment={experiment}', '--meshes=1,1,1')
+  sharded = run_steps(data, 5, 8, f'--experiment={experiment}', f'--meshes={MESHES}')
   assert one['devices'] == 1 and sharded['devices'] == 8
-  for a, b in zip(one['losses'], sharded['losses']):
-    assert b == pytest.approx(a, rel=1e-5)
-  # FSDP: the embed axis (32) of parameters and Adam moments is split two ways.
-  assert sharded['fc_kernel_shape'] == [32, 64]
-  assert sharded['fc_kernel_shard_shape'] == [16, 64]
+  reference = one['runs'][0]
+  for run in sharded['runs']:
+    assert run['losses'] == pytest.approx(reference['losses'], rel=1e-5), run['mesh']
+    # The MLP's input kernel (embed, mlp) is split over fsdp and tensor as the mesh says.
+    d_model, d_ff = run['fc_kernel_shape']
+    _, fsdp, tensor = run['mesh']
+    assert run['fc_kernel_shard_shape'] == [d_model // fsdp, d_ff // tensor], run['mesh']
+
+
+def test_fsdp_shards_adam_moments_and_embeddings(corpus):
+  sharded = run_steps(corpus, 1, 8, '--config.mesh.data=4', '--config.mesh.fsdp=2')
   assert sharded['adam_mu_fc_shard_shape'] == [16, 64]
   assert sharded['wte_shard_shape'][1] == 16
-  assert one['fc_kernel_shard_shape'] == [32, 64]
 
 
 def test_gradient_accumulation_matches_the_full_batch(corpus):

@@ -3,7 +3,7 @@
 import dataclasses
 
 from ssl_jax.models import bert, gpt, heads, vit
-from ssl_jax.models.layers import TransformerConfig
+from ssl_jax.models.layers import REMAT_POLICIES, TransformerConfig
 from ssl_jax.config import ConfigError
 
 # family -> (module class, overrides of TransformerConfig that define the family)
@@ -33,11 +33,14 @@ def transformer_config(config) -> TransformerConfig:
     raise ConfigError('model.vocab_size is unset: it comes from the tokenizer')
   if vision and (m.patch <= 0 or config.data.image_size % m.patch):
     raise ConfigError(f'model.patch={m.patch} must divide data.image_size={config.data.image_size}')
+  remat = {False: 'none', True: 'full'}.get(m.remat, m.remat)   # workdirs saved when it was a bool
+  if remat not in REMAT_POLICIES:
+    raise ConfigError(f'model.remat={m.remat!r}: expected one of {", ".join(REMAT_POLICIES)}')
   _, family = FAMILIES[m.family]
   return TransformerConfig(
       num_layers=m.num_layers, num_heads=m.num_heads, d_model=m.d_model, d_ff=m.d_ff,
       vocab_size=max(m.vocab_size, 0), max_len=m.max_len or config.data.seq_len, dropout=m.dropout,
-      bias=m.bias, activation=m.activation, dtype=m.dtype, remat=m.remat, **family)
+      bias=m.bias, activation=m.activation, dtype=m.dtype, remat=remat, **family)
 
 
 def build(config):

@@ -30,7 +30,7 @@ class TransformerConfig:
   ln_eps: float = 1e-5
   init_std: float = 0.02
   dtype: str = 'float32'          # compute dtype; parameters are float32
-  remat: bool = False
+  remat: str = 'none'            # none | dots | full (REMAT_POLICIES)
 
   @property
   def head_dim(self) -> int:
@@ -213,14 +213,26 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
+# What a block keeps from its forward pass for the backward pass (`model.remat`):
+#   none: everything (fastest, most memory); dots: the outputs of the weight matmuls only,
+#   recomputing attention scores, norms and activations; full: only the block's input.
+REMAT_POLICIES = {
+    'none': None,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'full': jax.checkpoint_policies.nothing_saveable,
+}
+
+
 class Stack(nn.Module):
-  """`num_layers` blocks, each optionally rematerialised in the backward pass."""
+  """`num_layers` blocks, each rematerialised in the backward pass as `cfg.remat` says."""
   cfg: TransformerConfig
   causal: bool
 
   @nn.compact
   def __call__(self, x, padding_mask=None, deterministic: bool = True, decode: bool = False):
-    block = nn.remat(Block, static_argnums=(3, 4)) if self.cfg.remat else Block
+    block = Block
+    if self.cfg.remat != 'none':
+      block = nn.remat(Block, static_argnums=(3, 4), policy=REMAT_POLICIES[self.cfg.remat])
     for i in range(self.cfg.num_layers):
       x = block(self.cfg, self.causal, name=f'h_{i}')(x, padding_mask, deterministic, decode)
     return x
