@@ -297,6 +297,7 @@ class _Preemption:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the workdir's newest checkpoint), evaluates, samples; returns last metrics."""
+  parallel.initialize_hosts()   # before anything asks JAX about processes or devices
   os.makedirs(workdir, exist_ok=True)
   lock = WorkdirLock(workdir)
   if jax.process_index() == 0:
