@@ -9,6 +9,8 @@ Commands:
             (train does it first, cached, with --config.data.prepare.enabled=true)
   eval      evaluate the workdir's newest checkpoint on the held-out split
   bench     time the train step: one JSON line (tokens/s, step_ms, compile_s, MFU, ...)
+  plan      compile the train step ahead of time for --devices N (virtual) and report per-device
+            memory, FLOPs and collectives, and whether it fits --accelerator (H100, TPU v5p, ...)
   generate  sample from the workdir's newest checkpoint: --prompt "..." [--max_new_tokens N] [--stop S]
   fewshot   few-shot accuracy against K: --task TEST.jsonl --train TRAIN.jsonl --shots 0,1,4
   summarize TL;DR summaries (and ROUGE against references): --input FILE.jsonl
@@ -25,7 +27,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMMANDS = ('train', 'finetune', 'prepare', 'eval', 'bench', 'generate', 'convert', 'fewshot', 'summarize')
+COMMANDS = ('train', 'finetune', 'prepare', 'eval', 'bench', 'plan', 'generate', 'convert', 'fewshot', 'summarize')
 
 
 def parse(argv):
@@ -52,6 +54,9 @@ def parse(argv):
   parser.add_argument('--input', default=None, help='summarize: JSONL of article (and reference)')
   parser.add_argument('--from_hf', default=None, help='convert: a Hugging Face BERT or GPT-2 directory to import')
   parser.add_argument('--to_hf', default=None, help='convert: a directory to export the workdir\'s BERT or GPT to')
+  parser.add_argument('--devices', type=int, default=None, help='plan: devices to plan for (default: those present)')
+  parser.add_argument('--accelerator', default='H100', help='plan: the device whose memory it must fit '
+                      '(H100, H200, B200, A100, A100-40GB, L4, TPU v4, TPU v5e, TPU v5p, TPU v6e, or e.g. 24GB)')
   parser.add_argument('--debug', action='store_true', help='show full tracebacks')
   overrides, rest = [], []
   args = list(argv)
@@ -71,6 +76,10 @@ def parse(argv):
 
 def main(argv):
   flags, overrides = parse(argv)
+  if flags.command == 'plan' and flags.devices:   # virtual CPU devices: set before JAX starts
+    os.environ['JAX_PLATFORMS'] = 'cpu'
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               f' --xla_force_host_platform_device_count={flags.devices}').strip()
   from ssl_jax import cli  # after parsing: importing jax is slow
   if not flags.debug:
     _no_tracebacks_but_ours()
@@ -80,7 +89,8 @@ def main(argv):
             prompt=flags.prompt, prompt_file=flags.prompt_file, max_new_tokens=flags.max_new_tokens,
             temperature=flags.temperature, top_k=flags.top_k, from_hf=flags.from_hf, to_hf=flags.to_hf,
             top_p=flags.top_p, stop=[s.replace('\\n', '\n') for s in flags.stop], task_file=flags.task,
-            train_file=flags.train, shots=flags.shots, input_file=flags.input)
+            train_file=flags.train, shots=flags.shots, input_file=flags.input, devices=flags.devices,
+            accelerator=flags.accelerator)
   except Exception as e:  # pylint: disable=broad-except
     if flags.debug or not cli.is_user_error(e):
       raise

@@ -26,6 +26,7 @@ def get_config(arg=None):
   small = name.startswith('gpt:')
   c.model.vocab_size = 0 if small else 50304
   c.model.dropout = 0.0 if small else 0.1
+  c.model.scan_layers = c.model.num_layers >= 32   # GPT-3 2.7B and up: compile one block, not dozens
   c.data.seq_len = c.model.max_len
   c.data.tokenizer = 'char'
   c.train.batch_size = 16 if small else 512

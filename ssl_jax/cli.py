@@ -21,7 +21,8 @@ def default_workdir(config) -> str:
 
 def run(command: str, config_spec: str, overrides, *, config_given: bool, workdir, steps=None, prompt='\n',
         prompt_file=None, max_new_tokens=200, temperature=0.8, top_k=200, from_hf=None, to_hf=None, top_p=1.0,
-        stop=(), task_file=None, train_file=None, shots='0,1,4', input_file=None):
+        stop=(), task_file=None, train_file=None, shots='0,1,4', input_file=None, devices=None,
+        accelerator='H100'):
   if command == 'convert':  # needs no experiment: the shapes come from the files
     from ssl_jax import convert  # pylint: disable=import-outside-toplevel
     convert.convert_command(from_hf, to_hf, workdir)
@@ -34,6 +35,11 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
     config = config_lib.load(config_spec)
   for key, text in overrides:
     config_lib.override(config, key, text)
+  if command == 'plan':
+    import jax  # pylint: disable=import-outside-toplevel
+    from ssl_jax import plan  # pylint: disable=import-outside-toplevel
+    plan.plan_command(config, devices or jax.device_count(), accelerator, workdir or '')
+    return
   if not workdir and command != 'bench':
     workdir = default_workdir(config)
     print(f'workdir: {workdir} (set --workdir to choose)', flush=True)

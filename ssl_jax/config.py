@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bias = True
   c.model.activation = 'gelu_tanh'  # gelu_tanh (GPT-2) | gelu (exact erf, BERT)
   c.model.dtype = 'float32'     # compute dtype; parameters stay float32
+  c.model.scan_layers = False   # scan one block over the layers: compile time independent of depth
   c.model.remat = 'none'        # none | dots (keep weight-matmul outputs) | full: recompute in the backward pass
   c.model.patch = 0             # vision: patch size in pixels
   c.model.mask_ratio = 0.75     # MAE: share of patches hidden

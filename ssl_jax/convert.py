@@ -404,6 +404,9 @@ def load_workdir_params(workdir: str) -> Tuple[dict, dict, Optional[List[str]]]:
   model = run_config.get('model', {})
   if model.get('family') not in LN_EPS:
     raise ConversionError(f'{config_path}: model.family is {model.get("family")!r}; only {", ".join(LN_EPS)} convert')
+  if model.get('scan_layers'):
+    raise ConversionError(f'{config_path}: the run scanned its layers (model.scan_layers); export reads '
+                          'one block per layer: train with model.scan_layers=false to export')
   seq_len = run_config.get('data', {}).get('seq_len', 0)
   model_config = dict(family=model['family'], num_layers=model['num_layers'], num_heads=model['num_heads'],
                       d_model=model['d_model'], d_ff=model['d_ff'], vocab_size=model['vocab_size'],

@@ -24,6 +24,7 @@ LOGICAL_RULES = (
     ('mlp', 'tensor'),
     ('vocab', 'tensor'),
     ('length', None),
+    ('layers', None),             # scanned layers' stacking axis
     ('kv', None),
     ('qkv', None),
 )

@@ -139,6 +139,9 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
   if data.tokenizer is not None and config.data.seq_len > model_cfg.max_len:
     raise config_lib.ConfigError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
                                  f'{model_cfg.max_len} positions (model.max_len)')
+  if config.finetune.freeze > 0 and config.model.scan_layers:
+    raise config_lib.ConfigError('finetune.freeze freezes whole blocks, which scanned layers do not have: '
+                                 'set model.scan_layers=false')
   frozen = transfer.frozen(config.finetune.freeze, config.model.family) if config.finetune.freeze else None
   tx = optim.make(config.train, frozen)
 
@@ -165,8 +168,8 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
   return s
 
 
-def compile_steps_ahead(s: Setup) -> None:
-  """Lowers and compiles the train and eval steps once, from abstract shapes."""
+def lower_steps(s: Setup, eval_step_too: bool = True):
+  """(train step, eval step or None) jitted and lowered from abstract shapes: nothing is allocated."""
   config = s.config
   bs = parallel.batch_sharding(s.mesh)
   batch_abstract, eval_batch_abstract = (jax.tree_util.tree_map(
@@ -179,12 +182,20 @@ def compile_steps_ahead(s: Setup) -> None:
                            grad_accum=config.train.grad_accum, frozen=s.frozen)
   evaluate_step = functools.partial(eval_step, model=s.model, loss_fn=loss_fn)
   rep = parallel.replicated(s.mesh)
-  t = time.perf_counter()
   with jax.set_mesh(s.mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
-    s.train_fn = jax.jit(step, in_shardings=(s.state_shardings, bs), out_shardings=(s.state_shardings, rep),
-                         donate_argnums=0).lower(s.abstract_state, batch_abstract).compile()
-    s.eval_fn = jax.jit(evaluate_step, in_shardings=(s.state_shardings.params, bs), out_shardings=rep
-                        ).lower(s.abstract_state.params, eval_batch_abstract).compile()
+    train_lowered = jax.jit(step, in_shardings=(s.state_shardings, bs), out_shardings=(s.state_shardings, rep),
+                            donate_argnums=0).lower(s.abstract_state, batch_abstract)
+    eval_lowered = jax.jit(evaluate_step, in_shardings=(s.state_shardings.params, bs), out_shardings=rep
+                           ).lower(s.abstract_state.params, eval_batch_abstract) if eval_step_too else None
+  return train_lowered, eval_lowered
+
+
+def compile_steps_ahead(s: Setup) -> None:
+  """Lowers and compiles the train and eval steps once, from abstract shapes."""
+  t = time.perf_counter()
+  train_lowered, eval_lowered = lower_steps(s)
+  with jax.set_mesh(s.mesh):
+    s.train_fn, s.eval_fn = train_lowered.compile(), eval_lowered.compile()
   s.compile_s = time.perf_counter() - t
 
 

@@ -40,7 +40,8 @@ def transformer_config(config) -> TransformerConfig:
   return TransformerConfig(
       num_layers=m.num_layers, num_heads=m.num_heads, d_model=m.d_model, d_ff=m.d_ff,
       vocab_size=max(m.vocab_size, 0), max_len=m.max_len or config.data.seq_len, dropout=m.dropout,
-      bias=m.bias, activation=m.activation, dtype=m.dtype, remat=remat, **family)
+      bias=m.bias, activation=m.activation, dtype=m.dtype, remat=remat,
+      scan_layers=m.scan_layers, **family)
 
 
 def build(config):

@@ -31,6 +31,7 @@ class TransformerConfig:
   init_std: float = 0.02
   dtype: str = 'float32'          # compute dtype; parameters are float32
   remat: str = 'none'            # none | dots | full (REMAT_POLICIES)
+  scan_layers: bool = False       # one scanned block (parameters stacked under 'h'): compiles in O(1) layers
 
   @property
   def head_dim(self) -> int:
@@ -230,9 +231,30 @@ class Stack(nn.Module):
 
   @nn.compact
   def __call__(self, x, padding_mask=None, deterministic: bool = True, decode: bool = False):
+    if self.cfg.scan_layers:
+      scanned = nn.scan(_ScanStep, variable_axes={'params': 0, 'cache': 0},
+                        split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
+                        length=self.cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = scanned(self.cfg, self.causal, deterministic, decode, name='h')(x, padding_mask)
+      return x
     block = Block
     if self.cfg.remat != 'none':
       block = nn.remat(Block, static_argnums=(3, 4), policy=REMAT_POLICIES[self.cfg.remat])
     for i in range(self.cfg.num_layers):
       x = block(self.cfg, self.causal, name=f'h_{i}')(x, padding_mask, deterministic, decode)
     return x
+
+
+class _ScanStep(nn.Module):
+  """One block as a scan step: (carry, padding mask) -> (carry, nothing)."""
+  cfg: TransformerConfig
+  causal: bool
+  deterministic: bool
+  decode: bool
+
+  @nn.compact
+  def __call__(self, x, padding_mask):
+    block = Block
+    if self.cfg.remat != 'none':
+      block = nn.remat(Block, static_argnums=(3, 4), policy=REMAT_POLICIES[self.cfg.remat])
+    return block(self.cfg, self.causal, name='block')(x, padding_mask, self.deterministic, self.decode), None

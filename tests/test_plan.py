@@ -1,0 +1,67 @@
+"""`run.py plan`: ahead-of-time memory, FLOPs and collectives from abstract shapes."""
+
+import os
+import tempfile
+
+import pytest
+
+from conftest import last_json_line, run_cli
+from ssl_jax import config as config_lib, plan, train
+
+SMALL = ['--config.model.num_layers=2', '--config.model.num_heads=2', '--config.model.d_model=64',
+         '--config.model.d_ff=256', '--config.data.seq_len=64', '--config.train.batch_size=16']
+
+HLO = '''HloModule m
+
+%inner (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %ar = f32[8]{0} all-reduce(%x), replica_groups={}
+  ROOT %t = (s32[], f32[8]) tuple(%i, %ar)
+}
+
+%outer (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %w2 = (s32[], f32[8]) while(%p), condition=%c2, body=%inner, backend_config={"known_trip_count":{"n":"3"}}
+  %ag = f32[16]{0} all-gather(%y), dimensions={0}
+  ROOT %t = (s32[], f32[8]) tuple(%i, %y)
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %w = (s32[], f32[8]) while(%init), condition=%c1, body=%outer, backend_config={"known_trip_count":{"n":"4"}}
+  %rs = bf16[4]{0} reduce-scatter(%a), dimensions={0}
+  ROOT %r = f32[8]{0} copy(%a)
+}
+'''
+
+
+def test_collective_bytes_count_loop_iterations():
+  got = plan.collective_bytes(HLO)
+  assert got['all-reduce'] == 32 * 3 * 4          # f32[8] in a loop of 3 inside a loop of 4
+  assert got['all-gather'] == 64 * 4
+  assert got['reduce-scatter'] == 8
+  assert got['all-to-all'] == got['collective-permute'] == 0
+
+
+def test_plan_on_8_virtual_devices_reports_memory_and_fit(tmp_path):
+  args = ['plan', '--config', 'experiments/gpt.py:gpt:nano', *SMALL, '--devices', '8', '--config.mesh.data=2',
+          '--config.mesh.fsdp=2', '--config.mesh.tensor=2', '--config.model.scan_layers=true']
+  proc = run_cli(*args, '--workdir', str(tmp_path))
+  r = last_json_line(proc.stdout)
+  assert r['devices'] == 8 and r['mesh'] == [2, 2, 2] and r['fits']
+  b = r['bytes_per_device']
+  assert 0 < b['params'] < r['params'] * 4 / 2      # float32, split at least two ways
+  assert b['optimizer_state'] >= 2 * b['params']     # Adam's two moments, sharded alike
+  assert b['peak'] >= b['params'] + b['optimizer_state'] and b['activations_and_temporaries'] > 0
+  assert r['flops_per_step'] > 2 * r['params'] * 16 * 64 and r['flops_per_device'] * 8 == pytest.approx(r['flops_per_step'])
+  assert sum(r['collective_bytes_per_device'].values()) > 0
+  assert os.path.exists(tmp_path / 'plan.json') and 'fits:' in proc.stdout
+  proc = run_cli(*args, '--accelerator', '0.0001GB')
+  assert not last_json_line(proc.stdout)['fits'] and 'does NOT fit: each device needs' in proc.stdout
+
+
+@pytest.mark.parametrize('size, billions', [('gpt3:175B', 174.6), ('gpt3:1.3B', 1.3), ('gpt2:124M', 0.124)])
+def test_named_sizes_have_their_papers_parameter_counts(size, billions):
+  config = config_lib.load(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments', 'gpt.py') +
+                           ':' + size)
+  with config.unlocked():
+    config.train.batch_size = 1
+  s = train.setup(config, tempfile.mkdtemp(), compile_steps=False)    # abstract: nothing allocated
+  assert s.num_params / 1e9 == pytest.approx(billions, rel=0.01 if size == 'gpt3:175B' else 0.03)
