@@ -145,9 +145,8 @@ class Checkpointer:
         while os.path.exists(target):
           target, n = os.path.join(self.corrupt_directory, f'{s}.{n}'), n + 1
         os.rename(os.path.join(self.directory, str(s)), target)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      multihost_utils.sync_global_devices('ssl_jax corrupt checkpoints set aside')
+    from ssl_jax import parallel  # pylint: disable=import-outside-toplevel
+    parallel.barrier('ssl_jax corrupt checkpoints set aside')
     self.manager.reload()
     return f' (moved to {self.corrupt_directory})'
 

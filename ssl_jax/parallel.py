@@ -52,6 +52,26 @@ def initialize_hosts() -> None:
     jax.distributed.initialize()
 
 
+_BARRIERS = {}
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+  """Waits until every process gets here. Through the coordination service, not a device
+  collective: one host may spend minutes (tokenising, preparing a corpus) while the others
+  wait, longer than a collective's timeout."""
+  if jax.process_count() == 1:
+    return
+  _BARRIERS[name] = _BARRIERS.get(name, 0) + 1     # a barrier's id is used once: number each pass
+  name = f'{name} #{_BARRIERS[name]}'
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  client = distributed.global_state.client
+  if client is None:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+    return
+  client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
 def _multi_host_env() -> bool:
   for key in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
     if int(os.environ.get(key, '1')) > 1:

@@ -297,13 +297,20 @@ class _Preemption:
 
   def __init__(self):
     self.requested = False
+    self.previous = None
     try:
-      signal.signal(signal.SIGTERM, self._handle)
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread
       pass
 
   def _handle(self, *_):
     self.requested = True
+
+  def restore(self):
+    """Gives SIGTERM back to whoever had it (a caller's handler, or the default: exit)."""
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+      self.previous = None
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -406,6 +413,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     with contextlib.suppress(Exception):
       logger.close()     # the progress bar ends its line before the error's
     raise
+  finally:
+    preemption.restore()
   logger.close()
   if too_many:
     raise TrainingError(f'{skips["streak"]} steps in a row had a non-finite loss or gradient (updates skipped, '

@@ -150,9 +150,12 @@ def test_a_second_run_in_the_same_workdir_refuses_while_the_first_lives(tmp_path
   finally:
     sleeper.kill()
     sleeper.wait()
-  # Its process gone, the lock is stale: a new run takes it over, and leaves none behind.
+  # Its process gone, the lock is stale: a new run takes it over, and leaves none behind,
+  # and gives SIGTERM back to the caller's handler.
+  before = signal.getsignal(signal.SIGTERM)
   train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 1}), str(workdir))
   assert not (workdir / 'run.lock').exists()
+  assert signal.getsignal(signal.SIGTERM) is before
 
 
 @pytest.mark.parametrize('corruption', ['truncate', 'delete', 'garbage'])

@@ -3,8 +3,8 @@
 import os
 
 import jax
-from jax.experimental import multihost_utils
 
+from ssl_jax import parallel
 from ssl_jax.data import text, tokenizer as tokenizers
 
 
@@ -43,7 +43,7 @@ def prepare_on_one_host(paths, workdir: str, settings) -> str:
     path, report = prepare.prepared_corpus(paths, workdir, settings)
     print(prepare.table(report), flush=True)
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('ssl_jax corpus prepared')
+    parallel.barrier('ssl_jax corpus prepared')
   return path
 
 
@@ -54,6 +54,8 @@ def run_tokenizer(config, workdir: str, texts_fn, special=()):
   Process 0 builds and saves it; the other hosts wait, then load that very file.
   """
   tok = tokenizers.load(workdir)
+  # Every host looks before process 0 may write one: all take the same branch below.
+  parallel.barrier('ssl_jax tokenizer looked up')
   if tok is not None:
     if not config.init_from:
       tokenizers.check_matches(tok, config.data.tokenizer, os.path.join(workdir, tokenizers.TOKENIZER_FILE))
@@ -64,6 +66,6 @@ def run_tokenizer(config, workdir: str, texts_fn, special=()):
       tok = tokenizers.build(config.data.tokenizer, texts_fn, config.model.vocab_size, special)
     tokenizers.save(tok, workdir)
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('ssl_jax tokenizer saved')
+    parallel.barrier('ssl_jax tokenizer saved')
     tok = tokenizers.load(workdir)
   return tok
