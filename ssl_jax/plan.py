@@ -112,7 +112,8 @@ def plan(config, devices: int, accelerator: str = 'H100', workdir: str = '') -> 
   result = {
       'model': config.model.size or config.model.family, 'params': int(s.num_params), 'devices': devices,
       'mesh': [m['data'], m['fsdp'], m['tensor']], 'batch_size': int(config.train.batch_size),
-      'seq_len': int(config.data.seq_len), 'remat': config.model.remat, 'scan_layers': bool(config.model.scan_layers),
+      'seq_len': int(config.data.seq_len) if s.data.tokenizer is not None else None,
+      'image_size': None if s.data.tokenizer is not None else int(config.data.image_size), 'remat': config.model.remat, 'scan_layers': bool(config.model.scan_layers),
       'bytes_per_device': {'params': params, 'optimizer_state': optimizer,
                            'activations_and_temporaries': temp, 'peak': peak},
       'flops_per_step': flops_step, 'flops_per_device': flops_step / devices,
@@ -122,6 +123,10 @@ def plan(config, devices: int, accelerator: str = 'H100', workdir: str = '') -> 
   return result
 
 
+def _count(n: int) -> str:
+  return f'{n / 1e9:,.2f}B' if n >= 1e9 else f'{n / 1e6:,.1f}M'
+
+
 def _gb(n: float) -> str:
   return f'{n / 1e9:,.2f} GB'
 
@@ -129,8 +134,10 @@ def _gb(n: float) -> str:
 def report(r: dict) -> str:
   b = r['bytes_per_device']
   lines = [
-      f'{r["model"]}: {r["params"] / 1e9:,.2f}B parameters on {r["devices"]} devices, mesh (data, fsdp, tensor) = '
-      f'{tuple(r["mesh"])}, batch {r["batch_size"]} x {r["seq_len"]}, remat={r["remat"]}'
+      f'{r["model"]}: {_count(r["params"])} parameters on {r["devices"]} devices, mesh (data, fsdp, tensor) = '
+      f'{tuple(r["mesh"])}, batch {r["batch_size"]} x '
+      + (f'{r["seq_len"]} tokens' if r['seq_len'] else f'{r["image_size"]}x{r["image_size"]} images')
+      + f', remat={r["remat"]}'
       f'{", scanned layers" if r["scan_layers"] else ""}; compiled in {r["compile_s"]}s',
       'per device:',
       f'  parameters                   {_gb(b["params"]):>14}',
