@@ -89,6 +89,17 @@ def vit_classifier_train_flops(config, batch: int):
   return float(total), float(total)
 
 
+def jigsaw_train_flops(config, batch: int):
+  """(model FLOPs, the same) of the jigsaw network: the encoder on nine tiles per image, and
+  the MLP on their nine class tokens."""
+  m = config.model
+  n = (m.tile_size // m.patch) ** 2
+  encoder = stack(m.num_layers, m.d_model, m.d_ff, n + 1) + 6 * n * m.patch * m.patch * 3 * m.d_model
+  head = 6 * (9 * m.d_model * m.jigsaw_hidden + m.jigsaw_hidden * m.num_permutations)
+  total = float(batch * (9 * encoder + head))
+  return total, total
+
+
 def mae_train_flops(config, batch: int):
   """(model FLOPs with the encoder on the visible patches only, FLOPs as if it saw them all)."""
   m = config.model

@@ -25,7 +25,8 @@ from ssl_jax.data.wordpiece import WordPieceTokenizer
 
 # A family's body: the family its pretrained parameters come from, and the key they sit under.
 BASE_FAMILY = {'bert': 'bert', 'bert_classifier': 'bert', 'bert_tagger': 'bert', 'bert_qa': 'bert',
-               'gpt': 'gpt', 'gpt_classifier': 'gpt', 'vit': 'vit', 'mae': 'vit', 'vit_classifier': 'vit'}
+               'gpt': 'gpt', 'gpt_classifier': 'gpt', 'vit': 'vit', 'mae': 'vit', 'vit_classifier': 'vit',
+               'jigsaw': 'vit'}
 BODY_KEY = {'bert': 'bert', 'gpt': 'gpt', 'vit': 'encoder'}
 # Keys that mark a body's own top level (a pretraining tree), rather than one nested under BODY_KEY.
 BODY_MARKER = {'bert': 'word_embeddings', 'gpt': 'wte', 'vit': 'patch_embed'}

@@ -143,3 +143,74 @@ def test_rotation_run_trains_and_reports_accuracy(tmp_path):
               'train.eval_batches': 1, 'model.d_ff': 64}
   last = train.train_and_evaluate(tiny_config('', 'vit_rotation.py', **settings), str(tmp_path / 'rot'))
   assert 0.0 <= last['accuracy'] <= 1.0 and 'train_accuracy' in last
+
+
+def test_jigsaw_permutations_are_far_apart_and_the_same_every_time():
+  from ssl_jax.config import ConfigError
+  from ssl_jax.tasks import jigsaw
+  orders = jigsaw.permutations(100)
+  assert orders.shape == (100, 9) and jigsaw.permutations(100) is orders                # cached per count
+  np.testing.assert_array_equal(np.sort(orders, 1), np.tile(np.arange(9), (100, 1)))   # each a permutation
+  np.testing.assert_array_equal(orders[0], np.arange(9))                               # starts at the identity
+  np.testing.assert_array_equal(jigsaw.permutations.__wrapped__(100), orders)          # recomputed: the same
+  distances = jigsaw.hamming(orders)[np.triu_indices(100, 1)]
+  print(f'100 permutations: Hamming distance min {distances.min()}, mean {distances.mean():.4f}')
+  assert distances.min() == 6 and distances.mean() == pytest.approx(8.0269, abs=1e-4)
+  assert len({tuple(o) for o in jigsaw.permutations(1000)}) == 1000
+  for bad in (0, 1001):
+    with pytest.raises(ConfigError, match='num_permutations'):
+      jigsaw.permutations(bad)
+
+
+def test_jigsaw_tiles_puzzles_and_network_shapes():
+  from ssl_jax.tasks import jigsaw
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  offsets, labels = jigsaw.draw_puzzles(jax.random.key(1), jnp.arange(2), 32, 8, 100)
+  assert offsets.shape == (2, 9, 2) and labels.shape == (2,)
+  assert int(offsets.min()) >= 0 and int(offsets.max()) <= 2 and 0 <= int(labels.min()) <= int(labels.max()) < 100
+  again, _ = jigsaw.draw_puzzles(jax.random.key(1), jnp.arange(1, 3), 32, 8, 100)
+  np.testing.assert_array_equal(again[0], offsets[1])                                # same index, same puzzle
+  tiles = vit.cut_tiles(images, offsets, 8)
+  assert tiles.shape == (2, 9, 8, 8, 3)
+  y, x = 1 + 10 + int(offsets[1, 5, 0]), 1 + 20 + int(offsets[1, 5, 1])                # cell (1, 2), 1-pixel margin
+  np.testing.assert_array_equal(tiles[1, 5], images[1, y:y + 8, x:x + 8])
+  normal = vit.normalise_tiles(tiles)
+  np.testing.assert_allclose(normal.mean((2, 3, 4)), 0, atol=1e-5)
+  np.testing.assert_allclose(normal.std((2, 3, 4)), 1, atol=1e-3)
+  net = vit.JigsawNet(CFG, 4, 32, 8, 100, 64)
+  params = nn.meta.unbox(net.init(jax.random.key(0), images)['params'])
+  order = jnp.asarray(jigsaw.permutations(100))[labels]
+  assert net.apply({'params': params}, images, offsets, order).shape == (2, 100)
+  assert net.apply({'params': params}, images, method=net.encode_tiles).shape == (2, 9, 5, 32)
+
+
+def test_jigsaw_loss_falls_on_a_fixed_batch():
+  import optax
+  from ssl_jax.tasks import jigsaw
+  net = vit.JigsawNet(CFG, 4, 32, 8, 8, 64)
+  batch = {'images': jax.random.uniform(jax.random.key(0), (16, 32, 32, 3)), 'index': jnp.arange(16)}
+  params = nn.meta.unbox(net.init(jax.random.key(0), batch['images'])['params'])
+  tx = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, opt):
+    (loss, m), grads = jax.value_and_grad(jigsaw.loss_fn, argnums=1, has_aux=True)(
+        net, params, batch, jax.random.key(5), True)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, m
+
+  opt = tx.init(params)
+  losses = []
+  for _ in range(30):
+    params, opt, m = step(params, opt)
+    losses.append(float(m['loss']))
+  assert losses[0] == pytest.approx(np.log(8), abs=0.3) and losses[-1] < 0.5 * losses[0]
+
+
+def test_jigsaw_run_trains_and_reports_accuracy(tmp_path):
+  from ssl_jax import train
+  settings = {'train.steps': 2, 'train.checkpoint_every': 2, 'train.eval_every': 2, 'train.batch_size': 8,
+              'train.eval_batches': 1, 'model.d_ff': 64, 'model.jigsaw_hidden': 64}
+  last = train.train_and_evaluate(tiny_config('', 'vit_jigsaw.py', **settings), str(tmp_path / 'jigsaw'))
+  assert 0.0 <= last['accuracy'] <= 1.0 and 'train_accuracy' in last
+  assert last['train_loss'] == pytest.approx(np.log(100), abs=0.5)

@@ -13,12 +13,14 @@ FAMILIES = {
     'vit': (vit.ViT, dict(pre_norm=True, ln_eps=1e-6)),
     'mae': (vit.MAE, dict(pre_norm=True, ln_eps=1e-6)),
     'vit_classifier': (vit.ViTClassifier, dict(pre_norm=True, ln_eps=1e-6)),
+    'jigsaw': (vit.JigsawNet, dict(pre_norm=True, ln_eps=1e-6)),
     # Fine-tuning heads on the bodies above (ssl_jax/models/heads.py).
     'bert_classifier': (heads.BertClassifier, dict(pre_norm=False, ln_eps=1e-12)),
     'bert_tagger': (heads.BertTagger, dict(pre_norm=False, ln_eps=1e-12)),
     'bert_qa': (heads.BertSpanQA, dict(pre_norm=False, ln_eps=1e-12)),
     'gpt_classifier': (heads.GPTClassifier, dict(pre_norm=True, ln_eps=1e-5)),
 }
+VISION = ('vit', 'mae', 'vit_classifier', 'jigsaw')
 
 
 def transformer_config(config) -> TransformerConfig:
@@ -28,7 +30,7 @@ def transformer_config(config) -> TransformerConfig:
     raise ConfigError(f'unknown model.family {m.family!r}; known: {", ".join(FAMILIES)}')
   if m.d_model % m.num_heads:
     raise ConfigError(f'model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}')
-  vision = m.family in ('vit', 'mae', 'vit_classifier')
+  vision = m.family in VISION
   if m.vocab_size <= 0 and not vision:
     raise ConfigError('model.vocab_size is unset: it comes from the tokenizer')
   if vision and (m.patch <= 0 or config.data.image_size % m.patch):
@@ -56,6 +58,11 @@ def build(config):
     return vit.MAE(cfg, decoder, m.patch, size, m.mask_ratio), cfg
   if m.family == 'vit_classifier':
     return vit.ViTClassifier(cfg, m.patch, size, m.num_classes), cfg
+  if m.family == 'jigsaw':
+    vit.tile_geometry(size, m.tile_size)   # the tiles fit their cells
+    if m.tile_size % m.patch:
+      raise ConfigError(f'model.tile_size={m.tile_size} is not a multiple of model.patch={m.patch}')
+    return vit.JigsawNet(cfg, m.patch, size, m.tile_size, m.num_permutations, m.jigsaw_hidden), cfg
   module, _ = FAMILIES[m.family]
   if m.family in ('bert_classifier', 'bert_tagger', 'gpt_classifier'):
     if m.num_classes <= 0:

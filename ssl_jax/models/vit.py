@@ -1,4 +1,5 @@
-"""Vision transformer (Dosovitskiy et al. 2021) and the masked autoencoder around it (He et al. 2022).
+"""Vision transformer (Dosovitskiy et al. 2021), the masked autoencoder around it (He et al. 2022)
+and the jigsaw puzzle solver around it (Noroozi & Favaro 2016).
 
 Images are cut into patches, each patch is a token; the blocks are the text models' own
 (pre-LN, `layers.Stack`). The MAE encoder sees only the visible patches; a light decoder
@@ -6,11 +7,12 @@ takes them back, with a shared mask token at every hidden place, and predicts pi
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax.config import ConfigError
-from ssl_jax.models.layers import Dense, LayerNorm, Stack, TransformerConfig, param_init
+from ssl_jax.models.layers import Dense, LayerNorm, Stack, TransformerConfig, activation_fn, param_init
 
 # name: (layers, heads, d_model); d_ff is 4 * d_model. The patch size follows the slash.
 SIZES = {'Ti': (12, 3, 192), 'S': (12, 6, 384), 'B': (12, 12, 768), 'L': (24, 16, 1024)}
@@ -140,3 +142,81 @@ class ViTClassifier(nn.Module):
     x = self.encoder(images, None, deterministic)                              # (B, 1 + N, C)
     logits = Dense((self.num_classes,), ('embed', None), self.cfg.init_std, dtype=self.cfg.dtype, name='head')(x[:, 0])
     return logits.astype(jnp.float32)                                          # (B, classes)
+
+
+GRID = 3   # jigsaw: tiles per side
+
+
+def tile_geometry(image_size: int, tile_size: int):
+  """(cell, margin, jitter) of a 3x3 jigsaw grid: cells of `cell` pixels start `margin` pixels
+  in; a tile of `tile_size` sits anywhere up to `jitter` pixels into its cell, which leaves a
+  random gap between neighbours (so the edges do not simply continue)."""
+  cell = image_size // GRID
+  if not 0 < tile_size <= cell:
+    raise ConfigError(f'model.tile_size={tile_size} must be at least 1 and fit a cell of {cell} pixels '
+                      f'(data.image_size={image_size} // {GRID})')
+  return cell, (image_size - GRID * cell) // 2, cell - tile_size
+
+
+def centred_offsets(batch: int, image_size: int, tile_size: int):
+  """(B, 9, 2) offsets that put every tile in the middle of its cell (no jitter)."""
+  _, _, jitter = tile_geometry(image_size, tile_size)
+  return jnp.full((batch, GRID * GRID, 2), jitter // 2, jnp.int32)
+
+
+def cut_tiles(images, offsets, tile_size: int):
+  """images (B, H, W, C); offsets (B, 9, 2) (y, x) of each tile within its cell, row-major
+  cells -> tiles (B, 9, tile, tile, C)."""
+  cell, margin, _ = tile_geometry(images.shape[1], tile_size)
+  rows, cols = jnp.divmod(jnp.arange(GRID * GRID), GRID)
+  corners = margin + jnp.stack([rows, cols], -1) * cell + offsets                   # (B, 9, 2)
+  c = images.shape[-1]
+  cut = lambda image, yx: jax.lax.dynamic_slice(image, (yx[0], yx[1], 0), (tile_size, tile_size, c))
+  return jax.vmap(lambda image, yxs: jax.vmap(lambda yx: cut(image, yx))(yxs))(images, corners)
+
+
+def normalise_tiles(tiles, eps: float = 1e-5):
+  """Each tile to zero mean and unit variance on its own, so that no tile's overall brightness
+  or contrast tells where it came from."""
+  mean = tiles.mean((-3, -2, -1), keepdims=True)
+  var = tiles.var((-3, -2, -1), keepdims=True)
+  return (tiles - mean) / jnp.sqrt(var + eps)
+
+
+class JigsawNet(nn.Module):
+  """Context-free network (Noroozi & Favaro 2016) around a ViT: nine tiles are cut from each
+  image, each normalised on its own and put in a shuffled order; one encoder, shared by the
+  tiles (folded into the batch), encodes each; an MLP on their class tokens, concatenated in
+  the shuffled order, names the permutation."""
+  cfg: TransformerConfig
+  patch: int
+  image_size: int
+  tile_size: int
+  num_permutations: int
+  hidden: int                          # the MLP's hidden width
+
+  def setup(self):
+    self.encoder = ViT(self.cfg, self.patch, self.tile_size, class_token=True)
+
+  def encode_tiles(self, images, offsets=None, deterministic: bool = True):
+    """images (B, H, W, C) -> the encoder's states of each tile (B, 9, 1 + n, D), tiles in
+    cell order, cut at offsets (B, 9, 2) (centred if None) and normalised."""
+    b = images.shape[0]
+    if offsets is None:
+      offsets = centred_offsets(b, self.image_size, self.tile_size)
+    tiles = normalise_tiles(cut_tiles(images, offsets, self.tile_size))               # (B, 9, t, t, C)
+    x = self.encoder(tiles.reshape((-1,) + tiles.shape[2:]), None, deterministic)     # (B*9, 1 + n, D)
+    return x.reshape((b, GRID * GRID) + x.shape[1:])
+
+  @nn.compact
+  def __call__(self, images, offsets=None, order=None, deterministic: bool = True):
+    """images (B, H, W, C); offsets (B, 9, 2) of the tiles in their cells; order (B, 9): the
+    shuffle, position k showing the tile of cell order[k] (None: unshuffled) -> logits (B, P)."""
+    x = self.encode_tiles(images, offsets, deterministic)[:, :, 0]                    # (B, 9, D) class tokens
+    if order is not None:
+      x = jnp.take_along_axis(x, order[..., None], axis=1)                            # shuffled
+    cfg = self.cfg
+    x = Dense((self.hidden,), (None, 'embed', 'mlp'), cfg.init_std, in_axes=2, dtype=cfg.dtype, name='fc')(x)
+    x = activation_fn(cfg.activation)(x)                                               # (B, H)
+    logits = Dense((self.num_permutations,), ('mlp', None), cfg.init_std, dtype=cfg.dtype, name='head')(x)
+    return logits.astype(jnp.float32)                                                 # (B, P)

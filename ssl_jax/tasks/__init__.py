@@ -19,7 +19,7 @@ and optionally
 import dataclasses
 import importlib
 
-TASKS = ('clm', 'mlm_nsp', 'masked_image', 'rotation', 'classify', 'tag', 'span_qa')
+TASKS = ('clm', 'mlm_nsp', 'masked_image', 'rotation', 'jigsaw', 'inpaint', 'classify', 'tag', 'span_qa')
 
 
 @dataclasses.dataclass

@@ -28,14 +28,17 @@ def make_data(config, workdir: str) -> Data:
               unit='images', units_per_example=1, classes=tuple(classes))
 
 
-def probe(setup, params) -> dict:
-  """Linear-probe accuracy on the held-out images, from the encoder's mean patch features.
+def probe(setup, params, encode=None) -> dict:
+  """Linear-probe accuracy on the held-out images, from frozen features: by default the
+  encoder's mean patch features of the whole image. encode: images (B, H, W, 3) -> (B, F)
+  replaces them (jigsaw: its encoder was trained on tiles, and sees tiles).
 
   Every vision model keeps its ViT under params['encoder'].
   """
   model = setup.model
-  encoder = ViT(model.cfg, model.patch, model.image_size)
-  encode = lambda x: encoder.apply({'params': params['encoder']}, x)[:, 1:].mean(1)   # (B, D)
+  if encode is None:
+    encoder = ViT(model.cfg, model.patch, model.image_size)
+    encode = lambda x: encoder.apply({'params': params['encoder']}, x)[:, 1:].mean(1)   # (B, D)
   train, held_out = setup.data.train, setup.data.eval
   accuracy = probe_lib.linear_probe(probe_lib.features(encode, train.images), train.labels,
                                     probe_lib.features(encode, held_out.images), held_out.labels,

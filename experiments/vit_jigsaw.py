@@ -1,0 +1,29 @@
+"""Jigsaw-puzzle pretraining of a small ViT on CIFAR-sized images, on a CPU.
+
+  python run.py train --config experiments/vit_jigsaw.py --config.data.path=../shared/data/cifar10/train \
+      --config.data.eval_path=../shared/data/cifar10/test --workdir runs/vit_jigsaw
+  python run.py eval --workdir runs/vit_jigsaw                  # linear probe (probe_accuracy)
+  python run.py eval --workdir runs/vit_jigsaw --config experiments/vit_jigsaw.py \
+      --config.data.path=../shared/data/cifar10/train --config.data.eval_path=../shared/data/cifar10/test \
+      --config.init=random                                      # the same probe, untrained encoder
+
+Each image is cut into a 3x3 grid of 8x8 tiles (each at a random spot in its 10x10 cell),
+shuffled by one of model.num_permutations orders; one encoder reads every tile, an MLP on the
+nine features names the order. jigsaw.png in the workdir shows puzzles and the model's solutions.
+"""
+
+from experiments import vit_mae
+
+
+def get_config(arg=None):
+  c = vit_mae.get_config(arg)
+  c.experiment = 'vit_jigsaw' + (f'_{arg.replace("/", "_")}' if arg else '')
+  c.task = 'jigsaw'
+  c.model.family = 'jigsaw'
+  c.model.tile_size = 2 * c.model.patch
+  c.model.num_permutations = 100
+  c.model.jigsaw_hidden = 1024
+  c.train.lr = 1e-3
+  c.train.weight_decay = 0.05
+  c.train.grad_clip = 1.0
+  return c

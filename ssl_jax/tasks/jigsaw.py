@@ -1,0 +1,98 @@
+"""Jigsaw puzzles (Noroozi & Favaro 2016): cut each image into a 3x3 grid of tiles, shuffle them
+by one of N fixed permutations, predict which.
+
+The permutations are chosen once, far apart (greedy maximin Hamming distance over all 9!), so
+that telling them apart needs every tile's place. Each tile is normalised on its own and sits
+at a random spot in its cell (a gap to its neighbours), so edges and overall brightness give
+little away. Offsets and permutation of each example are drawn inside the step from the
+step's key folded with the example's global index, so a resumed run sets the same puzzles.
+"""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ssl_jax import flops
+from ssl_jax.config import ConfigError
+from ssl_jax.models import vit
+from ssl_jax.tasks import vision
+
+make_data = vision.make_data   # the task interface's image data
+TILES = vit.GRID * vit.GRID
+MAX_PERMUTATIONS = 1000
+
+
+@functools.lru_cache(maxsize=1)
+def _all_orders() -> np.ndarray:
+  """All 9! orders of the tiles, one per column (9, 362880), in lexicographic order."""
+  return np.array(list(itertools.permutations(range(TILES))), np.int8).T.copy()
+
+
+@functools.lru_cache(maxsize=None)
+def permutations(count: int) -> np.ndarray:
+  """(count, 9) tile orders, greedily far apart: the identity first, then each time the order
+  whose smallest Hamming distance to those chosen is largest (the first such, so the set is
+  the same on every run and host). Read-only: the cache hands out the one array."""
+  if not 1 <= count <= MAX_PERMUTATIONS:
+    raise ConfigError(f'model.num_permutations={count} must be in 1..{MAX_PERMUTATIONS}')
+  orders = _all_orders()
+  nearest = np.full(orders.shape[1], TILES, np.int8)   # Hamming distance to the nearest chosen
+  chosen = [0]
+  for _ in range(count - 1):
+    agree = np.zeros(orders.shape[1], np.int8)
+    for position in range(TILES):   # places where every order agrees with the newest chosen one
+      agree += orders[position] == orders[position, chosen[-1]]
+    np.minimum(nearest, TILES - agree, out=nearest)
+    chosen.append(int(np.argmax(nearest)))
+  out = orders[:, chosen].T.astype(np.int32)
+  out.setflags(write=False)
+  return out
+
+
+def hamming(orders: np.ndarray) -> np.ndarray:
+  """(P, P) Hamming distances between the rows of (P, 9) orders."""
+  return (orders[:, None] != orders[None]).sum(-1)
+
+
+def draw_puzzles(rng, index, image_size: int, tile_size: int, count: int):
+  """Per example global index: tile offsets (B, 9, 2) within their cells, and the permutation
+  (B,) in 0..count-1."""
+  _, _, jitter = vit.tile_geometry(image_size, tile_size)
+
+  def draw(i):
+    offset_key, order_key = jax.random.split(jax.random.fold_in(rng, i))
+    return (jax.random.randint(offset_key, (TILES, 2), 0, jitter + 1),
+            jax.random.randint(order_key, (), 0, count))
+  return jax.vmap(draw)(index)
+
+
+def model_inputs(batch) -> dict:
+  return dict(images=batch['images'])   # for init: unshuffled tiles at the centres of their cells
+
+
+def loss_fn(model, params, batch, rng, train: bool):
+  offsets, labels = draw_puzzles(jax.random.fold_in(rng, 3), batch['index'], model.image_size, model.tile_size,
+                                 model.num_permutations)                              # (B, 9, 2), (B,)
+  order = jnp.asarray(permutations(model.num_permutations))[labels]                   # (B, 9)
+  logits = model.apply({'params': params}, batch['images'], offsets, order, deterministic=not train,
+                       rngs={'dropout': rng})                                         # (B, P)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  accuracy = (logits.argmax(-1) == labels).mean()
+  return loss, {'loss': loss, 'accuracy': accuracy}
+
+
+def flops_per_step(config):
+  return flops.jigsaw_train_flops(config, config.train.batch_size)
+
+
+def probe(setup, params) -> dict:
+  """The linear probe on what the encoder was trained to see: each image's nine tiles, centred
+  in their cells and normalised, their mean patch features concatenated (B, 9 * D)."""
+  model = setup.model
+  encode = lambda x: model.apply({'params': params}, x, method=model.encode_tiles)[:, :, 1:].mean(2).reshape(
+      x.shape[0], -1)
+  return vision.probe(setup, params, encode)
