@@ -30,10 +30,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+KEEP = 2
 SHAPE = ['--config.model.num_layers=2', '--config.model.num_heads=2', '--config.model.d_model=64',
          '--config.model.d_ff=256', '--config.data.seq_len=64', '--config.train.batch_size=8',
          '--config.train.warmup_steps=10', '--config.train.eval_every=0', '--config.train.sample_tokens=0',
-         '--config.train.keep_checkpoints=2']
+         f'--config.train.keep_checkpoints={KEEP}']
 
 
 def corpus_path(directory: str) -> str:
@@ -137,6 +138,8 @@ def inject(kills: int, seed: int, steps: int, checkpoint_every: int, directory: 
     if 'corrupt' in text:
       failures.append(f'kill {k + 1}: a checkpoint was found corrupt:\n{text[-2000:]}')
     complete = complete_steps(dir_)
+    if len(complete) > KEEP + 1:   # keep-N, plus the newest whose successor has not been waited on yet
+      failures.append(f'kill {k + 1}: {len(complete)} checkpoints kept ({complete}), keep is {KEEP}')
     steps_logged = logged(dir_)
     events.append({'kill': k + 1, 'mode': mode, 'resumed_at': resumed, 'logged_step': steps_logged[-1],
                    'while_saving': in_save, 'complete_checkpoints': complete})

@@ -129,6 +129,8 @@ class Checkpointer:
       if failed:
         logging.warning('checkpoints %s of %s are corrupt; fell back to step %d%s', ', '.join(map(str, failed)),
                         self.directory, s, self._set_aside(failed) if set_aside else '')
+      if set_aside and s == max(self.manager.all_steps()):
+        self._prune()   # older ones that a killed run had no time to delete: the newest restores
       return restored['state'], meta, s
     if failed:
       logging.warning('no checkpoint of %s restores (%s are corrupt); starting afresh%s', self.directory,
