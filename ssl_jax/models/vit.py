@@ -186,8 +186,9 @@ def normalise_tiles(tiles, eps: float = 1e-5):
 class JigsawNet(nn.Module):
   """Context-free network (Noroozi & Favaro 2016) around a ViT: nine tiles are cut from each
   image, each normalised on its own and put in a shuffled order; one encoder, shared by the
-  tiles (folded into the batch), encodes each; an MLP on their class tokens, concatenated in
-  the shuffled order, names the permutation."""
+  tiles (folded into the batch), encodes each; an MLP on their mean patch states, concatenated
+  in the shuffled order, names the permutation. (On the class tokens instead, a 2-layer, 64-wide
+  encoder on CIFAR's 8x8 tiles stayed at chance for 300 steps; on the mean states it reached 20%.)"""
   cfg: TransformerConfig
   patch: int
   image_size: int
@@ -210,9 +211,9 @@ class JigsawNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, offsets=None, order=None, deterministic: bool = True):
-    """images (B, H, W, C); offsets (B, 9, 2) of the tiles in their cells; order (B, 9): the
+    """images (B, H, W, C) in [0, 1]; offsets (B, 9, 2) of the tiles in their cells; order (B, 9): the
     shuffle, position k showing the tile of cell order[k] (None: unshuffled) -> logits (B, P)."""
-    x = self.encode_tiles(images, offsets, deterministic)[:, :, 0]                    # (B, 9, D) class tokens
+    x = self.encode_tiles(images, offsets, deterministic)[:, :, 1:].mean(2)            # (B, 9, D) mean patch states
     if order is not None:
       x = jnp.take_along_axis(x, order[..., None], axis=1)                            # shuffled
     cfg = self.cfg
