@@ -108,17 +108,20 @@ class MAE(nn.Module):
     self.encoder = ViT(self.cfg, self.patch, self.image_size, class_token=True)
 
   @nn.compact
-  def __call__(self, images, keep, deterministic: bool = True):
-    """images (B, H, W, C); keep (B, K) visible patch indices -> predicted pixels (B, N, p*p*C)."""
+  def __call__(self, images, keep=None, deterministic: bool = True):
+    """images (B, H, W, C); keep (B, K) visible patch indices (None: every patch, as the
+    context encoder has it) -> predicted pixels (B, N, p*p*C)."""
     dec = self.decoder_cfg
     n = self.encoder.num_patches
     x = self.encoder(images, keep, deterministic)                              # (B, 1 + K, C)
     x = Dense((dec.d_model,), ('embed', None), dec.init_std, dtype=dec.dtype, name='decoder_embed')(x)
     mask_token = self.param('mask_token', param_init(dec.init_std, (None, None, None)), (1, 1, dec.d_model))
     b = x.shape[0]
-    tokens = jnp.broadcast_to(mask_token, (b, n, dec.d_model)).astype(x.dtype)
-    rows = jnp.arange(b)[:, None]
-    tokens = tokens.at[rows, keep].set(x[:, 1:])                               # visible ones back in place
+    if keep is None:
+      tokens = x[:, 1:]                                                        # (B, N, D)
+    else:
+      tokens = jnp.broadcast_to(mask_token, (b, n, dec.d_model)).astype(x.dtype)
+      tokens = tokens.at[jnp.arange(b)[:, None], keep].set(x[:, 1:])           # visible ones back in place
     tokens = tokens + jnp.asarray(sincos_2d(self.image_size // self.patch, dec.d_model), x.dtype)
     y = jnp.concatenate([x[:, :1], tokens], axis=1)                            # (B, 1 + N, D)
     y = Stack(dec, causal=False, name='decoder_blocks')(y, None, deterministic)
