@@ -112,6 +112,7 @@ def test_eval_fits_a_linear_probe_for_the_trained_and_the_random_encoder(tmp_pat
               'model.decoder_layers': 1, 'model.d_ff': 64}
   workdir = str(tmp_path / 'mae')
   train.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
+  assert os.path.getsize(os.path.join(workdir, 'reconstructions.png')) > 1000          # written at the end
   trained = train.eval_command(tiny_config('', 'vit_mae.py', **settings), workdir)
   random = train.eval_command(tiny_config('', 'vit_mae.py', **settings, init='random'), workdir)
   assert trained['step'] == 2 and random['step'] == 0 and random['init'] == 'random'
@@ -213,6 +214,7 @@ def test_jigsaw_run_trains_and_reports_accuracy(tmp_path):
               'train.eval_batches': 1, 'model.d_ff': 64, 'model.jigsaw_hidden': 64}
   last = train.train_and_evaluate(tiny_config('', 'vit_jigsaw.py', **settings), str(tmp_path / 'jigsaw'))
   assert 0.0 <= last['accuracy'] <= 1.0 and 'train_accuracy' in last
+  assert os.path.getsize(tmp_path / 'jigsaw' / 'jigsaw.png') > 1000                   # puzzles and solutions
   assert last['train_loss'] == pytest.approx(np.log(100), abs=0.5)
 
 
@@ -258,3 +260,4 @@ def test_inpaint_run_trains(tmp_path):
   last = train.train_and_evaluate(tiny_config('', 'vit_inpaint.py', **settings), workdir)
   losses = [r['train_loss'] for r in read_metrics(workdir) if 'train_loss' in r]
   assert len(losses) == 4 and np.isfinite(losses).all() and losses[-1] < losses[0] and 'eval_loss' in last
+  assert os.path.getsize(os.path.join(workdir, 'reconstructions.png')) > 1000

@@ -8,6 +8,9 @@ which ties the fill to what surrounds it. Pixels are compared standardised by th
 mean and deviation, so the hole's fill is zero there.
 """
 
+import os
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -80,3 +83,15 @@ def loss_fn(model, params, batch, rng, train: bool, hole: float = 0.5, overlap: 
 def flops_per_step(config):
   return flops.mae_train_flops(config, config.train.batch_size)   # the encoder sees every patch: mask_ratio 0
 
+
+def report(setup, params) -> str:
+  """reconstructions.png: held-out images, with the centre hidden, and repainted (the hole
+  and its border taken from the model)."""
+  model, images, m = setup.model, vision.held_out_images(setup), setup.config.model
+  pred = jax.jit(lambda p, x: reconstruct(model, p, x, m.hole))(params, images)     # (B, H, W, 3)
+  painted = loss_weights(images.shape[1], m.hole, m.overlap, 1.0) > 0
+  repainted = jnp.where(painted[None, :, :, None], pred * STD + MEAN, images)
+  rows = [('original', images), ('hidden', hide_centre(images, m.hole)), ('repainted', repainted)]
+  path = vision.save_grid(os.path.join(setup.workdir, 'reconstructions.png'), rows,
+                          f'context encoder: centre {m.hole:.0%} of the side hidden, {m.overlap}-pixel border')
+  return f'reconstructions: {path}'
