@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = 'none'        # none | dots (keep weight-matmul outputs) | full: recompute in the backward pass
   c.model.patch = 0             # vision: patch size in pixels
   c.model.mask_ratio = 0.75     # MAE: share of patches hidden
+  c.model.hole = 0.5            # inpaint: side of the hidden central square, as a share of the image's side
+  c.model.overlap = 2           # inpaint: pixels of context around the hole that are reconstructed too
+  c.model.overlap_weight = 10.0 # inpaint: their weight in the loss (the hole's is 1)
   c.model.decoder_layers = 2    # MAE decoder
   c.model.decoder_heads = 4
   c.model.decoder_d_model = 128

@@ -112,6 +112,7 @@ def test_eval_fits_a_linear_probe_for_the_trained_and_the_random_encoder(tmp_pat
               'model.decoder_layers': 1, 'model.d_ff': 64}
   workdir = str(tmp_path / 'mae')
   train.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
+  assert os.path.getsize(os.path.join(workdir, 'reconstructions.png')) > 1000          # written at the end
   trained = train.eval_command(tiny_config('', 'vit_mae.py', **settings), workdir)
   random = train.eval_command(tiny_config('', 'vit_mae.py', **settings, init='random'), workdir)
   assert trained['step'] == 2 and random['step'] == 0 and random['init'] == 'random'
@@ -213,4 +214,50 @@ def test_jigsaw_run_trains_and_reports_accuracy(tmp_path):
               'train.eval_batches': 1, 'model.d_ff': 64, 'model.jigsaw_hidden': 64}
   last = train.train_and_evaluate(tiny_config('', 'vit_jigsaw.py', **settings), str(tmp_path / 'jigsaw'))
   assert 0.0 <= last['accuracy'] <= 1.0 and 'train_accuracy' in last
+  assert os.path.getsize(tmp_path / 'jigsaw' / 'jigsaw.png') > 1000                   # puzzles and solutions
   assert last['train_loss'] == pytest.approx(np.log(100), abs=0.5)
+
+
+def test_inpaint_hides_the_centre_and_weighs_its_border():
+  from ssl_jax.tasks import inpaint
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  hidden = inpaint.hide_centre(images, 0.5)
+  assert hidden.shape == images.shape
+  np.testing.assert_allclose(hidden[:, 8:24, 8:24], np.broadcast_to(inpaint.MEAN, (2, 16, 16, 3)))
+  outside = np.ones((32, 32), bool)
+  outside[8:24, 8:24] = False
+  np.testing.assert_array_equal(np.asarray(hidden)[:, outside], np.asarray(images)[:, outside])
+  weights = inpaint.loss_weights(32, 0.5, 2, 10.0)
+  assert weights.shape == (32, 32) and (weights == 1).sum() == 16 * 16 and (weights == 10).sum() == 20 * 20 - 16 * 16
+  assert weights[6, 6] == 10 and weights[5, 5] == 0 and weights[26, 26] == 0 and weights[25, 25] == 10
+
+
+def test_inpaint_loss_ignores_predictions_outside_the_hole_and_border():
+  from ssl_jax.tasks import inpaint
+  target = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  pred = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  weights = jnp.asarray(inpaint.loss_weights(32, 0.5, 2, 10.0))
+  counted = (weights > 0)[None, :, :, None]
+  loss = float(inpaint.reconstruction_loss(pred, target, weights))
+  assert float(inpaint.reconstruction_loss(jnp.where(counted, pred, pred + 100.0), target, weights)) == pytest.approx(
+      loss, rel=1e-6)
+  border_moved = pred.at[:, 6, 10].add(1.0)                       # one pixel of the border, one of the hole
+  hole_moved = pred.at[:, 12, 10].add(1.0)
+  lb, lh = (float(inpaint.reconstruction_loss(p, target, weights)) for p in (border_moved, hole_moved))
+  assert lb != pytest.approx(loss, rel=1e-4) and lh != pytest.approx(loss, rel=1e-4)
+  assert inpaint.reconstruction_loss(target, target, weights) == 0.0
+  mae = vit.MAE(CFG, DEC, 4, 32)
+  params = nn.meta.unbox(mae.init(jax.random.key(0), target)['params'])
+  assert inpaint.reconstruct(mae, params, target, 0.5).shape == (2, 32, 32, 3)         # every patch predicted
+
+
+def test_inpaint_run_trains(tmp_path):
+  from ssl_jax import train
+  settings = {'train.steps': 4, 'train.checkpoint_every': 4, 'train.eval_every': 4, 'train.batch_size': 8,
+              'train.eval_batches': 1, 'train.warmup_steps': 1, 'model.decoder_d_model': 16,
+              'model.decoder_heads': 2, 'model.decoder_layers': 1, 'model.d_ff': 64}
+  workdir = str(tmp_path / 'inpaint')
+  last = train.train_and_evaluate(tiny_config('', 'vit_inpaint.py', **settings), workdir)
+  losses = [r['train_loss'] for r in read_metrics(workdir) if 'train_loss' in r]
+  assert len(losses) == 4 and np.isfinite(losses).all() and losses[-1] < losses[0] and 'eval_loss' in last
+  assert os.path.getsize(os.path.join(workdir, 'reconstructions.png')) > 1000

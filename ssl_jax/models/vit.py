@@ -108,17 +108,20 @@ class MAE(nn.Module):
     self.encoder = ViT(self.cfg, self.patch, self.image_size, class_token=True)
 
   @nn.compact
-  def __call__(self, images, keep, deterministic: bool = True):
-    """images (B, H, W, C); keep (B, K) visible patch indices -> predicted pixels (B, N, p*p*C)."""
+  def __call__(self, images, keep=None, deterministic: bool = True):
+    """images (B, H, W, C); keep (B, K) visible patch indices (None: every patch, as the
+    context encoder has it) -> predicted pixels (B, N, p*p*C)."""
     dec = self.decoder_cfg
     n = self.encoder.num_patches
     x = self.encoder(images, keep, deterministic)                              # (B, 1 + K, C)
     x = Dense((dec.d_model,), ('embed', None), dec.init_std, dtype=dec.dtype, name='decoder_embed')(x)
     mask_token = self.param('mask_token', param_init(dec.init_std, (None, None, None)), (1, 1, dec.d_model))
     b = x.shape[0]
-    tokens = jnp.broadcast_to(mask_token, (b, n, dec.d_model)).astype(x.dtype)
-    rows = jnp.arange(b)[:, None]
-    tokens = tokens.at[rows, keep].set(x[:, 1:])                               # visible ones back in place
+    if keep is None:
+      tokens = x[:, 1:]                                                        # (B, N, D)
+    else:
+      tokens = jnp.broadcast_to(mask_token, (b, n, dec.d_model)).astype(x.dtype)
+      tokens = tokens.at[jnp.arange(b)[:, None], keep].set(x[:, 1:])           # visible ones back in place
     tokens = tokens + jnp.asarray(sincos_2d(self.image_size // self.patch, dec.d_model), x.dtype)
     y = jnp.concatenate([x[:, :1], tokens], axis=1)                            # (B, 1 + N, D)
     y = Stack(dec, causal=False, name='decoder_blocks')(y, None, deterministic)
@@ -186,8 +189,9 @@ def normalise_tiles(tiles, eps: float = 1e-5):
 class JigsawNet(nn.Module):
   """Context-free network (Noroozi & Favaro 2016) around a ViT: nine tiles are cut from each
   image, each normalised on its own and put in a shuffled order; one encoder, shared by the
-  tiles (folded into the batch), encodes each; an MLP on their class tokens, concatenated in
-  the shuffled order, names the permutation."""
+  tiles (folded into the batch), encodes each; an MLP on their mean patch states, concatenated
+  in the shuffled order, names the permutation. (On the class tokens instead, a 2-layer, 64-wide
+  encoder on CIFAR's 8x8 tiles stayed at chance for 300 steps; on the mean states it reached 20%.)"""
   cfg: TransformerConfig
   patch: int
   image_size: int
@@ -210,9 +214,9 @@ class JigsawNet(nn.Module):
 
   @nn.compact
   def __call__(self, images, offsets=None, order=None, deterministic: bool = True):
-    """images (B, H, W, C); offsets (B, 9, 2) of the tiles in their cells; order (B, 9): the
+    """images (B, H, W, C) in [0, 1]; offsets (B, 9, 2) of the tiles in their cells; order (B, 9): the
     shuffle, position k showing the tile of cell order[k] (None: unshuffled) -> logits (B, P)."""
-    x = self.encode_tiles(images, offsets, deterministic)[:, :, 0]                    # (B, 9, D) class tokens
+    x = self.encode_tiles(images, offsets, deterministic)[:, :, 1:].mean(2)            # (B, 9, D) mean patch states
     if order is not None:
       x = jnp.take_along_axis(x, order[..., None], axis=1)                            # shuffled
     cfg = self.cfg

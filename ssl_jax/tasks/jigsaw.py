@@ -10,6 +10,7 @@ step's key folded with the example's global index, so a resumed run sets the sam
 
 import functools
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -96,3 +97,35 @@ def probe(setup, params) -> dict:
   encode = lambda x: model.apply({'params': params}, x, method=model.encode_tiles)[:, :, 1:].mean(2).reshape(
       x.shape[0], -1)
   return vision.probe(setup, params, encode)
+
+
+def mosaic(tiles: np.ndarray, gap: int = 1) -> np.ndarray:
+  """(B, 9, t, t, C) tiles laid out 3x3 in their order, with white gaps -> (B, S, S, C)."""
+  b, _, t, _, c = tiles.shape
+  side = vit.GRID * t + (vit.GRID - 1) * gap
+  out = np.ones((b, side, side, c), np.float32)
+  for k in range(TILES):
+    y, x = divmod(k, vit.GRID)
+    out[:, y * (t + gap):y * (t + gap) + t, x * (t + gap):x * (t + gap) + t] = tiles[:, k]
+  return out
+
+
+def report(setup, params) -> str:
+  """jigsaw.png: held-out puzzles as shuffled, and the tiles put back by the model's answer."""
+  model, images = setup.model, vision.held_out_images(setup)
+  offsets, labels = draw_puzzles(jax.random.key(setup.config.seed), jnp.arange(len(images)), model.image_size,
+                                 model.tile_size, model.num_permutations)
+  orders = permutations(model.num_permutations)
+  order = orders[np.asarray(labels)]                                                 # (B, 9)
+  logits = jax.jit(lambda p, x, at, o: model.apply({'params': p}, x, at, o))(params, images, offsets, order)
+  guess = orders[np.asarray(logits.argmax(-1))]                                      # (B, 9)
+  tiles = np.asarray(vit.cut_tiles(images, offsets, model.tile_size))                # (B, 9, t, t, C)
+  rows = np.arange(len(images))[:, None]
+  shuffled = tiles[rows, order]                                    # position k shows the tile of cell order[k]
+  solved = np.empty_like(shuffled)
+  solved[rows, guess] = shuffled                                   # each tile back to the cell the model names
+  right = int((guess == order).all(1).sum())
+  path = vision.save_grid(os.path.join(setup.workdir, 'jigsaw.png'),
+                          [('shuffled', mosaic(shuffled)), ("model's order", mosaic(solved))],
+                          f'jigsaw, {model.num_permutations} permutations: {right} of {len(images)} solved')
+  return f'jigsaw puzzles: {path}'

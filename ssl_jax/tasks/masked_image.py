@@ -6,11 +6,13 @@ visible ones; the loss is the MSE over the hidden patches only, on pixels normal
 patch (MAE's best-performing target).
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 
 from ssl_jax import flops
-from ssl_jax.models.vit import patchify
+from ssl_jax.models.vit import patchify, unpatchify
 from ssl_jax.tasks import vision
 
 make_data = vision.make_data   # the task interface's image data and linear probe
@@ -30,11 +32,19 @@ def random_keep(rng, index, num_patches: int, keep: int):
   return visible, hidden
 
 
-def normalized_patches(images, patch: int):
+def normalized_patches(images, patch: int, eps: float = 1e-6):
   patches = patchify(images, patch)                                                 # (B, N, p*p*3)
   mean = patches.mean(-1, keepdims=True)
   var = patches.var(-1, keepdims=True)
-  return (patches - mean) / jnp.sqrt(var + 1e-6)
+  return (patches - mean) / jnp.sqrt(var + eps)
+
+
+def pixels_of(pred, images, patch: int, eps: float = 1e-6):
+  """Predicted normalised patches (B, N, p*p*3) back to pixels, with each true patch's mean and
+  deviation (MAE's own way of showing them: the target was normalised per patch)."""
+  patches = patchify(images, patch)
+  mean, var = patches.mean(-1, keepdims=True), patches.var(-1, keepdims=True)
+  return unpatchify(pred * jnp.sqrt(var + eps) + mean, patch, images.shape[1], images.shape[2])
 
 
 def reconstruction_loss(pred, target, hidden):
@@ -61,3 +71,21 @@ def loss_fn(model, params, batch, rng, train: bool):
 def flops_per_step(config):
   return flops.mae_train_flops(config, config.train.batch_size)
 
+
+
+def report(setup, params) -> str:
+  """reconstructions.png: held-out images, their visible patches, and the model's repainting."""
+  model, images = setup.model, vision.held_out_images(setup)
+  n = (model.image_size // model.patch) ** 2
+  keep, hidden = random_keep(jax.random.key(setup.config.seed), jnp.arange(len(images)), n,
+                             num_visible(n, model.mask_ratio))
+  pred = jax.jit(lambda p, x, k: model.apply({'params': p}, x, k))(params, images, keep)   # (B, N, p*p*3)
+  size = model.image_size
+  hidden_pixels = unpatchify(jnp.broadcast_to(hidden[..., None], pred.shape).astype(jnp.float32),
+                             model.patch, size, size) > 0                             # (B, H, W, 3)
+  repainted = jnp.where(hidden_pixels, pixels_of(pred.astype(jnp.float32), images, model.patch), images)
+  rows = [('original', images), ('visible', jnp.where(hidden_pixels, 0.5, images)),
+          ('repainted', repainted)]
+  path = vision.save_grid(os.path.join(setup.workdir, 'reconstructions.png'), rows,
+                          f'MAE: {model.mask_ratio:.0%} of the patches hidden')
+  return f'reconstructions: {path}'

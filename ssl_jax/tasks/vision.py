@@ -1,6 +1,7 @@
 """What the vision objectives share: image data for a task, and the linear probe of its encoder."""
 
 import jax
+import numpy as np
 
 from ssl_jax import probe as probe_lib
 from ssl_jax.config import ConfigError
@@ -44,3 +45,34 @@ def probe(setup, params, encode=None) -> dict:
                                     probe_lib.features(encode, held_out.images), held_out.labels,
                                     max(len(setup.data.classes), int(train.labels.max()) + 1))
   return {'probe_accuracy': accuracy}
+
+
+def held_out_images(setup, count: int = 8) -> np.ndarray:
+  """The first `count` images of the first held-out batch (B, H, W, 3), float in [0, 1]."""
+  return np.asarray(setup.data.eval.eval_batch(0)['images'][:count])
+
+
+def save_grid(path: str, rows, title: str = '') -> str:
+  """A PNG of images: rows is a list of (label, images (B, H, W, 3) in [0, 1]), one row each."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  cols = max(len(images) for _, images in rows)
+  fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols + 1, 1.25 * len(rows) + 0.4), dpi=100,
+                           squeeze=False)
+  for r, (label, images) in enumerate(rows):
+    for c in range(cols):
+      ax = axes[r, c]
+      ax.set_xticks([])
+      ax.set_yticks([])
+      for spine in ax.spines.values():
+        spine.set_visible(False)
+      if c < len(images):
+        ax.imshow(np.clip(np.asarray(images[c], np.float32), 0, 1), interpolation='nearest')
+    axes[r, 0].set_ylabel(label, rotation=0, ha='right', va='center', fontsize=9)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path

@@ -1,0 +1,22 @@
+"""Context-encoder (centre inpainting) pretraining of a small ViT on CIFAR-sized images, on a CPU.
+
+  python run.py train --config experiments/vit_inpaint.py --config.data.path=../shared/data/cifar10/train \
+      --config.data.eval_path=../shared/data/cifar10/test --workdir runs/vit_inpaint
+  python run.py eval --workdir runs/vit_inpaint                 # linear probe (probe_accuracy)
+
+The central half of each image's side is filled with the mean pixel; the encoder sees the
+rest, MAE's light decoder repaints the centre and a 2-pixel border around it (weighted 10x).
+"""
+
+from experiments import vit_mae
+
+
+def get_config(arg=None):
+  c = vit_mae.get_config(arg)
+  c.experiment = 'vit_inpaint' + (f'_{arg.replace("/", "_")}' if arg else '')
+  c.task = 'inpaint'
+  c.model.mask_ratio = 0.0   # no patch is dropped: the encoder sees the whole filled image
+  c.model.hole = 0.5
+  c.model.overlap = 2
+  c.model.overlap_weight = 10.0
+  return c
