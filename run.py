@@ -39,6 +39,7 @@ def parse(argv):
   parser.add_argument('--config', default=None, help='experiments/FILE.py[:ARG]')
   parser.add_argument('--workdir', default=None, help='where checkpoints, metrics and plots go')
   parser.add_argument('--steps', type=int, default=None, help='bench: timed steps')
+  parser.add_argument('--profile', default=None, help='bench: write a jax.profiler trace of 3 steps to this folder')
   parser.add_argument('--prompt', default='\n', help='generate: the prompt')
   parser.add_argument('--prompt_file', default=None, help='generate: a file of prompts, one a line')
   parser.add_argument('--max_new_tokens', type=int, default=200, help='generate: tokens to sample')
@@ -90,7 +91,7 @@ def main(argv):
             temperature=flags.temperature, top_k=flags.top_k, from_hf=flags.from_hf, to_hf=flags.to_hf,
             top_p=flags.top_p, stop=[s.replace('\\n', '\n') for s in flags.stop], task_file=flags.task,
             train_file=flags.train, shots=flags.shots, input_file=flags.input, devices=flags.devices,
-            accelerator=flags.accelerator)
+            accelerator=flags.accelerator, profile=flags.profile)
   except Exception as e:  # pylint: disable=broad-except
     if flags.debug or not cli.is_user_error(e):
       raise

@@ -4,7 +4,9 @@
       --config.data.eval_path=../shared/data/cifar10/test
   python run.py eval --workdir runs/vit_rotation        # linear probe (probe_accuracy) on data.eval_path
 
-Each image is turned by 0, 90, 180 or 270 degrees; the encoder's class token predicts which.
+Every image of a batch of 16 is shown in all four turns (0, 90, 180, 270 degrees: 64 examples
+a step, Gidaris et al.'s setting); the encoder's class token predicts the turn. The encoder is
+narrower than vit_mae's (4 layers, 128 wide) so that 1,600 steps fit 15 minutes on a CPU.
 """
 
 from experiments import vit_mae
@@ -16,6 +18,13 @@ def get_config(arg=None):
   c.task = 'rotation'
   c.model.family = 'vit_classifier'
   c.model.num_classes = 4
+  c.model.all_turns = True
+  if not arg:
+    c.model.size = 'vit:128 wide, 4 layers, /4'
+    c.model.num_heads, c.model.d_model, c.model.d_ff = 4, 128, 512
+  c.train.batch_size = 16     # images; the step sees each in four turns
+  c.train.steps = 1600
+  c.train.eval_every = 400
   c.train.lr = 1e-3
   c.train.weight_decay = 0.05
   c.train.grad_clip = 1.0

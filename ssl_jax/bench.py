@@ -2,10 +2,15 @@
 
 Batches come from the experiment's own pipeline and are made before the clock starts;
 the step is compiled ahead of time (that time is `compile_s`), run `bench.warmup` times,
-then `bench.steps` times with one synchronisation at the end.
+then `bench.steps` times with one synchronisation at the end. The input pipeline is timed
+on its own too (making `bench.steps` fresh batches and putting them on the devices), to show
+it is not what limits training: `input_headroom` is its batches/s over the step's.
+With a profile directory, a `jax.profiler` trace of a few more steps is written there
+(open it in TensorBoard's profile plugin or Perfetto).
 """
 
 import json
+import os
 import tempfile
 import time
 
@@ -14,7 +19,17 @@ import jax
 from ssl_jax import flops, train
 
 
-def run(config, workdir: str = '') -> dict:
+def input_rate(s, steps: int, start: int = 1000) -> float:
+  """Batches/s the input pipeline delivers on its own: batches not made before, put on the devices."""
+  jax.block_until_ready(s.put(s.data.train.batch(start)))
+  t = time.perf_counter()
+  for i in range(steps):
+    batch = s.put(s.data.train.batch(start + 1 + i))
+  jax.block_until_ready(batch)
+  return steps / (time.perf_counter() - t)
+
+
+def run(config, workdir: str = '', profile_dir: str = '') -> dict:
   workdir = workdir or tempfile.mkdtemp(prefix='ssl_jax_bench_')
   s = train.setup(config, workdir)
   bc = config.bench
@@ -29,6 +44,14 @@ def run(config, workdir: str = '') -> dict:
     state, step_metrics = s.train_fn(state, batches[i % n_batches])
   jax.block_until_ready((state, step_metrics))
   step_s = (time.perf_counter() - t) / bc.steps
+  if profile_dir:
+    os.makedirs(profile_dir, exist_ok=True)
+    with jax.profiler.trace(profile_dir):
+      for i in range(3):
+        with jax.profiler.StepTraceAnnotation('train', step_num=i):
+          state, step_metrics = s.train_fn(state, batches[i % n_batches])
+          jax.block_until_ready(state)
+  batches_per_sec = input_rate(s, bc.steps)
 
   model_flops, megatron_flops = s.task.flops_per_step(config)
   devices = jax.device_count()
@@ -49,11 +72,14 @@ def run(config, workdir: str = '') -> dict:
       'mfu': model_flops / step_s / peak,
       'mfu_megatron': megatron_flops / step_s / peak,
       'loss': float(step_metrics['loss']),
+      'input_batches_per_sec': batches_per_sec,
+      'input_headroom': batches_per_sec * step_s,
+      **({'profile': profile_dir} if profile_dir else {}),
   }
 
 
-def main(config, workdir: str = '') -> dict:
-  result = run(config, workdir)
+def main(config, workdir: str = '', profile_dir: str = '') -> dict:
+  result = run(config, workdir, profile_dir)
   if jax.process_index() == 0:
     print(json.dumps(result), flush=True)
   return result

@@ -22,7 +22,7 @@ def default_workdir(config) -> str:
 def run(command: str, config_spec: str, overrides, *, config_given: bool, workdir, steps=None, prompt='\n',
         prompt_file=None, max_new_tokens=200, temperature=0.8, top_k=200, from_hf=None, to_hf=None, top_p=1.0,
         stop=(), task_file=None, train_file=None, shots='0,1,4', input_file=None, devices=None,
-        accelerator='H100'):
+        accelerator='H100', profile=None):
   if command == 'convert':  # needs no experiment: the shapes come from the files
     from ssl_jax import convert  # pylint: disable=import-outside-toplevel
     convert.convert_command(from_hf, to_hf, workdir)
@@ -61,7 +61,7 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
   elif command == 'bench':
     if steps:
       config.bench.steps = steps
-    bench.main(config, workdir or '')
+    bench.main(config, workdir or '', profile or '')
   elif command == 'generate':
     s, state, _ = train.restore_for_inference(config, workdir, compile_steps=False)
     prompts = [prompt]

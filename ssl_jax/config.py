@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.decoder_heads = 4
   c.model.decoder_d_model = 128
   c.model.num_classes = 0       # classifier heads (rotation: 4)
+  c.model.all_turns = False     # rotation: every image in all four turns (4x the batch), not one drawn turn
   c.model.tile_size = 0         # jigsaw: side of each of the 3x3 tiles in pixels (a multiple of model.patch)
   c.model.num_permutations = 100  # jigsaw: the tile orders to tell apart (at most 1000)
   c.model.jigsaw_hidden = 1024  # jigsaw: hidden width of the MLP on the nine tiles' features

@@ -30,8 +30,8 @@ def test_train_then_eval_then_generate(tmp_path, corpus):
   assert out.strip().splitlines()[-1].startswith('KING') or 'KING' in out
 
 
-def test_bench_prints_the_contract_json_line(corpus):
-  proc = run_cli('bench', '--config.data.path=' + corpus, *TINY, '--steps', '3')
+def test_bench_prints_the_contract_json_line(corpus, tmp_path):
+  proc = run_cli('bench', '--config.data.path=' + corpus, *TINY, '--steps', '3', '--profile', str(tmp_path / 'p'))
   result = last_json_line(proc.stdout)
   for key in ('model', 'params', 'devices', 'batch', 'seq_len', 'tokens_per_sec', 'step_ms', 'compile_s',
               'flops_per_step', 'peak_flops', 'mfu'):
@@ -39,6 +39,9 @@ def test_bench_prints_the_contract_json_line(corpus):
   assert result['batch'] == 8 and result['seq_len'] == 32 and result['devices'] == 1
   assert result['tokens_per_sec'] > 0 and 0 < result['mfu'] < 1
   assert result['flops_per_step'] > 6 * result['params'] * 8 * 32 * 0.5
+  assert result['input_batches_per_sec'] > 0 and result['input_headroom'] > 0
+  traces = [f for _, _, files in os.walk(tmp_path / 'p') for f in files if f.endswith('.xplane.pb')]
+  assert traces and result['profile'] == str(tmp_path / 'p')                  # a trace TensorBoard opens
 
 
 def test_named_size_experiment_runs_on_the_embedded_corpus(tmp_path):

@@ -136,6 +136,10 @@ def test_rotation_turns_each_image_by_its_own_quarter_turns():
   turned = rotation.rotate(images, jnp.array([0, 1, 2, 3]))
   for k in range(4):
     np.testing.assert_array_equal(turned[k], np.rot90(np.asarray(images[k]), k, axes=(0, 1)))
+  every, turns = rotation.all_turns(images[:2])                # each image in all four turns, in order
+  assert every.shape == (8, 8, 8, 3) and turns.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+  for i in range(8):
+    np.testing.assert_array_equal(every[i], np.rot90(np.asarray(images[i // 4]), i % 4, axes=(0, 1)))
 
 
 def test_rotation_run_trains_and_reports_accuracy(tmp_path):

@@ -1,7 +1,10 @@
 """Rotation prediction (Gidaris et al. 2018): turn each image by 0, 90, 180 or 270 degrees; predict which.
 
-The turn of each example is drawn inside the step from the step's key folded with the
-example's global index, so a resumed run turns the very same images the same way.
+With `model.all_turns` (the paper's way, and the default of experiments/vit_rotation.py)
+every image of the batch appears in all four turns, so telling them apart takes the image's
+orientation, not its content; otherwise each image gets one turn, drawn inside the step from
+the step's key folded with the example's global index (a resumed run turns the same images
+the same way).
 """
 
 import jax
@@ -26,15 +29,30 @@ def model_inputs(batch) -> dict:
   return dict(images=batch['images'])
 
 
-def loss_fn(model, params, batch, rng, train: bool):
-  turns = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(jax.random.fold_in(rng, 2), i), (), 0, TURNS))(
-      batch['index'])                                                                 # (B,)
-  logits = model.apply({'params': params}, rotate(batch['images'], turns), deterministic=not train,
-                       rngs={'dropout': rng})                                         # (B, 4)
+def bind(config) -> dict:
+  return dict(every_turn=config.model.all_turns)
+
+
+def all_turns(images):
+  """(B, H, W, C) -> (4B, H, W, C) and turns (4B,): every image in each of the four turns."""
+  turned = jnp.stack([jnp.rot90(images, k, axes=(1, 2)) for k in range(TURNS)], 1)  # (B, 4, H, W, C)
+  turns = jnp.broadcast_to(jnp.arange(TURNS), turned.shape[:2])
+  return turned.reshape((-1,) + images.shape[1:]), turns.reshape(-1)
+
+
+def loss_fn(model, params, batch, rng, train: bool, every_turn: bool = False):
+  if every_turn:
+    images, turns = all_turns(batch['images'])
+  else:
+    turns = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(jax.random.fold_in(rng, 2), i), (), 0,
+                                                  TURNS))(batch['index'])              # (B,)
+    images = rotate(batch['images'], turns)
+  logits = model.apply({'params': params}, images, deterministic=not train, rngs={'dropout': rng})  # (B, 4)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, turns).mean()
   accuracy = (logits.argmax(-1) == turns).mean()
   return loss, {'loss': loss, 'accuracy': accuracy}
 
 
 def flops_per_step(config):
-  return flops.vit_classifier_train_flops(config, config.train.batch_size)
+  turns = TURNS if config.model.all_turns else 1
+  return flops.vit_classifier_train_flops(config, config.train.batch_size * turns)

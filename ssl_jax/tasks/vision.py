@@ -48,8 +48,10 @@ def probe(setup, params, encode=None) -> dict:
 
 
 def held_out_images(setup, count: int = 8) -> np.ndarray:
-  """The first `count` images of the first held-out batch (B, H, W, 3), float in [0, 1]."""
-  return np.asarray(setup.data.eval.eval_batch(0)['images'][:count])
+  """`count` held-out images spread evenly over the split (so over its classes), (B, H, W, 3)
+  float in [0, 1]."""
+  images = setup.data.eval.images
+  return images[np.linspace(0, len(images) - 1, count).astype(int)].astype(np.float32) / 255.0
 
 
 def save_grid(path: str, rows, title: str = '') -> str:
