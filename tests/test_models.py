@@ -60,6 +60,18 @@ def test_changing_a_later_token_never_changes_an_earlier_logit():
     assert not np.allclose(out[:, t:], base[:, t:])   # and the token itself does matter
 
 
+def test_blocked_causal_attention_equals_the_full_matrix():
+  from ssl_jax.models import layers
+  keys = jax.random.split(jax.random.key(0), 4)
+  q, k, v, g = (jax.random.normal(key, (2, 3 * layers.CAUSAL_BLOCK, 2, 8)) for key in keys)
+  causal = jnp.tril(jnp.ones((q.shape[1], q.shape[1]), bool))[None, None]
+  full = lambda q, k, v: (layers._attend(q, k, v, causal) * g).sum()
+  blocked = lambda q, k, v: (layers._causal_blocks(q, k, v) * g).sum()
+  np.testing.assert_allclose(layers.attention(q, k, v, True), layers._attend(q, k, v, causal), atol=1e-6)
+  for a, b in zip(jax.grad(full, (0, 1, 2))(q, k, v), jax.grad(blocked, (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_sequence_longer_than_positions_is_an_error():
   model, params, _ = tiny_model()
   with pytest.raises(ValueError, match='longer than the model'):

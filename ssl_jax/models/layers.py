@@ -129,10 +129,32 @@ def attention(q, k, v, causal: bool, padding_mask=None, query_offset=None):
     allowed = allowed & padding_mask[:, None, None, :]
   if jax.default_backend() != 'cpu':
     return jax.nn.dot_product_attention(q, k, v, mask=allowed)
+  if causal and query_offset is None and padding_mask is None and tq == tk and tq % CAUSAL_BLOCK == 0 \
+      and tq > CAUSAL_BLOCK:
+    return _causal_blocks(q, k, v)
+  return _attend(q, k, v, allowed)
+
+
+# Causal self-attention on CPU in blocks of this many queries, each reading only the keys up
+# to its own last one: at T = 256, 5/8 of the score matrix is computed, and one layer's
+# forward and backward took 74 ms instead of 97 (B 16, 6 heads of 64; blocks of 32 or 128: 80, 77).
+CAUSAL_BLOCK = 64
+
+
+def _attend(q, k, v, allowed):
   scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)  # (B, nh, Tq, Tk)
   scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+
+
+def _causal_blocks(q, k, v):
+  out = []
+  for start in range(0, q.shape[1], CAUSAL_BLOCK):
+    end = start + CAUSAL_BLOCK                                          # keys 0..end-1 are visible to some query
+    allowed = (jnp.arange(end)[None, :] <= start + jnp.arange(CAUSAL_BLOCK)[:, None])[None, None]
+    out.append(_attend(q[:, start:end], k[:, :end], v[:, :end], allowed))
+  return jnp.concatenate(out, axis=1)
 
 
 class Attention(nn.Module):
