@@ -121,6 +121,9 @@ def attention(q, k, v, causal: bool, padding_mask=None, query_offset=None):
   if jax.default_backend() != 'cpu' and query_offset is None:
     mask = None if padding_mask is None else padding_mask[:, None, None, :]  # (B, 1, 1, T) over keys
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+  if jax.default_backend() == 'cpu' and causal and query_offset is None and padding_mask is None and tq == tk \
+      and tq % CAUSAL_BLOCK == 0 and tq > CAUSAL_BLOCK:
+    return _causal_blocks(q, k, v)
   allowed = jnp.ones((1, 1, tq, tk), bool)
   if causal:
     first = 0 if query_offset is None else query_offset
@@ -129,9 +132,6 @@ def attention(q, k, v, causal: bool, padding_mask=None, query_offset=None):
     allowed = allowed & padding_mask[:, None, None, :]
   if jax.default_backend() != 'cpu':
     return jax.nn.dot_product_attention(q, k, v, mask=allowed)
-  if causal and query_offset is None and padding_mask is None and tq == tk and tq % CAUSAL_BLOCK == 0 \
-      and tq > CAUSAL_BLOCK:
-    return _causal_blocks(q, k, v)
   return _attend(q, k, v, allowed)
 
 

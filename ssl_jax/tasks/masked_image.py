@@ -32,19 +32,23 @@ def random_keep(rng, index, num_patches: int, keep: int):
   return visible, hidden
 
 
+def patch_stats(images, patch: int, eps: float = 1e-6):
+  """(patches (B, N, p*p*3), their means, their deviations (B, N, 1)): the per-patch
+  normalisation of MAE's target, and its inverse."""
+  patches = patchify(images, patch)
+  return patches, patches.mean(-1, keepdims=True), jnp.sqrt(patches.var(-1, keepdims=True) + eps)
+
+
 def normalized_patches(images, patch: int, eps: float = 1e-6):
-  patches = patchify(images, patch)                                                 # (B, N, p*p*3)
-  mean = patches.mean(-1, keepdims=True)
-  var = patches.var(-1, keepdims=True)
-  return (patches - mean) / jnp.sqrt(var + eps)
+  patches, mean, std = patch_stats(images, patch, eps)                              # (B, N, p*p*3)
+  return (patches - mean) / std
 
 
 def pixels_of(pred, images, patch: int, eps: float = 1e-6):
   """Predicted normalised patches (B, N, p*p*3) back to pixels, with each true patch's mean and
   deviation (MAE's own way of showing them: the target was normalised per patch)."""
-  patches = patchify(images, patch)
-  mean, var = patches.mean(-1, keepdims=True), patches.var(-1, keepdims=True)
-  return unpatchify(pred * jnp.sqrt(var + eps) + mean, patch, images.shape[1], images.shape[2])
+  _, mean, std = patch_stats(images, patch, eps)
+  return unpatchify(pred * std + mean, patch, images.shape[1], images.shape[2])
 
 
 def reconstruction_loss(pred, target, hidden):
