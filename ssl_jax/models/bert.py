@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.config import ConfigError
-from ssl_jax.models.layers import (Dense, LayerNorm, Stack, TransformerConfig, activation_fn, check_length,
+from ssl_jax.models.layers import (Dense, Dropout, LayerNorm, Stack, TransformerConfig, activation_fn, check_length,
                                    param_init)
 
 # name: (layers, heads, d_model). d_ff is 4 * d_model, 512 positions, 2 segments.
@@ -57,7 +57,7 @@ class BERT(nn.Module):
          + jnp.asarray(segment, dtype)[segment_ids])                               # (B, T, C)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     x = LayerNorm(cfg, name='embeddings_ln')(x)
-    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout)(x, deterministic=deterministic)
     x = Stack(cfg, causal=False, name='blocks')(x, padding_mask, deterministic)     # (B, T, C)
     pooled = jnp.tanh(Dense((cfg.d_model,), ('embed', 'mlp'), cfg.init_std, dtype=cfg.dtype,
                             name='pooler')(x[:, 0]))                                # (B, C) from [CLS]

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.config import ConfigError
-from ssl_jax.models.layers import LayerNorm, Stack, TransformerConfig, check_length, param_init
+from ssl_jax.models.layers import Dropout, LayerNorm, Stack, TransformerConfig, check_length, param_init
 
 # name: (layers, heads, d_model, context). d_ff is 4 * d_model for all of them.
 SIZES = {
@@ -64,7 +64,7 @@ class GPT(nn.Module):
       position_embeddings = wpe[positions]                               # (B, T, C)
     x = jnp.asarray(wte, cfg.compute_dtype)[tokens] + position_embeddings.astype(cfg.compute_dtype)  # (B, T, C)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout)(x, deterministic=deterministic)
     x = Stack(cfg, causal=True, name='blocks')(x, padding_mask, deterministic, decode)
     x = LayerNorm(cfg, name='ln_f')(x)
     if return_hidden:

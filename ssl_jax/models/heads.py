@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from ssl_jax.models.bert import BERT
 from ssl_jax.models.gpt import GPT
-from ssl_jax.models.layers import Dense, TransformerConfig
+from ssl_jax.models.layers import Dense, Dropout, TransformerConfig
 
 
 def _head(cfg: TransformerConfig, outputs: int):
@@ -33,7 +33,7 @@ class BertClassifier(nn.Module):
     out = BERT(self.cfg, name='bert')(tokens, segment_ids, padding_mask, deterministic=deterministic,
                                       return_hidden=True)
     x = out['hidden'] if self.per_token else out['pooled']                          # (B, T, C) or (B, C)
-    x = nn.Dropout(self.cfg.dropout)(x, deterministic=deterministic)
+    x = Dropout(self.cfg.dropout)(x, deterministic=deterministic)
     return {'logits': _head(self.cfg, self.num_classes)(x).astype(jnp.float32)}
 
 
@@ -62,7 +62,7 @@ class GPTClassifier(nn.Module):
     body = GPT(self.cfg, name='gpt')
     x = body(tokens, deterministic=deterministic, return_hidden=True)                 # (B, T, C)
     last = jnp.take_along_axis(x, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]  # (B, C)
-    last = nn.Dropout(self.cfg.dropout)(last, deterministic=deterministic)
+    last = Dropout(self.cfg.dropout)(last, deterministic=deterministic)
     logits = _head(self.cfg, self.num_classes)(last).astype(jnp.float32)              # (B, classes)
     wte = jnp.asarray(nn.meta.unbox(body.variables['params']['wte']), x.dtype)    # boxed during init
     lm_logits = jnp.einsum('btc,vc->btv', x, wte).astype(jnp.float32)                # (B, T, V), tied

@@ -106,6 +106,47 @@ class LayerNorm(nn.Module):
         bias_init=zeros_init(('embed',)))(x)
 
 
+class Dropout(nn.Module):
+  """Inverted dropout (nn.Dropout's contract: `rate`, `deterministic`, the 'dropout' rng),
+  with its keep mask hashed from the element index and two 32-bit seeds of the key.
+
+  jax.random's threefry spends ~11 ns an element on a CPU: 115 ms a step for the 13
+  dropout sites of a 6x384 BERT at 32 x 64 tokens (10% of the step); two rounds of a
+  32-bit integer hash (lowbias32) cost ~0.2 ns. The mask is a pure function of (key,
+  shape), and the same under any sharding (the index is the global one).
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate >= 1.0:
+      return jnp.zeros_like(x)
+    keep = keep_mask(self.make_rng('dropout'), x.shape, self.rate)
+    return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+def _hash32(x):
+  """lowbias32 (C. Wellons' integer hash search): a bijection of uint32 with low bias."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def keep_mask(key, shape, rate: float):
+  """Bernoulli(1 - rate) booleans of `shape`, from `key` (probability exact to 2^-32)."""
+  seeds = jax.random.bits(key, (2,), jnp.uint32)
+  index, stride = jnp.zeros(shape, jnp.uint32), 1
+  for axis in reversed(range(len(shape))):     # the flat index, modulo 2^32
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+    stride *= shape[axis]
+  bits = _hash32(_hash32((index * jnp.uint32(0x9E3779B9)) ^ seeds[0]) ^ seeds[1])
+  return bits >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
+
+
 def attention(q, k, v, causal: bool, padding_mask=None, query_offset=None):
   """softmax(q k^T / sqrt(hs) + mask) v over (B, Tq, nh, hs) queries and (B, Tk, nh, hs) keys.
 
@@ -222,7 +263,7 @@ class Block(nn.Module):
     cfg = self.cfg
     # GPT-2: residual projections scaled by 1/sqrt(2 * layers) at init.
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers) if cfg.pre_norm else cfg.init_std
-    drop = lambda h: nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+    drop = lambda h: Dropout(cfg.dropout)(h, deterministic=deterministic)
     attn = Attention(cfg, out_std, name='attn')
     mlp = MLP(cfg, out_std, name='mlp')
     if cfg.pre_norm:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax.config import ConfigError
-from ssl_jax.models.layers import Dense, LayerNorm, Stack, TransformerConfig, activation_fn, param_init
+from ssl_jax.models.layers import Dense, Dropout, LayerNorm, Stack, TransformerConfig, activation_fn, param_init
 
 # name: (layers, heads, d_model); d_ff is 4 * d_model. The patch size follows the slash.
 SIZES = {'Ti': (12, 3, 192), 'S': (12, 6, 384), 'B': (12, 12, 768), 'L': (24, 16, 1024)}
@@ -91,7 +91,7 @@ class ViT(nn.Module):
       cls = self.param('cls', param_init(cfg.init_std, (None, None, 'embed')), (1, 1, cfg.d_model))
       x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, cfg.d_model)).astype(x.dtype), x], axis=1)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout)(x, deterministic=deterministic)
     x = Stack(cfg, causal=False, name='blocks')(x, None, deterministic)
     return LayerNorm(cfg, name='ln_f')(x)
 
