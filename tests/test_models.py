@@ -139,3 +139,47 @@ def test_remat_policies_give_the_same_gradients(corpus, tmp_path, experiment):
   for policy in ('dots', 'full'):
     for a, b in zip(grads['none'], grads[policy]):
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+
+
+from ssl_jax.models import layers  # pylint: disable=wrong-import-position
+
+
+def test_hashed_dropout_keeps_the_right_share_independently_and_reproducibly():
+  x = jnp.ones((64, 64, 256))
+  drop = layers.Dropout(0.1)
+  a = drop.apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(0)})
+  b = drop.apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(1)})
+  kept_a, kept_b = np.asarray(a != 0), np.asarray(b != 0)
+  assert abs(kept_a.mean() - 0.9) < 0.003 and abs(kept_b.mean() - 0.9) < 0.003      # 1M draws: sd 0.0003
+  assert np.allclose(np.asarray(a)[kept_a], 1 / 0.9)                                # inverted scaling
+  both = (kept_a & kept_b).mean()
+  assert abs(both - 0.81) < 0.003                                                    # two keys: independent
+  assert abs(kept_a[:, :, 1:].astype(float).ravel() @ kept_a[:, :, :-1].astype(float).ravel()
+             / kept_a[:, :, 1:].size - 0.81) < 0.003                                 # neighbours: independent
+  again = drop.apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(0)})
+  assert np.array_equal(np.asarray(again), np.asarray(a))
+  assert drop.apply({}, x, deterministic=True) is x
+  assert not np.asarray(layers.Dropout(1.0).apply({}, x, deterministic=False,
+                                                  rngs={'dropout': jax.random.key(0)})).any()
+
+
+def test_cpu_layer_norm_and_bias_match_flax_in_values_and_gradients():
+  x = jax.random.normal(jax.random.key(0), (4, 8, 48)) * 3 + 1
+  cfg = TransformerConfig(d_model=48, ln_eps=1e-12)
+  ours, theirs = layers.LayerNorm(cfg), nn.LayerNorm(epsilon=1e-12)
+  params = {'LayerNorm_0': {'scale': jax.random.normal(jax.random.key(1), (48,)),
+                            'bias': jax.random.normal(jax.random.key(2), (48,))}}
+  weights = jax.random.normal(jax.random.key(3), (4, 8, 48))
+  loss = lambda apply, p, x: jnp.sum(jnp.sin(apply(p, x)) * weights)
+  ours_apply = lambda p, x: ours.apply({'params': p}, x)
+  theirs_apply = lambda p, x: theirs.apply({'params': p['LayerNorm_0']}, x)
+  np.testing.assert_allclose(ours_apply(params, x), theirs_apply(params, x), atol=2e-6)
+  ours_grads = jax.jit(jax.grad(lambda p, x: loss(ours_apply, p, x), (0, 1)))(params, x)
+  theirs_grads = jax.grad(lambda p, x: loss(theirs_apply, p, x), (0, 1))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(ours_grads), jax.tree_util.tree_leaves(theirs_grads)):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+  bias, y = jax.random.normal(jax.random.key(4), (3, 4, 2)), jax.random.normal(jax.random.key(5), (5, 6, 3, 4, 2))
+  plain = jax.grad(lambda y, b: jnp.sum(jnp.sin(y + b)), (0, 1))(y, bias)
+  summed = jax.jit(jax.grad(lambda y, b: jnp.sum(jnp.sin(layers.add_bias(y, b))), (0, 1)))(y, bias)
+  for a, b in zip(plain, summed):
+    np.testing.assert_allclose(a, b, atol=1e-5)

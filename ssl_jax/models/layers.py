@@ -138,10 +138,47 @@ class LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return nn.LayerNorm(
-        epsilon=self.cfg.ln_eps, dtype=self.cfg.compute_dtype, use_bias=self.cfg.bias,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',)),
-        bias_init=zeros_init(('embed',)))(x)
+    cfg = self.cfg
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',))
+    if jax.default_backend() == 'cpu' and cfg.compute_dtype == jnp.float32 and x.dtype == jnp.float32:
+      return _CpuLayerNorm(cfg.ln_eps, cfg.bias, scale_init, name='LayerNorm_0')(x)
+    return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=cfg.compute_dtype, use_bias=cfg.bias, scale_init=scale_init,
+                        bias_init=zeros_init(('embed',)), name='LayerNorm_0')(x)
+
+
+class _CpuLayerNorm(nn.Module):
+  """nn.LayerNorm's parameters and values (statistics in two passes), with the gradients of
+  its scale and bias (sums over the tokens) as products with ones, as in `add_bias`: a
+  BERT fine-tuning step 1,100 -> 1,066 ms."""
+  eps: float
+  use_bias: bool
+  scale_init: object
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    centred = x - x.mean(-1, keepdims=True)
+    normed = centred * jax.lax.rsqrt((centred * centred).mean(-1, keepdims=True) + self.eps)
+    y = _scale(normed, self.param('scale', self.scale_init, (d,)))
+    return add_bias(y, self.param('bias', zeros_init(('embed',)), (d,))) if self.use_bias else y
+
+
+@jax.custom_vjp
+def _scale(x, scale):
+  """x * scale (scale: x's last axis), the gradient for scale a product with ones."""
+  return x * scale
+
+
+def _scale_fwd(x, scale):
+  return x * scale, (x, scale)
+
+
+def _scale_bwd(residuals, g):
+  x, scale = residuals
+  return g * scale, sum_rows(g * x, scale.size)
+
+
+_scale.defvjp(_scale_fwd, _scale_bwd)
 
 
 class Dropout(nn.Module):
