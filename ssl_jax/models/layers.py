@@ -92,35 +92,37 @@ class Dense(nn.Module):
     y = y.reshape(lead + features)
     if self.use_bias:
       bias = self.param('bias', zeros_init(self.names[self.in_axes:]), features)
-      y = add_bias(y, bias.astype(self.dtype)) if jax.default_backend() == 'cpu' else y + bias.astype(self.dtype)
+      y = add_bias(y, bias.astype(self.dtype))
     return y
 
 
 def add_bias(y, bias):
-  """y + bias (bias: the trailing axes of y), whose gradient for the bias is a product with
-  a vector of ones.
+  """y + bias (bias: the trailing axes of y); on CPU its gradient for the bias is a product
+  with a vector of ones.
 
   XLA:CPU rewrites a sum over many elements into a windowed tree of partial sums, and the
   loop it emits for a sum over the token axes walks memory across rows: 8 ms for the bias
   gradient of one (32, 64, 1536) activation of a BERT step, against 0.2 ms for the product.
   The ones pass an optimisation barrier, or XLA turns the product back into that sum.
   """
-  return _add_bias(y, bias, bias.size)
+  if jax.default_backend() != 'cpu':
+    return y + bias
+  return _add_bias(y, bias, bias.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _add_bias(y, bias, size):
-  del size
+def _add_bias(y, bias, shape):
+  del shape
   return y + bias
 
 
-def _add_bias_fwd(y, bias, size):
-  del size
-  return y + bias, bias.shape
+def _add_bias_fwd(y, bias, shape):
+  del shape
+  return y + bias, None
 
 
-def _add_bias_bwd(size, shape, g):
-  return g, sum_rows(g, size).reshape(shape)
+def _add_bias_bwd(shape, _, g):
+  return g, sum_rows(g, math.prod(shape)).reshape(shape)
 
 
 _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
