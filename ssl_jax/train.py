@@ -62,13 +62,13 @@ def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_
     grads, step_metrics = jax.tree_util.tree_map(lambda x: x / grad_accum, (grads, step_metrics))
   if frozen is not None:
     grads = optim.zero_where(grads, frozen)
-  grad_norm = optax.tree.norm(grads)
+  grad_norm = optim.global_norm(grads)
   # A non-finite loss or gradient skips the update (the step still advances, so the data
   # order stays a function of the step); the loop counts skips and stops after too many.
   finite = jnp.isfinite(grad_norm) & jnp.isfinite(step_metrics.get('loss', 0.0))
 
   def update(params, opt_state):
-    updates, opt_state = tx.update(grads, opt_state, params)
+    updates, opt_state = tx.update(grads, opt_state, params, grad_norm=grad_norm)
     return optax.apply_updates(params, updates), opt_state
 
   if jax.default_backend() == 'cpu':
