@@ -183,3 +183,16 @@ def test_cpu_layer_norm_and_bias_match_flax_in_values_and_gradients():
   summed = jax.jit(jax.grad(lambda y, b: jnp.sum(jnp.sin(layers.add_bias(y, b))), (0, 1)))(y, bias)
   for a, b in zip(plain, summed):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_split_qkv_matches_slicing_in_values_and_gradients():
+  qkv = jax.random.normal(jax.random.key(0), (2, 5, 3, 4, 6))
+  w = jax.random.normal(jax.random.key(1), (3, 2, 5, 4, 6))
+  loss = lambda split, x: sum(jnp.sum(jnp.sin(part) * w[i]) for i, part in enumerate(split(x)))
+  sliced = lambda x: (x[:, :, 0], x[:, :, 1], x[:, :, 2])
+  for a, b in zip(layers.split_qkv(qkv), sliced(qkv)):
+    np.testing.assert_array_equal(a, b)
+  ours = jax.jit(jax.grad(lambda x: loss(layers.split_qkv, x)))(qkv)
+  np.testing.assert_allclose(ours, jax.grad(lambda x: loss(sliced, x))(qkv), atol=1e-6)
+  only_k = jax.grad(lambda x: jnp.sum(layers.split_qkv(x)[1]))(qkv)          # unused parts: zero gradients
+  np.testing.assert_array_equal(only_k, jnp.zeros_like(qkv).at[:, :, 1].set(1.0))
