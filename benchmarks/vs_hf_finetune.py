@@ -138,7 +138,11 @@ def main():
   workdir = args.workdir
   subprocess.run(['rm', '-rf', workdir], check=True)
   t = time.perf_counter()
-  run_json('ours', ours(args, workdir), str(REPO))
+  # `run.py finetune` ends with its progress and a summary, not a JSON line: its figures
+  # are read from the workdir's metrics.jsonl below.
+  proc = subprocess.run(ours(args, workdir), cwd=str(REPO), capture_output=True, text=True)
+  if proc.returncode != 0:
+    sys.exit(f'ours failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}')
   ours_wall = time.perf_counter() - t
   with open(os.path.join(REPO, workdir, 'metrics.jsonl')) as f:
     records = [json.loads(l) for l in f if l.strip()]
