@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from ssl_jax.config import ConfigError
+from ssl_jax.models.layers import sum_rows
 
 
 def schedule(train) -> optax.Schedule:
@@ -54,9 +55,7 @@ def global_norm(tree) -> jax.Array:
   for x in jax.tree_util.tree_leaves(tree):
     x = jnp.asarray(x, jnp.float32)
     if x.ndim >= 2 and x.size >= 65536:
-      rows = jnp.square(x).reshape(-1, x.shape[-1])
-      ones = jax.lax.optimization_barrier(jnp.ones((rows.shape[0],), jnp.float32))
-      total += jnp.sum(ones @ rows)       # without the barrier XLA folds this back into a sum
+      total += jnp.sum(sum_rows(jnp.square(x), x.shape[-1]))
     else:
       total += jnp.sum(jnp.square(x))
   return jnp.sqrt(total)
