@@ -59,6 +59,34 @@ def test_batches_are_a_pure_function_of_seed_and_step():
   np.testing.assert_array_equal(batch['inputs'][:, 1:], batch['targets'][:, :-1])   # shifted by one
 
 
+def test_permute_is_a_keyed_bijection():
+  for n in (1, 2, 3, 7, 64, 1000, 4097):
+    order = text.permute(np.arange(n), n, (0, 1))
+    np.testing.assert_array_equal(np.sort(order), np.arange(n))
+    np.testing.assert_array_equal(text.permute(np.arange(n)[::-1], n, (0, 1)), order[::-1])  # per index
+  a, b = text.permute(np.arange(1000), 1000, (0, 1)), text.permute(np.arange(1000), 1000, (0, 2))
+  assert (a != b).mean() > 0.9 and (a != np.arange(1000)).mean() > 0.9
+  with pytest.raises(ValueError, match='out of range'):
+    text.permute(np.array([5]), 5, (0,))
+
+
+def test_training_windows_cover_the_stream_once_an_epoch():
+  tokens = np.arange(10_001)                    # token value = its position
+  T, B = 16, 8
+  data = text.LMBatches(tokens, T, B, seed=5)
+  m = (len(tokens) - T - 1) // T                # 624 windows an epoch = 78 steps
+  starts = np.concatenate([data.batch(s)['inputs'][:, 0] for s in range(m // B)])
+  assert len(set(starts.tolist())) == m                       # no window twice within the epoch
+  assert len(set((starts % T).tolist())) == 1                  # all at the epoch's phase
+  assert starts.max() + T + 1 <= len(tokens)
+  assert not np.array_equal(starts[:B], np.sort(starts[:B]))   # shuffled, not in order
+  nxt = np.concatenate([data.batch(s)['inputs'][:, 0] for s in range(m // B, 2 * m // B)])
+  assert len(set(nxt.tolist())) == m and len(set((nxt % T).tolist())) == 1
+  assert not np.array_equal(nxt - nxt[0] % T, starts - starts[0] % T)   # the next epoch: a new order
+  short = text.LMBatches(np.arange(20), T, 4, seed=0)           # shorter than two windows: still reads
+  assert short.batch(0)['inputs'].shape == (4, T) and short.batch(3)['targets'].max() <= 19
+
+
 def test_each_host_reads_only_its_rows_of_the_global_batch():
   tokens = np.arange(5_000)
   whole = text.LMBatches(tokens, 8, 8, seed=0).batch(11)['inputs']

@@ -1,8 +1,10 @@
 """Text sources, a tokenised-once token cache, and the decoder's batch sampler.
 
-The batch at step s is a pure function of (seed, s): the offsets of its rows are drawn
-from a generator seeded with exactly those two numbers, so a resumed run (on any number
-of hosts) reads the very same batches. Each host materialises only its own rows.
+The batch at step s is a pure function of (seed, s): training windows are read in epochs,
+each a shuffled order of the stream's non-overlapping windows (a keyed permutation of
+their indices, computed per index, so nothing grows with the corpus), so a resumed run
+(on any number of hosts) reads the very same batches. Each host materialises only its
+own rows.
 """
 
 import glob
@@ -90,11 +92,51 @@ def token_file(paths: Sequence[str], tokenizer, tokenizer_id: str, cache_dir: st
   return np.load(path, mmap_mode='r')
 
 
-class LMBatches:
-  """Random windows of a token stream: row r of step s is tokens[o : o + seq_len + 1].
+def _mix64(z: np.ndarray) -> np.ndarray:
+  """splitmix64's finaliser: a bijective scramble of 64-bit words (wrapping arithmetic)."""
+  z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return z ^ (z >> np.uint64(31))
 
-  `batch(step)` is a pure function of (seed, step); eval batches use another stream
-  (`eval_batch(i)`), fixed for the whole run so eval losses are comparable.
+
+def permute(index: np.ndarray, n: int, key: Sequence[int], rounds: int = 4) -> np.ndarray:
+  """A keyed permutation of range(n), evaluated at `index` (each in [0, n)).
+
+  A balanced Feistel network over the smallest even number of bits that holds n is a
+  bijection of [0, 2^bits); values that land at or past n are sent through it again
+  (cycle walking), which keeps it a bijection of [0, n). Nothing of size n is built.
+  """
+  index = np.asarray(index, np.uint64)
+  if np.any(index >= n):
+    raise ValueError(f'permute: index out of range(0, {n})')
+  half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+  low = np.uint64((1 << half) - 1)
+  keys = np.random.SeedSequence(list(key)).generate_state(rounds, np.uint64)
+  with np.errstate(over='ignore'):
+    def feistel(x):
+      left, right = x >> np.uint64(half), x & low
+      for k in keys:
+        left, right = right, left ^ (_mix64(right ^ k) & low)
+      return (left << np.uint64(half)) | right
+
+    out = feistel(index)
+    walking = out >= n
+    while walking.any():
+      out[walking] = feistel(out[walking])
+      walking = out >= n
+  return out.astype(np.int64)
+
+
+class LMBatches:
+  """Windows of a token stream: row r of step s is tokens[o : o + seq_len + 1].
+
+  Training reads the stream in epochs: epoch e starts its windows at a random phase
+  (< seq_len) and takes the m = (len - seq_len - 1) // seq_len windows at that phase, one
+  after another, in a shuffled order keyed by (seed, e); global row g of the run is window
+  permute(g mod m) of epoch g div m. So every part of the corpus is seen once an epoch
+  (random offsets drawn with replacement leave e^-k of it unseen after k epochs' worth).
+  `batch(step)` is a pure function of (seed, step); eval batches are random windows of
+  another stream (`eval_batch(i)`), fixed for the whole run so eval losses are comparable.
   """
 
   def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
@@ -111,16 +153,28 @@ class LMBatches:
     self.local_batch = global_batch // process_count
     self._rows = slice(process_index * self.local_batch, (process_index + 1) * self.local_batch)
 
-  def _windows(self, entropy) -> dict:
-    rng = np.random.default_rng(entropy)
-    offsets = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.global_batch)
-    offsets = offsets[self._rows]                                   # this host's rows only
+  def _read(self, offsets: np.ndarray) -> dict:
     idx = offsets[:, None] + np.arange(self.seq_len + 1)[None, :]    # (b, T + 1)
     window = np.asarray(self.tokens[idx], dtype=np.int32)
     return {'inputs': window[:, :-1], 'targets': window[:, 1:]}
 
+  def train_offsets(self, step: int) -> np.ndarray:
+    """The first token of each of this host's rows at `step`."""
+    T, span = self.seq_len, len(self.tokens) - self.seq_len - 1      # offsets lie in [0, span]
+    m = max(1, span // T)                                            # windows an epoch
+    rows = step * self.global_batch + np.arange(self.global_batch)[self._rows]
+    epochs, slots = np.divmod(rows, m)
+    offsets = np.empty(len(rows), np.int64)
+    for e in np.unique(epochs):
+      here = epochs == e
+      phase = np.random.default_rng([self.seed, int(e), 2]).integers(0, min(T, span - (m - 1) * T + 1))
+      offsets[here] = phase + T * permute(slots[here], m, (self.seed, int(e), 3))
+    return offsets
+
   def batch(self, step: int) -> dict:
-    return self._windows([self.seed, step, 0])
+    return self._read(self.train_offsets(step))
 
   def eval_batch(self, i: int) -> dict:
-    return self._windows([self.seed, i, 1])
+    rng = np.random.default_rng([self.seed, i, 1])
+    offsets = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.global_batch)
+    return self._read(offsets[self._rows])                          # this host's rows only
