@@ -192,6 +192,21 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, corp
                                                   jax.tree_util.tree_leaves(reference)))
 
 
+def test_mlm_cross_entropy_and_hits_match_optax_and_argmax():
+  import optax
+  from ssl_jax.tasks.mlm_nsp import cross_entropy_and_hits
+  logits = jax.random.normal(jax.random.PRNGKey(0), (4, 5, 300)) * 3
+  labels = jax.random.randint(jax.random.PRNGKey(1), (4, 5), 0, 300)
+  labels = labels.at[0, :3].set(logits[0, :3].argmax(-1))          # some certain hits
+  ce, hits = cross_entropy_and_hits(logits, labels)
+  np.testing.assert_allclose(ce, optax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-5)
+  np.testing.assert_array_equal(hits, logits.argmax(-1) == labels)
+  assert hits[0, :3].all()
+  grad = jax.grad(lambda x: cross_entropy_and_hits(x, labels)[0].sum())(logits)
+  want = jax.grad(lambda x: optax.softmax_cross_entropy_with_integer_labels(x, labels).sum())(logits)
+  np.testing.assert_allclose(grad, want, atol=1e-6)
+
+
 def test_global_norm_and_clipping_match_optax():
   import optax
   from ssl_jax import optim
