@@ -185,6 +185,22 @@ def test_cpu_layer_norm_and_bias_match_flax_in_values_and_gradients():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_tied_logits_match_einsum_in_values_and_gradients():
+  h = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  table = jax.random.normal(jax.random.key(1), (11, 8))
+  bias = jax.random.normal(jax.random.key(2), (11,))
+  w = jax.random.normal(jax.random.key(3), (2, 5, 11))
+  plain = lambda h, t, b: jnp.einsum('btc,vc->btv', h, t) + b
+  np.testing.assert_allclose(layers.tied_logits(h, table, bias), plain(h, table, bias), rtol=1e-6)
+  np.testing.assert_allclose(layers.tied_logits(h, table), plain(h, table, 0.0), rtol=1e-6)
+  loss = lambda f: (lambda *a: jnp.sum(jnp.sin(f(*a)) * w))
+  ours = jax.jit(jax.grad(loss(layers.tied_logits), argnums=(0, 1, 2)))(h, table, bias)
+  want = jax.grad(loss(plain), argnums=(0, 1, 2))(h, table, bias)
+  for a, b in zip(ours, want):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_split_qkv_matches_slicing_in_values_and_gradients():
   qkv = jax.random.normal(jax.random.key(0), (2, 5, 3, 4, 6))
   w = jax.random.normal(jax.random.key(1), (3, 2, 5, 4, 6))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ssl_jax.config import ConfigError
 from ssl_jax.models.layers import (Dense, Dropout, LayerNorm, Stack, TransformerConfig, activation_fn, check_length,
-                                   param_init)
+                                   param_init, tied_logits)
 
 # name: (layers, heads, d_model). d_ff is 4 * d_model, 512 positions, 2 segments.
 SIZES = {
@@ -72,6 +72,6 @@ class BERT(nn.Module):
     h = LayerNorm(cfg, name='mlm_ln')(activation_fn(cfg.activation)(h))
     bias = self.param('mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
                       (cfg.vocab_size,))
-    mlm_logits = jnp.einsum('bpc,vc->bpv', h, jnp.asarray(word, dtype)) + bias    # (B, P, V), tied
+    mlm_logits = tied_logits(h, jnp.asarray(word, dtype), bias)                    # (B, P, V), tied
     return {'hidden': x, 'pooled': pooled, 'nsp_logits': nsp_logits.astype(jnp.float32),
             'mlm_logits': mlm_logits.astype(jnp.float32)}

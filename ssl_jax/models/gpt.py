@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.config import ConfigError
-from ssl_jax.models.layers import Dropout, LayerNorm, Stack, TransformerConfig, check_length, param_init
+from ssl_jax.models.layers import Dropout, LayerNorm, Stack, TransformerConfig, check_length, param_init, tied_logits
 
 # name: (layers, heads, d_model, context). d_ff is 4 * d_model for all of them.
 SIZES = {
@@ -69,7 +69,7 @@ class GPT(nn.Module):
     x = LayerNorm(cfg, name='ln_f')(x)
     if return_hidden:
       return x
-    logits = jnp.einsum('btc,vc->btv', x, jnp.asarray(wte, cfg.compute_dtype))  # (B, T, V), tied
+    logits = tied_logits(x, jnp.asarray(wte, cfg.compute_dtype))              # (B, T, V), tied
     logits = nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
     return logits.astype(jnp.float32)
 
