@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eps = 1e-8
   c.train.grad_clip = 1.0       # global-norm clipping; 0 = off
   c.train.eval_every = 250
-  c.train.eval_batches = 20
+  c.train.eval_batches = 20     # held-out batches an eval; 0 = the whole split (decoders, labelled data)
   c.train.log_every = 1
   c.train.checkpoint_every = 250
   c.train.keep_checkpoints = 2

@@ -83,6 +83,11 @@ def test_training_windows_cover_the_stream_once_an_epoch():
   nxt = np.concatenate([data.batch(s)['inputs'][:, 0] for s in range(m // B, 2 * m // B)])
   assert len(set(nxt.tolist())) == m and len(set((nxt % T).tolist())) == 1
   assert not np.array_equal(nxt - nxt[0] % T, starts - starts[0] % T)   # the next epoch: a new order
+  held = [data.eval_batch(i)['inputs'][:, 0] for i in range(data.num_batches)]   # eval_batches=0: all
+  held = np.concatenate(held)
+  assert data.num_batches == (len(tokens) - 1) // T // B and len(set(held.tolist())) == len(held)
+  assert (held % T == 0).all() and held.max() + T + 1 <= len(tokens)
+  np.testing.assert_array_equal(data.eval_batch(3)['inputs'], text.LMBatches(tokens, T, B, seed=5).eval_batch(3)['inputs'])
   short = text.LMBatches(np.arange(20), T, 4, seed=0)           # shorter than two windows: still reads
   assert short.batch(0)['inputs'].shape == (4, T) and short.batch(3)['targets'].max() <= 19
 

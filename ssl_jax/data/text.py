@@ -2,7 +2,8 @@
 
 The batch at step s is a pure function of (seed, s): training windows are read in epochs,
 each a shuffled order of the stream's non-overlapping windows (a keyed permutation of
-their indices, computed per index, so nothing grows with the corpus), so a resumed run
+their indices, computed per index, so nothing grows with the corpus); held-out batches
+take the held-out stream's windows in one fixed shuffled order. So a resumed run
 (on any number of hosts) reads the very same batches. Each host materialises only its
 own rows.
 """
@@ -135,8 +136,9 @@ class LMBatches:
   after another, in a shuffled order keyed by (seed, e); global row g of the run is window
   permute(g mod m) of epoch g div m. So every part of the corpus is seen once an epoch
   (random offsets drawn with replacement leave e^-k of it unseen after k epochs' worth).
-  `batch(step)` is a pure function of (seed, step); eval batches are random windows of
-  another stream (`eval_batch(i)`), fixed for the whole run so eval losses are comparable.
+  `batch(step)` is a pure function of (seed, step); eval batches (`eval_batch(i)`) are the
+  held-out stream's non-overlapping windows in an order fixed for the whole run, so eval
+  losses are comparable and `num_batches` of them cover the split.
   """
 
   def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
@@ -174,7 +176,18 @@ class LMBatches:
   def batch(self, step: int) -> dict:
     return self._read(self.train_offsets(step))
 
+  @property
+  def num_batches(self) -> int:
+    """Held-out batches that read every whole window of the split once (train.eval_batches=0)."""
+    return max(1, self._eval_windows() // self.global_batch)
+
+  def _eval_windows(self) -> int:
+    return max(1, (len(self.tokens) - 1) // self.seq_len)
+
   def eval_batch(self, i: int) -> dict:
-    rng = np.random.default_rng([self.seed, i, 1])
-    offsets = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.global_batch)
-    return self._read(offsets[self._rows])                          # this host's rows only
+    """Batch i of the split's non-overlapping windows (from its first token) in one fixed
+    shuffled order: any number of batches is a sample without replacement, and
+    `num_batches` of them read the whole split (but the last < batch windows)."""
+    m = self._eval_windows()
+    rows = (i * self.global_batch + np.arange(self.global_batch)[self._rows]) % m
+    return self._read(self.seq_len * permute(rows, m, (self.seed, 1)))
