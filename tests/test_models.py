@@ -196,6 +196,8 @@ def test_tied_logits_match_einsum_in_values_and_gradients():
   loss = lambda f: (lambda *a: jnp.sum(jnp.sin(f(*a)) * w))
   ours = jax.jit(jax.grad(loss(layers.tied_logits), argnums=(0, 1, 2)))(h, table, bias)
   want = jax.grad(loss(plain), argnums=(0, 1, 2))(h, table, bias)
+  ours += jax.jit(jax.grad(loss(layers.tied_logits), argnums=(0, 1)))(h, table)          # no bias
+  want += jax.grad(loss(lambda h, t: plain(h, t, 0.0)), argnums=(0, 1))(h, table)
   for a, b in zip(ours, want):
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -321,27 +321,32 @@ def tied_logits(h, table, bias=None):
   only the (C, V) result. The bias gradient is a product with ones (see `add_bias`).
   """
   if jax.default_backend() == 'cpu':
-    return _tied_logits(h, table, jnp.zeros(table.shape[:1], h.dtype) if bias is None else bias)
+    return _tied_logits(h, table, bias)
+  return _plain_tied_logits(h, table, bias)
+
+
+def _plain_tied_logits(h, table, bias):
   logits = jnp.einsum('...c,vc->...v', h, table)
   return logits if bias is None else logits + bias
 
 
 @jax.custom_vjp
 def _tied_logits(h, table, bias):
-  return jnp.einsum('...c,vc->...v', h, table) + bias
+  return _plain_tied_logits(h, table, bias)
 
 
 def _tied_logits_fwd(h, table, bias):
-  return _tied_logits(h, table, bias), (h, table)
+  return _plain_tied_logits(h, table, bias), (h, table, bias)
 
 
 def _tied_logits_bwd(saved, g):
-  h, table = saved
+  h, table, bias = saved
   rows = h.reshape(-1, h.shape[-1])                            # (N, C)
   g_rows = g.reshape(-1, g.shape[-1])                          # (N, V)
   d_table = jax.lax.dot_general(rows, g_rows, (((0,), (0,)), ((), ()))).T   # (C, V) -> (V, C)
   d_h = (g_rows @ table).reshape(h.shape)
-  return d_h.astype(h.dtype), d_table.astype(table.dtype), sum_rows(g, g.shape[-1]).astype(g.dtype)
+  d_bias = None if bias is None else sum_rows(g, g.shape[-1]).astype(bias.dtype)
+  return d_h.astype(h.dtype), d_table.astype(table.dtype), d_bias
 
 
 _tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
