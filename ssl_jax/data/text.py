@@ -155,6 +155,10 @@ class LMBatches:
     self.local_batch = global_batch // process_count
     self._rows = slice(process_index * self.local_batch, (process_index + 1) * self.local_batch)
 
+  def _global_rows(self, i: int) -> np.ndarray:
+    """The run-wide indices of this host's rows in batch i."""
+    return i * self.global_batch + np.arange(self.global_batch)[self._rows]
+
   def _read(self, offsets: np.ndarray) -> dict:
     idx = offsets[:, None] + np.arange(self.seq_len + 1)[None, :]    # (b, T + 1)
     window = np.asarray(self.tokens[idx], dtype=np.int32)
@@ -164,9 +168,8 @@ class LMBatches:
     """The first token of each of this host's rows at `step`."""
     T, span = self.seq_len, len(self.tokens) - self.seq_len - 1      # offsets lie in [0, span]
     m = max(1, span // T)                                            # windows an epoch
-    rows = step * self.global_batch + np.arange(self.global_batch)[self._rows]
-    epochs, slots = np.divmod(rows, m)
-    offsets = np.empty(len(rows), np.int64)
+    epochs, slots = np.divmod(self._global_rows(step), m)
+    offsets = np.empty(len(slots), np.int64)
     for e in np.unique(epochs):
       here = epochs == e
       phase = np.random.default_rng([self.seed, int(e), 2]).integers(0, min(T, span - (m - 1) * T + 1))
@@ -189,5 +192,4 @@ class LMBatches:
     shuffled order: any number of batches is a sample without replacement, and
     `num_batches` of them read the whole split (but the last < batch windows)."""
     m = self._eval_windows()
-    rows = (i * self.global_batch + np.arange(self.global_batch)[self._rows]) % m
-    return self._read(self.seq_len * permute(rows, m, (self.seed, 1)))
+    return self._read(self.seq_len * permute(self._global_rows(i) % m, m, (self.seed, 1)))

@@ -292,12 +292,16 @@ def split_qkv(qkv):
   6x384 BERT at 32 x 64 tokens."""
   if jax.default_backend() == 'cpu':
     return _split_qkv(qkv)
+  return _slice_qkv(qkv)
+
+
+def _slice_qkv(qkv):
   return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
 
 @jax.custom_vjp
 def _split_qkv(qkv):
-  return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  return _slice_qkv(qkv)
 
 
 def _split_qkv_fwd(qkv):
