@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssl_jax import config as config_lib, generate, models  # noqa: E402
+from ssl_jax import config as config_lib, generate, kernels, models  # noqa: E402
 
 VOCAB = 65   # tinyshakespeare's characters
 
@@ -51,7 +51,7 @@ def main():
   config = config_lib.load(os.path.join(REPO, 'experiments', f'gpt_shakespeare_char.py:{args.variant}'))
   config.unlock()
   config.model.vocab_size = VOCAB
-  model, cfg = models.build(config)
+  model, cfg = models.build(config, kernels.choose(config.model, kernels.platform_of(jax.devices())))
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
   prompt = [0]
   n = args.new_tokens

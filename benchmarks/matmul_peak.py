@@ -44,7 +44,8 @@ def worker(side: str, repeats: int) -> dict:
   out = {}
   if side == 'xla':
     sys.path.insert(0, ROOT)
-    import ssl_jax  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (sets our XLA flags)
+    import run  # pylint: disable=import-outside-toplevel
+    run.cpu_matmuls_through_onednn()      # our XLA flags, as run.py sets them
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     f = jax.jit(lambda x, w: x @ w)

@@ -22,7 +22,7 @@ def default_workdir(config) -> str:
 def run(command: str, config_spec: str, overrides, *, config_given: bool, workdir, steps=None, prompt='\n',
         prompt_file=None, max_new_tokens=200, temperature=0.8, top_k=200, from_hf=None, to_hf=None, top_p=1.0,
         stop=(), task_file=None, train_file=None, shots='0,1,4', input_file=None, devices=None,
-        accelerator='H100', profile=None):
+        accelerator='', profile=None, topology='', slices=1):
   if command == 'convert':  # needs no experiment: the shapes come from the files
     from ssl_jax import convert  # pylint: disable=import-outside-toplevel
     convert.convert_command(from_hf, to_hf, workdir)
@@ -38,7 +38,7 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
   if command == 'plan':
     import jax  # pylint: disable=import-outside-toplevel
     from ssl_jax import plan  # pylint: disable=import-outside-toplevel
-    plan.plan_command(config, devices or jax.device_count(), accelerator, workdir or '')
+    plan.plan_command(config, devices or jax.device_count(), accelerator, workdir or '', topology, slices)
     return
   if not workdir and command != 'bench':
     workdir = default_workdir(config)

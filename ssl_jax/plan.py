@@ -1,11 +1,16 @@
 """`run.py plan`: compile the train step ahead of time from abstract shapes, and say what it needs.
 
-Nothing is allocated: the state and batch are ShapeDtypeStructs with their shardings, the
-step is lowered and compiled for N devices (on a CPU, N forced host devices), and XLA's own
-accounting of the per-device program gives the memory; the shardings give the parameters'
-and optimizer state's share; the program's collectives give the bytes they move.
+Nothing is allocated: the state and batch are ShapeDtypeStructs with their shardings, and
+the step is lowered and compiled either for a TPU slice by libtpu's own compiler
+(`--topology v5p:2x2x1`: the devices of that slice, from `jax.experimental.topologies`, on
+any host), or for N virtual devices by XLA:CPU (`--devices N`: an estimate for GPUs, built
+with the GPU's kernels where XLA:CPU can compile them). XLA's accounting of the per-device
+program gives the memory; the shardings give the parameters' and optimizer state's share;
+the optimized program's text gives FLOPs, HBM traffic and collectives (ssl_jax/hlo.py),
+and with the chip's peak and bandwidth a roofline.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -15,14 +20,20 @@ import time
 import jax
 import numpy as np
 
-# Memory per device, in bytes (datasheets).
+from ssl_jax import hlo
+
+# name: (memory per device, HBM bandwidth B/s, dense bf16 peak FLOP/s), from datasheets.
 ACCELERATORS = {
-    'H100': 80e9, 'H200': 141e9, 'B200': 192e9, 'A100-40GB': 40e9, 'A100': 80e9, 'L4': 24e9,
-    'TPU v4': 32e9, 'TPU v5e': 16e9, 'TPU v5p': 95e9, 'TPU v6e': 32e9,
+    'H100': (80e9, 3.35e12, 989e12), 'H200': (141e9, 4.8e12, 989e12), 'B200': (192e9, 8.0e12, 2250e12),
+    'A100-40GB': (40e9, 1.555e12, 312e12), 'A100': (80e9, 2.039e12, 312e12), 'L4': (24e9, 0.3e12, 121e12),
+    'TPU v4': (32e9, 1.2e12, 275e12), 'TPU v5e': (16e9, 0.819e12, 197e12), 'TPU v5p': (95e9, 2.765e12, 459e12),
+    'TPU v6e': (32e9, 1.64e12, 918e12),
 }
-COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute')
-_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 2, 'f32': 4, 's32': 4,
-                'u32': 4, 'f64': 8, 's64': 8, 'u64': 8, 'c64': 8}
+# jax's device_kind of a TPU -> its name above.
+TPU_KINDS = {'TPU v4': 'TPU v4', 'TPU v5 lite': 'TPU v5e', 'TPU v5e': 'TPU v5e', 'TPU v5': 'TPU v5p',
+             'TPU v5p': 'TPU v5p', 'TPU v6 lite': 'TPU v6e', 'TPU v6e': 'TPU v6e'}
+COLLECTIVES = hlo.COLLECTIVES
+collective_bytes = lambda text: {k: int(v) for k, v in hlo.costs(text)['collective_bytes'].items()}
 
 
 def per_device_bytes(tree) -> int:
@@ -34,93 +45,133 @@ def per_device_bytes(tree) -> int:
   return total
 
 
-def _shape_bytes(text: str) -> int:
-  """Bytes of the HLO result type(s) in `text`, e.g. 'f32[16,1024]' or a tuple of them."""
-  total = 0
-  for dtype, dims in re.findall(r'\b([a-z]+\d*)\[([\d,]*)\]', text):
-    if dtype in _DTYPE_BYTES:
-      total += _DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(',') if d] or [1]))
-  return total
-
-
-def collective_bytes(hlo: str) -> dict:
-  """Bytes each kind of collective produces per device per step, from the compiled HLO text;
-  one inside a loop body (scanned layers, accumulated micro-batches) counts once per
-  iteration, nested loops multiplying."""
-  computations, name = {}, None
-  for line in hlo.splitlines():
-    header = re.match(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$', line)
-    if header:
-      name = header.group(1)
-      computations[name] = {'entry': line.startswith('ENTRY'), 'lines': []}
-    elif name is not None:
-      computations[name]['lines'].append(line)
-  loops = {}   # computation -> [(body, trips)]
-  for cname, c in computations.items():
-    for line in c['lines']:
-      m = re.search(r' while\(.*?body=%?([\w.\-]+)', line)
-      if m:
-        n = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-        loops.setdefault(cname, []).append((m.group(1), int(n.group(1)) if n else 1))
-  times = {cname: 1 for cname, c in computations.items() if c['entry']}
-  frontier = list(times)
-  while frontier:
-    cname = frontier.pop()
-    for body, n in loops.get(cname, []):
-      times[body] = times[cname] * n
-      frontier.append(body)
-  out = {kind: 0 for kind in COLLECTIVES}
-  pattern = re.compile(r'\s*(?:ROOT )?%?[\w.\-]+ = (.+?) (' + '|'.join(COLLECTIVES) + r')(?:-start)?\(')
-  for cname, c in computations.items():
-    for line in c['lines']:
-      m = pattern.match(line)
-      if m:
-        out[m.group(2)] += _shape_bytes(m.group(1)) * times.get(cname, 1)
-  return out
-
-
-def accelerator_bytes(name: str) -> float:
-  """Memory of a named accelerator, or of one given as e.g. '24GB'."""
-  if name in ACCELERATORS:
-    return ACCELERATORS[name]
+def accelerator_spec(name: str):
+  """(canonical name, memory bytes, HBM bandwidth or None, bf16 peak or None) of a named
+  accelerator (case-insensitive: 'h100', 'tpu v5p', 'v5p'), or of a size such as '24GB'."""
+  key = re.sub(r'[\s_-]', '', name.lower())
+  for known, (memory, bandwidth, peak) in ACCELERATORS.items():
+    if key in (re.sub(r'[\s_-]', '', known.lower()), re.sub(r'[\s_-]', '', known.lower().replace('tpu', ''))):
+      return known, memory, bandwidth, peak
   m = re.fullmatch(r'([\d.]+)\s*GB', name.strip(), re.IGNORECASE)
   if m:
-    return float(m.group(1)) * 1e9
+    return name, float(m.group(1)) * 1e9, None, None
   from ssl_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
   raise ConfigError(f'--accelerator {name!r}: expected one of {", ".join(ACCELERATORS)}, or a size such as 24GB')
 
 
-def plan(config, devices: int, accelerator: str = 'H100', workdir: str = '') -> dict:
-  from ssl_jax import tasks, train  # pylint: disable=import-outside-toplevel
-  if jax.device_count() != devices:
-    raise ValueError(f'plan for {devices} devices, but JAX sees {jax.device_count()} (run it through run.py plan)')
-  capacity = accelerator_bytes(accelerator)
+def accelerator_bytes(name: str) -> float:
+  return accelerator_spec(name)[1]
+
+
+def topology_devices(topology: str, slices: int = 1):
+  """The devices of a named TPU slice (e.g. 'v5p:2x2x1'; `slices` of them over DCN), from
+  libtpu's topology description: no TPU needed."""
+  from ssl_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+  try:
+    from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+    desc = topologies.get_topology_desc(topology_name=topology, platform='tpu',
+                                        **({'num_slices': slices} if slices > 1 else {}))
+  except Exception as e:  # pylint: disable=broad-except
+    text = str(e).strip().splitlines()
+    hint = ('; install libtpu for planning: pip install "jax[tpu]" (the version of jax in requirements.txt)'
+            if 'tpu' in str(e).lower() and ('plugin' in str(e).lower() or 'backend' in str(e).lower()) else '')
+    raise ConfigError(f'--topology {topology!r}: {text[0] if text else type(e).__name__}{hint}') from e
+  devices = list(desc.devices)
+  if slices > 1:
+    devices.sort(key=lambda d: (getattr(d, 'slice_index', 0), d.id))
+  return devices
+
+
+@contextlib.contextmanager
+def captured_stderr(lines: list):
+  """Collects what native code (the XLA compilers) writes to file descriptor 2 meanwhile, and
+  writes it through afterwards."""
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode='w+b') as tmp:
+    os.dup2(tmp.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      tmp.seek(0)
+      text = tmp.read().decode('utf-8', 'replace')
+      lines.extend(text.splitlines())
+      sys.stderr.write(text)
+
+
+def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', topology: str = '',
+         slices: int = 1) -> dict:
+  """Compiles the train step for `topology` (a TPU slice) or `devices` virtual devices and
+  reports per device what it holds, does and moves, and whether it fits `accelerator`."""
+  from ssl_jax import kernels, tasks, train  # pylint: disable=import-outside-toplevel
+  if topology:
+    targets = topology_devices(topology, slices)
+    kind = targets[0].device_kind
+    accelerator = accelerator or TPU_KINDS.get(kind, kind)
+    target = f'{topology}{f" x {slices} slices" if slices > 1 else ""} ({len(targets)} x {kind}, libtpu compiler)'
+    choice = kernels.choose(config.model, 'tpu')
+  else:
+    if jax.device_count() != devices:
+      raise ValueError(f'plan for {devices} devices, but JAX sees {jax.device_count()} (run it through run.py plan)')
+    targets = None
+    accelerator = accelerator or 'H100'
+    name = accelerator_spec(accelerator)[0]
+    on_gpu = not name.startswith('TPU') and name in ACCELERATORS
+    choice = kernels.choose(config.model, 'gpu' if on_gpu else 'cpu')
+    if choice.attention == 'cudnn':     # cuDNN's kernel cannot compile off a GPU: XLA's attention stands in
+      choice = kernels.Choice(choice.platform, choice.kernels, 'xla', choice.dtype)
+    target = f'{devices} virtual devices (an XLA:CPU estimate{" of the GPU program" if on_gpu else ""})'
+  name, capacity, bandwidth, peak = accelerator_spec(accelerator)
   t = time.perf_counter()
-  s = train.setup(config, workdir or tempfile.mkdtemp(), compile_steps=False)
+  s = train.setup(config, workdir or tempfile.mkdtemp(), compile_steps=False, devices=targets, choice=choice)
   lowered, _ = train.lower_steps(s, eval_step_too=False)
-  with jax.set_mesh(s.mesh):
+  compiler_lines = []
+  with jax.set_mesh(s.mesh), captured_stderr(compiler_lines):
     compiled = lowered.compile()
   compile_s = time.perf_counter() - t
   memory = compiled.memory_analysis()
   params = per_device_bytes(s.abstract_state.params)
   optimizer = per_device_bytes(s.abstract_state.opt_state)
   temp = int(memory.temp_size_in_bytes)
-  peak = int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes) + temp
+  peak_bytes = int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes) + temp
   flops_step = float(tasks.get(config.task).flops_per_step(config)[0])   # model FLOPs (what MFU counts)
-  collectives = collective_bytes(compiled.as_text())
+  n = len(s.mesh.devices.flat)
+  text = compiled.as_text()
+  if workdir:   # the optimized per-device program, for reading what the numbers come from
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'plan_hlo.txt'), 'w') as f:
+      f.write(text)
+  program = hlo.costs(text, causal=config.model.family.startswith('gpt'))
+  remats = sum('Involuntary full rematerialization' in line for line in compiler_lines)
   m = s.mesh.shape
-  result = {
-      'model': config.model.size or config.model.family, 'params': int(s.num_params), 'devices': devices,
-      'mesh': [m['data'], m['fsdp'], m['tensor']], 'batch_size': int(config.train.batch_size),
+  roofline = None
+  if bandwidth and peak:
+    compute_s, memory_s = program['flops'] / peak, program['hbm_bytes'] / bandwidth
+    bound = max(compute_s, memory_s)
+    roofline = {'compute_s': compute_s, 'memory_s': memory_s,
+                'bound_by': 'compute' if compute_s >= memory_s else 'memory',
+                'mfu_bound': flops_step / n / (bound * peak) if bound else None}
+  return {
+      'model': config.model.size or config.model.family, 'params': int(s.num_params), 'devices': n,
+      'target': target, 'mesh': [m['data'], m['fsdp'], m['tensor']], 'batch_size': int(config.train.batch_size),
       'seq_len': int(config.data.seq_len) if s.data.tokenizer is not None else None,
-      'image_size': None if s.data.tokenizer is not None else int(config.data.image_size), 'remat': config.model.remat, 'scan_layers': bool(config.model.scan_layers),
-      'bytes_per_device': {'params': params, 'optimizer_state': optimizer,
-                           'activations_and_temporaries': temp, 'peak': peak},
-      'flops_per_step': flops_step, 'flops_per_device': flops_step / devices,
-      'collective_bytes_per_device': collectives, 'accelerator': accelerator, 'accelerator_bytes': capacity,
-      'fits': peak <= capacity, 'compile_s': round(compile_s, 1),
+      'image_size': None if s.data.tokenizer is not None else int(config.data.image_size),
+      'remat': config.model.remat, 'scan_layers': bool(config.model.scan_layers),
+      'kernels': s.choice.kernels, 'dtype': s.choice.dtype,
+      'attention': hlo.attention_kernel(program['custom_calls']), 'attention_configured': s.choice.attention,
+      'bytes_per_device': {'params': params, 'optimizer_state': optimizer, 'activations_and_temporaries': temp,
+                           'generated_code': int(memory.generated_code_size_in_bytes), 'peak': peak_bytes},
+      'flops_per_step': flops_step, 'flops_per_device': flops_step / n,
+      'program_flops_per_device': program['flops'], 'hbm_bytes_per_device': program['hbm_bytes'],
+      'collective_bytes_per_device': {k: int(v) for k, v in program['collective_bytes'].items()},
+      'custom_calls': program['custom_calls'], 'involuntary_full_rematerializations': remats,
+      'roofline': roofline, 'accelerator': name, 'accelerator_bytes': capacity,
+      'fits': peak_bytes <= capacity, 'compile_s': round(compile_s, 1),
   }
-  return result
 
 
 def _count(n: int) -> str:
@@ -134,21 +185,33 @@ def _gb(n: float) -> str:
 def report(r: dict) -> str:
   b = r['bytes_per_device']
   lines = [
-      f'{r["model"]}: {_count(r["params"])} parameters on {r["devices"]} devices, mesh (data, fsdp, tensor) = '
+      f'{r["model"]}: {_count(r["params"])} parameters on {r["target"]}, mesh (data, fsdp, tensor) = '
       f'{tuple(r["mesh"])}, batch {r["batch_size"]} x '
       + (f'{r["seq_len"]} tokens' if r['seq_len'] else f'{r["image_size"]}x{r["image_size"]} images')
-      + f', remat={r["remat"]}'
+      + f', {r["dtype"]}, remat={r["remat"]}'
       f'{", scanned layers" if r["scan_layers"] else ""}; compiled in {r["compile_s"]}s',
+      f'kernels: {r["kernels"]}; attention: {r["attention"]} in the program ({r["attention_configured"]} chosen)',
       'per device:',
       f'  parameters                   {_gb(b["params"]):>14}',
       f'  optimizer state              {_gb(b["optimizer_state"]):>14}',
       f'  activations and temporaries  {_gb(b["activations_and_temporaries"]):>14}  (XLA\'s temporary buffers, '
       'gradients included)',
+      f'  generated code               {_gb(b["generated_code"]):>14}',
       f'  peak                         {_gb(b["peak"]):>14}',
-      f'  FLOPs per step               {r["flops_per_device"]:>14.3e}  ({r["flops_per_step"]:.3e} in all)',
-      '  collectives per step         ' + ', '.join(f'{k} {_gb(v)}' for k, v in
-                                                   r['collective_bytes_per_device'].items() if v) or 'none',
+      f'  model FLOPs per step         {r["flops_per_device"]:>14.3e}  ({r["flops_per_step"]:.3e} in all)',
+      f'  program FLOPs per step       {r["program_flops_per_device"]:>14.3e}  (recomputation included)',
+      f'  HBM traffic per step         {_gb(r["hbm_bytes_per_device"]):>14}',
+      '  collectives per step         ' + (', '.join(f'{k} {_gb(v)}' for k, v in
+                                                    r['collective_bytes_per_device'].items() if v) or 'none'),
   ]
+  roof = r['roofline']
+  if roof:
+    lines.append(f'roofline on {r["accelerator"]}: compute {roof["compute_s"] * 1e3:,.1f} ms, memory '
+                 f'{roof["memory_s"] * 1e3:,.1f} ms a step: {roof["bound_by"]}-bound, MFU at most '
+                 f'{roof["mfu_bound"]:.0%}')
+  if r['involuntary_full_rematerializations']:
+    lines.append(f'warning: the compiler reported {r["involuntary_full_rematerializations"]} involuntary full '
+                 'rematerialization(s): an array whose sharding it could not keep was replicated')
   if r['fits']:
     lines.append(f'fits: {_gb(b["peak"])} of the {_gb(r["accelerator_bytes"])} of one {r["accelerator"]}')
   else:
@@ -158,8 +221,9 @@ def report(r: dict) -> str:
   return '\n'.join(lines)
 
 
-def plan_command(config, devices: int, accelerator: str, workdir: str = '') -> dict:
-  result = plan(config, devices, accelerator)
+def plan_command(config, devices: int, accelerator: str, workdir: str = '', topology: str = '',
+                 slices: int = 1) -> dict:
+  result = plan(config, devices, accelerator, workdir, topology, slices)
   print(report(result), flush=True)
   print(json.dumps(result), flush=True)
   if workdir:

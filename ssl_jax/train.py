@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax import checkpoint, config as config_lib, metrics as metrics_lib, models, optim, parallel, tasks, transfer
+from ssl_jax import checkpoint, config as config_lib, kernels, metrics as metrics_lib, models, optim, parallel, tasks, transfer
+from ssl_jax.kernels import ops
 from ssl_jax.data import tokenizer as tokenizers
 
 
@@ -35,8 +36,10 @@ class TrainState:
   opt_state: Any
 
 
-def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_accum: int, frozen=None):
+def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_accum: int, frozen=None,
+               kernels: str = 'xla'):
   """One optimizer update on a global batch; gradients averaged over `grad_accum` micro-batches.
+  `kernels` (ssl_jax/kernels) says how the gradient norm and the non-finite skip are written.
 
   `frozen` (fine-tuning: a predicate on parameter paths) zeroes those gradients first, so
   XLA drops the backward work only they needed.
@@ -62,7 +65,7 @@ def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_
     grads, step_metrics = jax.tree_util.tree_map(lambda x: x / grad_accum, (grads, step_metrics))
   if frozen is not None:
     grads = optim.zero_where(grads, frozen)
-  grad_norm = optim.global_norm(grads)
+  grad_norm = ops.global_norm(grads, kernels)
   # A non-finite loss or gradient skips the update (the step still advances, so the data
   # order stays a function of the step); the loop counts skips and stops after too many.
   finite = jnp.isfinite(grad_norm) & jnp.isfinite(step_metrics.get('loss', 0.0))
@@ -71,14 +74,7 @@ def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_
     updates, opt_state = tx.update(grads, opt_state, params, grad_norm=grad_norm)
     return optax.apply_updates(params, updates), opt_state
 
-  if jax.default_backend() == 'cpu':
-    # A conditional: a select per leaf reads the new and the old state and writes a third
-    # copy (three passes over a 30,522-row embedding took 19 ms of a CPU step). GPUs fuse
-    # the select into the update, and XLA:GPU's conditional reads its predicate on the host.
-    params, opt_state = jax.lax.cond(finite, update, lambda *old: old, state.params, state.opt_state)
-  else:
-    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
-    params, opt_state = keep(update(state.params, state.opt_state), (state.params, state.opt_state))
+  params, opt_state = ops.apply_if(finite, update, state.params, state.opt_state, impl=kernels)
   step_metrics = {**step_metrics, 'grad_norm': grad_norm, 'skipped': 1.0 - finite.astype(jnp.float32)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
@@ -98,6 +94,7 @@ class Setup:
   data: Any
   model: Any
   model_cfg: Any
+  choice: Any               # kernels.Choice: the kernels, attention and dtype the program is built from
   tx: Any
   state_shardings: Any
   abstract_state: Any       # ShapeDtypeStructs with shardings
@@ -120,11 +117,15 @@ class Setup:
     return parallel.global_batch(local_batch, self.mesh)
 
 
-def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
-  # Hosts and mesh.
+def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice=None) -> Setup:
+  """`devices` (default: this job's) are those the program is built for: `run.py plan
+  --topology` passes a TPU slice's, which this host need not have. `choice` (default: made
+  for the platform of those devices) says which kernels the program is built from."""
+  # Hosts, mesh, and the kernels for the platform of the mesh's devices.
   parallel.initialize_hosts()
-  mesh = parallel.make_mesh(config.mesh)
+  mesh = parallel.make_mesh(config.mesh, devices)
   parallel.check_batch(config.train.batch_size, mesh, config.train.grad_accum)
+  choice = choice or kernels.choose(config.model, kernels.platform_of(mesh.devices.flat))
 
   # Fine-tuning takes the shape and tokenizer of its pretrained body; then data and tokenizer
   # (the vocabulary size follows the tokenizer unless set).
@@ -144,7 +145,7 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
                                    f'tokenizer\'s {data.tokenizer.vocab_size} tokens')
 
   # Model and optimizer.
-  model, model_cfg = models.build(config)
+  model, model_cfg = models.build(config, choice)
   if data.tokenizer is not None and config.data.seq_len > model_cfg.max_len:
     raise config_lib.ConfigError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
                                  f'{model_cfg.max_len} positions (model.max_len)')
@@ -152,7 +153,7 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
     raise config_lib.ConfigError('finetune.freeze freezes whole blocks, which scanned layers do not have: '
                                  'set model.scan_layers=false')
   frozen = transfer.frozen(config.finetune.freeze, config.model.family) if config.finetune.freeze else None
-  tx = optim.make(config.train, frozen)
+  tx = optim.make(config.train, frozen, choice.kernels)
 
   # State shapes and shardings, from the logical names the model's parameters carry.
   example = jax.tree_util.tree_map(lambda x: jnp.zeros((1,) + x.shape[1:], x.dtype), data.train.batch(0))
@@ -162,13 +163,14 @@ def setup(config, workdir: str, compile_steps: bool = True) -> Setup:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   boxed = jax.eval_shape(init_boxed, jax.random.key(config.seed))
-  state_shardings = parallel.divisible(parallel.logical_shardings(nn.get_partition_spec(boxed), mesh),
+  rules = parallel.logical_rules(choice.platform)
+  state_shardings = parallel.divisible(parallel.logical_shardings(nn.get_partition_spec(boxed), mesh, rules),
                                        nn.meta.unbox(boxed))
   abstract_state = checkpoint.abstract(nn.meta.unbox(boxed), state_shardings)
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract_state.params))
 
   s = Setup(config=config, workdir=workdir, mesh=mesh, task=task, data=data, model=model,
-            model_cfg=model_cfg, tx=tx, state_shardings=state_shardings,
+            model_cfg=model_cfg, choice=choice, tx=tx, state_shardings=state_shardings,
             abstract_state=abstract_state, train_fn=None, eval_fn=None, compile_s=0.0,
             num_params=num_params, source=source, frozen=frozen,
             init_fn=jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings))
@@ -188,10 +190,10 @@ def lower_steps(s: Setup, eval_step_too: bool = True):
   if hasattr(s.task, 'bind'):
     loss_fn = functools.partial(loss_fn, **s.task.bind(config))
   step = functools.partial(train_step, model=s.model, loss_fn=loss_fn, tx=s.tx, seed=config.seed,
-                           grad_accum=config.train.grad_accum, frozen=s.frozen)
+                           grad_accum=config.train.grad_accum, frozen=s.frozen, kernels=s.choice.kernels)
   evaluate_step = functools.partial(eval_step, model=s.model, loss_fn=loss_fn)
   rep = parallel.replicated(s.mesh)
-  with jax.set_mesh(s.mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
+  with jax.set_mesh(s.mesh), nn.logical_axis_rules(parallel.logical_rules(s.choice.platform)):
     train_lowered = jax.jit(step, in_shardings=(s.state_shardings, bs), out_shardings=(s.state_shardings, rep),
                             donate_argnums=0).lower(s.abstract_state, batch_abstract)
     eval_lowered = jax.jit(evaluate_step, in_shardings=(s.state_shardings.params, bs), out_shardings=rep

@@ -207,20 +207,22 @@ def test_mlm_cross_entropy_and_hits_match_optax_and_argmax():
   np.testing.assert_allclose(grad, want, atol=1e-6)
 
 
-def test_global_norm_and_clipping_match_optax():
+@pytest.mark.parametrize('kernels', ['cpu', 'xla'])
+def test_global_norm_and_clipping_match_optax(kernels):
   import optax
   from ssl_jax import optim
+  from ssl_jax.kernels import ops
   rng = np.random.default_rng(0)
   tree = {'embedding': rng.normal(size=(3000, 64)).astype(np.float32),     # takes the product path
           'kernel': rng.normal(size=(16, 3, 8)).astype(np.float32), 'bias': rng.normal(size=(8,)).astype(np.float32)}
-  norm = optim.global_norm(tree)
+  norm = ops.global_norm(tree, kernels)
   np.testing.assert_allclose(norm, optax.tree.norm(tree), rtol=1e-6)
   for max_norm in (1.0, 1e6):                          # clipped, and left alone
-    ours, _ = optim.clip_by_global_norm(max_norm).update(tree, optax.EmptyState(), grad_norm=norm)
+    ours, _ = optim.clip_by_global_norm(max_norm, kernels).update(tree, optax.EmptyState(), grad_norm=norm)
     theirs, _ = optax.clip_by_global_norm(max_norm).update(tree, optax.EmptyState())
     for k in tree:
       np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-6, atol=1e-9)
     assert max_norm < 1e6 or all(np.array_equal(ours[k], tree[k]) for k in tree)
-  ours, _ = optim.clip_by_global_norm(1.0).update(tree, optax.EmptyState())    # computes the norm itself
+  ours, _ = optim.clip_by_global_norm(1.0, kernels).update(tree, optax.EmptyState())    # computes the norm itself
   np.testing.assert_allclose(optax.tree.norm(ours), 1.0, rtol=1e-5)
-  assert float(optim.global_norm({'z': np.zeros((300, 300), np.float32)})) == 0.0
+  assert float(ops.global_norm({'z': np.zeros((300, 300), np.float32)}, kernels)) == 0.0

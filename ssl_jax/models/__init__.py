@@ -23,8 +23,9 @@ FAMILIES = {
 VISION = ('vit', 'mae', 'vit_classifier', 'jigsaw')
 
 
-def transformer_config(config) -> TransformerConfig:
-  """The TransformerConfig a run's config describes (vocab_size and max_len resolved)."""
+def transformer_config(config, choice) -> TransformerConfig:
+  """The TransformerConfig a run's config describes (vocab_size and max_len resolved), built
+  from the kernels, attention and dtype of `choice` (ssl_jax.kernels.choose)."""
   m = config.model
   if m.family not in FAMILIES:
     raise ConfigError(f'unknown model.family {m.family!r}; known: {", ".join(FAMILIES)}')
@@ -42,13 +43,14 @@ def transformer_config(config) -> TransformerConfig:
   return TransformerConfig(
       num_layers=m.num_layers, num_heads=m.num_heads, d_model=m.d_model, d_ff=m.d_ff,
       vocab_size=max(m.vocab_size, 0), max_len=m.max_len or config.data.seq_len, dropout=m.dropout,
-      bias=m.bias, activation=m.activation, dtype=m.dtype, remat=remat,
-      scan_layers=m.scan_layers, **family)
+      bias=m.bias, activation=m.activation, dtype=choice.dtype, kernels=choice.kernels,
+      attention=choice.attention, remat=remat, scan_layers=m.scan_layers, **family)
 
 
-def build(config):
-  """Returns (flax module, TransformerConfig) for the config's model family."""
-  cfg = transformer_config(config)
+def build(config, choice):
+  """Returns (flax module, TransformerConfig) for the config's model family, its kernels as
+  `choice` (ssl_jax.kernels.choose) says."""
+  cfg = transformer_config(config, choice)
   m, size = config.model, config.data.image_size
   if m.family == 'vit':
     return vit.ViT(cfg, m.patch, size), cfg

@@ -9,8 +9,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.config import ConfigError
+from ssl_jax.kernels.ops import tied_logits
 from ssl_jax.models.layers import (Dense, Dropout, LayerNorm, Stack, TransformerConfig, activation_fn, check_length,
-                                   param_init, tied_logits)
+                                   param_init)
 
 # name: (layers, heads, d_model). d_ff is 4 * d_model, 512 positions, 2 segments.
 SIZES = {
@@ -63,15 +64,16 @@ class BERT(nn.Module):
                             name='pooler')(x[:, 0]))                                # (B, C) from [CLS]
     if return_hidden:
       return {'hidden': x, 'pooled': pooled}
-    nsp_logits = Dense((2,), ('mlp', None), cfg.init_std, dtype=cfg.dtype, name='nsp')(pooled)  # (B, 2)
+    nsp_logits = Dense((2,), ('mlp', None), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels, name='nsp')(pooled)  # (B, 2)
     h = x if masked_positions is None else jnp.take_along_axis(x, masked_positions[..., None], axis=1)  # (B, P, C)
     h = nn.with_logical_constraint(h, ('batch', 'length', 'embed'))
-    # Its output is not split over 'tensor' (as 'mlp' would): with data, fsdp and tensor all > 1,
-    # XLA:CPU got the LayerNorm's gradients after it wrong (seen with jax 0.10.2).
-    h = Dense((cfg.d_model,), ('embed', None), cfg.init_std, dtype=cfg.dtype, name='mlm_transform')(h)
+    # Its output axis has a name of its own, which the rules table splits over 'tensor' (as 'mlp')
+    # except on CPU: with data, fsdp and tensor all > 1, XLA:CPU got the gradients of the
+    # LayerNorm after it wrong (seen with jax 0.10.2).
+    h = Dense((cfg.d_model,), ('embed', 'mlm_transform'), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels, name='mlm_transform')(h)
     h = LayerNorm(cfg, name='mlm_ln')(activation_fn(cfg.activation)(h))
     bias = self.param('mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
                       (cfg.vocab_size,))
-    mlm_logits = tied_logits(h, jnp.asarray(word, dtype), bias)                    # (B, P, V), tied
+    mlm_logits = tied_logits(h, jnp.asarray(word, dtype), bias, cfg.kernels)     # (B, P, V), tied
     return {'hidden': x, 'pooled': pooled, 'nsp_logits': nsp_logits.astype(jnp.float32),
             'mlm_logits': mlm_logits.astype(jnp.float32)}

@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.config import ConfigError
-from ssl_jax.models.layers import Dropout, LayerNorm, Stack, TransformerConfig, check_length, param_init, tied_logits
+from ssl_jax.kernels.ops import tied_cross_entropy, tied_logits
+from ssl_jax.models.layers import Dropout, LayerNorm, Stack, TransformerConfig, check_length, param_init
 
 # name: (layers, heads, d_model, context). d_ff is 4 * d_model for all of them.
 SIZES = {
@@ -46,8 +47,10 @@ class GPT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, deterministic: bool = True, return_hidden: bool = False, *, positions=None,
-               padding_mask=None, decode: bool = False):
-    """tokens (B, T) int -> logits (B, T, vocab) in float32 (or the final hidden states).
+               padding_mask=None, decode: bool = False, targets=None):
+    """tokens (B, T) int -> logits (B, T, vocab) in float32 (or the final hidden states);
+    with `targets` (B, T), the per-token cross-entropy (B, T) instead of the logits, computed
+    without holding them all (kernels.ops.tied_cross_entropy), as nanoGPT's model returns its loss.
 
     Decoding (ssl_jax/generate.py) passes `decode` (keys and values go to the `cache`
     collection, see layers.Attention), each row's `positions` (B, T) (rows are left-padded
@@ -69,7 +72,11 @@ class GPT(nn.Module):
     x = LayerNorm(cfg, name='ln_f')(x)
     if return_hidden:
       return x
-    logits = tied_logits(x, jnp.asarray(wte, cfg.compute_dtype))              # (B, T, V), tied
+    if targets is not None:
+      constrain = lambda logits: nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+      whole_rows = lambda table: nn.with_logical_constraint(table, ('vocab', None))
+      return tied_cross_entropy(x, jnp.asarray(wte, cfg.compute_dtype), targets, cfg.kernels, constrain, whole_rows)
+    logits = tied_logits(x, jnp.asarray(wte, cfg.compute_dtype), impl=cfg.kernels)   # (B, T, V), tied
     logits = nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
     return logits.astype(jnp.float32)
 

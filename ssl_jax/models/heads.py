@@ -18,7 +18,7 @@ from ssl_jax.models.layers import Dense, Dropout, TransformerConfig
 
 
 def _head(cfg: TransformerConfig, outputs: int):
-  return Dense((outputs,), ('embed', None), cfg.init_std, dtype=cfg.dtype, name='head')
+  return Dense((outputs,), ('embed', None), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels, name='head')
 
 
 class BertClassifier(nn.Module):

@@ -1,7 +1,6 @@
 """Causal language modelling: predict every next token (GPT)."""
 
 import jax
-import optax
 
 from ssl_jax import flops, generate
 from ssl_jax.data.corpus import TextCorpus
@@ -23,9 +22,9 @@ def model_inputs(batch) -> dict:
 
 
 def loss_fn(model, params, batch, rng, train: bool):
-  logits = model.apply({'params': params}, **model_inputs(batch), deterministic=not train,
-                       rngs={'dropout': rng})                                  # (B, T, V)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets']).mean()
+  per_token = model.apply({'params': params}, **model_inputs(batch), targets=batch['targets'],
+                          deterministic=not train, rngs={'dropout': rng})     # (B, T)
+  loss = per_token.mean()
   return loss, {'loss': loss}
 
 
