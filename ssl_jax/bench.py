@@ -55,7 +55,7 @@ def run(config, workdir: str = '', profile_dir: str = '') -> dict:
 
   model_flops, megatron_flops = s.task.flops_per_step(config)
   devices = jax.device_count()
-  peak = flops.peak_flops(bc.peak_flops, jax.numpy.dtype(config.model.dtype)) * devices
+  peak = flops.peak_flops(bc.peak_flops, jax.numpy.dtype(s.choice.dtype)) * devices
   unit = s.data.unit
   mc = config.model
   return {
@@ -70,6 +70,7 @@ def run(config, workdir: str = '', profile_dir: str = '') -> dict:
       'flops_per_step': model_flops,
       'peak_flops': peak,
       'mfu': model_flops / step_s / peak,
+      'kernels': s.choice.kernels, 'attention': s.choice.attention, 'dtype': s.choice.dtype,
       'mfu_megatron': megatron_flops / step_s / peak,
       'loss': float(step_metrics['loss']),
       'input_batches_per_sec': batches_per_sec,

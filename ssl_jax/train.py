@@ -348,7 +348,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   logger = metrics_lib.MetricLogger(workdir, tc.steps, start, unit=s.data.unit)
   logger.print(f'{config.experiment or "run"}: {s.num_params:,} parameters on {s.mesh.devices.size} devices '
                f'(mesh data={s.mesh.shape["data"]} fsdp={s.mesh.shape["fsdp"]} tensor={s.mesh.shape["tensor"]}), '
-               f'compiled in {s.compile_s:.1f}s; ' + (f'resumed at step {start}' if start else 'fresh start'))
+               f'{s.choice.describe()}, compiled in {s.compile_s:.1f}s; '
+               + (f'resumed at step {start}' if start else 'fresh start'))
   units_per_step = tc.batch_size * s.data.units_per_example
   preemption = _Preemption()
   last = {}

@@ -29,14 +29,14 @@ def fc_kernel(params):
 
 
 def run(config, steps):
-  """(final state, losses) of `steps` train steps from a fresh init."""
+  """(final state, losses, the kernels chosen) of `steps` train steps from a fresh init."""
   s = train.setup(config, tempfile.mkdtemp())
   state = s.init_fn(jax.random.key(config.seed))
   losses = []
   for step in range(int(steps)):
     state, m = s.train_fn(state, s.put(s.data.train.batch(step)))
     losses.append(float(m['loss']))
-  return state, losses
+  return state, losses, s.choice.describe()
 
 
 def meshes(corpus, steps, experiment, shapes, parsed):
@@ -45,9 +45,9 @@ def meshes(corpus, steps, experiment, shapes, parsed):
   for shape in shapes.split('/'):
     d, f, t = (int(x) for x in shape.split(','))
     config = tiny_config(corpus, experiment, **parsed, **{'mesh.data': d, 'mesh.fsdp': f, 'mesh.tensor': t})
-    state, losses = run(config, steps)
+    state, losses, choice = run(config, steps)
     kernel = fc_kernel(state.params)
-    runs.append({'mesh': [d, f, t], 'losses': losses, 'fc_kernel_shape': list(kernel.shape),
+    runs.append({'mesh': [d, f, t], 'losses': losses, 'choice': choice, 'fc_kernel_shape': list(kernel.shape),
                  'fc_kernel_shard_shape': list(kernel.sharding.shard_shape(kernel.shape))})
   print(json.dumps({'devices': jax.device_count(), 'runs': runs}))
 
@@ -67,7 +67,7 @@ def main(corpus, steps, *overrides):
     parsed[key] = json.loads(value) if value[:1].isdigit() or value[:1] in '-[{' else value
   if shapes:
     return meshes(corpus, steps, experiment, shapes, parsed)
-  state, losses = run(tiny_config(corpus, experiment, **parsed), steps)
+  state, losses, _ = run(tiny_config(corpus, experiment, **parsed), steps)
   kernel = state.params['blocks']['h_0']['mlp']['fc']['kernel']
   embedding = state.params['wte' if 'wte' in state.params else 'word_embeddings']
   print(json.dumps({

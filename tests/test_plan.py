@@ -65,3 +65,63 @@ def test_named_sizes_have_their_papers_parameter_counts(size, billions):
     config.train.batch_size = 1
   s = train.setup(config, tempfile.mkdtemp(), compile_steps=False)    # abstract: nothing allocated
   assert s.num_params / 1e9 == pytest.approx(billions, rel=0.01 if size == 'gpt3:175B' else 0.03)
+
+
+TPU_LIKE = '''HloModule m
+
+%fused_mm (p0: bf16[8,64], p1: bf16[64,32]) -> bf16[8,32] {
+  %p0 = bf16[8,64]{1,0} parameter(0)
+  %p1 = bf16[64,32]{1,0} parameter(1)
+  ROOT %convolution.1 = bf16[8,32]{1,0} convolution(%p0, %p1), dim_labels=bf_io->bf
+}
+
+%padded (p0: bf16[4,16,3], p1: bf16[3,16,5]) -> bf16[4,3,5] {
+  %p0 = bf16[4,16,3]{2,1,0} parameter(0)
+  %p1 = bf16[3,16,5]{2,1,0} parameter(1)
+  ROOT %convolution.2 = bf16[4,3,5]{2,1,0} convolution(%p0, %p1), window={size=3 pad=1_1 rhs_reversal=1}, dim_labels=bf0_0io->b0f
+}
+
+%cond (c: (s32[], bf16[8,64])) -> pred[] {
+  %c = (s32[], bf16[8,64]) parameter(0)
+  %n = s32[] constant(6)
+  %i = s32[] get-tuple-element(%c), index=0
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%body (b: (s32[], bf16[8,64])) -> (s32[], bf16[8,64]) {
+  %b = (s32[], bf16[8,64]) parameter(0)
+  %x = bf16[8,64]{1,0} get-tuple-element(%b), index=1
+  %w = bf16[64,32]{1,0} constant({...})
+  %f = bf16[8,32]{1,0} fusion(%x, %w), kind=kOutput, calls=%fused_mm
+  %i = s32[] get-tuple-element(%b), index=0
+  ROOT %t = (s32[], bf16[8,64]) tuple(%i, %x)
+}
+
+ENTRY %main (a: bf16[8,64], q: bf16[2,4,256,16]) -> bf16[8,64] {
+  %a = bf16[8,64]{1,0} parameter(0)
+  %q = bf16[2,4,256,16]{3,2,1,0} parameter(1)
+  %w = (s32[], bf16[8,64]) while(%init), condition=%cond, body=%body
+  %splash_mha_fwd_residuals.3 = (bf16[2,4,256,16]{3,2,1,0}, f32[2,4,256,128]{3,2,1,0}) custom-call(%q, %q, %q), custom_call_target="tpu_custom_call"
+  %x = bf16[4,16,3]{2,1,0} parameter(2)
+  %k = bf16[3,16,5]{2,1,0} parameter(3)
+  %c = bf16[4,3,5]{2,1,0} fusion(%x, %k), kind=kOutput, calls=%padded
+  ROOT %r = bf16[8,64]{1,0} copy(%a)
+}
+'''
+
+
+def test_program_costs_from_tpu_style_hlo():
+  from ssl_jax import hlo
+  got = hlo.costs(TPU_LIKE, causal=True)
+  matmul = 2 * 8 * 64 * 32 * 6                             # in a loop whose condition says i < 6
+  # The padded window of 3 over 3 positions: (output, tap) pairs inside the input are 3+2+2+... = 7,
+  # not 3 x 3 (XLA:TPU writes small dot axes as padded spatial dimensions).
+  padded = 2 * 4 * 5 * 16 * 7
+  flash = 2 * 2 * (2 * 4 * 256 * 256 * 16) * 0.5            # forward: 2 products, causal: half
+  assert got['flops'] == pytest.approx(matmul + padded + flash)
+  assert got['custom_calls'] == {'splash_mha_fwd_residuals': 1}
+  assert hlo.attention_kernel(got['custom_calls']) == 'splash'
+  per_fusion = (8 * 64 + 64 * 32 + 8 * 32) * 2               # operands and result of the fusion, bf16
+  splash_io = 3 * 2 * 4 * 256 * 16 * 2 + (2 * 4 * 256 * 16 * 2 + 2 * 4 * 256 * 128 * 4)
+  conv_io = (4 * 16 * 3 + 3 * 16 * 5 + 4 * 3 * 5) * 2
+  assert got['hbm_bytes'] == per_fusion * 6 + splash_io + conv_io + 2 * 8 * 64 * 2

@@ -63,6 +63,18 @@ def test_data_fsdp_and_tensor_meshes_on_8_devices_match_one_device(corpus, exper
     assert run['fc_kernel_shard_shape'] == [d_model // fsdp, d_ff // tensor], run['mesh']
 
 
+@pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny'])
+def test_the_accelerator_formulation_on_a_sharded_cpu_mesh_matches_the_cpu_kernels(corpus, experiment):
+  # model.kernels=xla: the plain products, norms, attention and chunked loss that GPUs and
+  # TPUs run (without their fused attention kernels), here on 8 CPU devices.
+  cpu = run_steps(corpus, 5, 1, f'--experiment={experiment}', '--meshes=1,1,1')
+  xla = run_steps(corpus, 5, 8, f'--experiment={experiment}', '--meshes=2,2,2/1,4,2', '--config.model.kernels=xla')
+  assert cpu['runs'][0]['choice'] == 'kernels cpu, attention cpu, float32 on cpu'
+  for run in xla['runs']:
+    assert run['choice'] == 'kernels xla, attention xla, float32 on cpu'
+    assert run['losses'] == pytest.approx(cpu['runs'][0]['losses'], rel=2e-5), run['mesh']
+
+
 def test_fsdp_shards_adam_moments_and_embeddings(corpus):
   sharded = run_steps(corpus, 1, 8, '--config.mesh.data=4', '--config.mesh.fsdp=2')
   assert sharded['adam_mu_fc_shard_shape'] == [16, 64]

@@ -15,6 +15,7 @@ import optax
 from ssl_jax import flops
 from ssl_jax.config import ConfigError
 from ssl_jax.data import labelled
+from ssl_jax.data.bert_examples import SPECIALS
 from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.tasks import Data, vision
 
@@ -34,7 +35,9 @@ def make_data(config, workdir: str) -> Data:
   rows, held_out = labelled.split(config, lambda path: list(zip(*labelled.read_tsv(path))))
   (texts, texts_b, names), (eval_texts, eval_texts_b, eval_names) = (
       tuple(list(column) for column in zip(*part)) for part in (rows, held_out))
-  tok = run_tokenizer(config, workdir, lambda: texts + [b for b in texts_b if b])
+  # From scratch, an encoder's vocabulary needs BERT's special pieces (a pretrained body brings its own).
+  tok = run_tokenizer(config, workdir, lambda: texts + [b for b in texts_b if b],
+                      () if config.model.family == 'gpt_classifier' else SPECIALS)
   labels, classes = labelled.label_ids(names)
   eval_labels, _ = labelled.label_ids(eval_names, classes)
   if config.model.num_classes <= 0:

@@ -14,6 +14,7 @@ import optax
 from ssl_jax import flops
 from ssl_jax.config import ConfigError
 from ssl_jax.data import labelled, squad
+from ssl_jax.data.bert_examples import SPECIALS
 from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.tasks import Data
 
@@ -26,7 +27,8 @@ def make_data(config, workdir: str) -> Data:
   if not d.path:
     raise ConfigError('span_qa needs data.path: a SQuAD-style JSON file')
   examples, held_out = labelled.split(config, squad.read_squad)
-  tok = run_tokenizer(config, workdir, lambda: [e.question + '\n' + e.context for e in examples + held_out])
+  tok = run_tokenizer(config, workdir, lambda: [e.question + '\n' + e.context for e in examples + held_out],
+                      SPECIALS)
   pi, pc = jax.process_index(), jax.process_count()
   train_features = squad.make_features(examples, tok, d.seq_len, f.doc_stride, f.max_query_len)
   eval_features = squad.make_features(held_out, tok, d.seq_len, f.doc_stride, f.max_query_len)

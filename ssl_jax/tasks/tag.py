@@ -13,6 +13,7 @@ import optax
 from ssl_jax import flops
 from ssl_jax.config import ConfigError
 from ssl_jax.data import labelled
+from ssl_jax.data.bert_examples import SPECIALS
 from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.tasks import Data
 
@@ -25,7 +26,7 @@ def make_data(config, workdir: str) -> Data:
   if not d.path:
     raise ConfigError('tagging needs data.path: a CoNLL-U file (FORM and UPOS columns)')
   sentences, held_out = labelled.split(config, labelled.read_conllu_tags)
-  tok = run_tokenizer(config, workdir, lambda: [' '.join(words) for words, _ in sentences + held_out])
+  tok = run_tokenizer(config, workdir, lambda: [' '.join(words) for words, _ in sentences + held_out], SPECIALS)
   # The tag set is read from both splits: a rare tag missing from a small training part is
   # still a class the held-out words are scored against.
   _, classes = labelled.label_ids([t for _, ts in sentences + held_out for t in ts])

@@ -1,0 +1,78 @@
+"""The accelerator program, compiled by the real TPU compiler (libtpu) for a v5p:2x2x1 slice on
+this CPU host: every family and pretext task, tiny configs, through `run.py plan --topology`."""
+
+import json
+import os
+import re
+
+import pytest
+
+from conftest import ROOT, last_json_line, run_cli, shared_data
+
+TOPOLOGY = 'v5p:2x2x1'
+TINY = ['--config.model.num_layers=2', '--config.model.num_heads=2', '--config.model.d_model=64',
+        '--config.model.d_ff=128', '--config.train.batch_size=8', '--config.mesh.data=1', '--config.mesh.fsdp=4',
+        '--config.mesh.tensor=1']
+TEXT = ['--config.data.seq_len=128', '--config.model.max_len=128']
+VISION = ['--config.data.image_size=16', '--config.model.patch=4']
+CASES = {
+    'gpt': ('default.py', TEXT),
+    'bert': ('bert.py:tiny', TEXT + ['--config.model.vocab_size=600', '--config.data.max_predictions=5']),
+    'mae': ('vit_mae.py', VISION + ['--config.model.decoder_layers=1', '--config.model.decoder_d_model=32',
+                                    '--config.model.decoder_heads=2']),
+    'jigsaw': ('vit_jigsaw.py', ['--config.data.image_size=24', '--config.model.patch=4', '--config.model.tile_size=8',
+                                 '--config.model.jigsaw_hidden=64']),
+    'rotation': ('vit_rotation.py', VISION),
+    'inpaint': ('vit_inpaint.py', VISION),
+    'finetune_sst2': ('finetune_sst2.py', TEXT + ['--config.model.vocab_size=600', '--config.data.max_examples=400']),
+}
+
+
+def libtpu_present():
+  try:
+    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    return True
+  except ImportError:
+    return False
+
+
+pytestmark = pytest.mark.skipif(not libtpu_present() and not os.environ.get('CI'),
+                                reason='libtpu is not installed (pip install -r tests/requirements.txt brings it)')
+
+
+def corpus_args(case, tmp_path, corpus):
+  if case in ('gpt', 'bert'):
+    return [f'--config.data.path={corpus}']
+  if case == 'finetune_sst2':
+    return [f'--config.data.path={shared_data("sst2", "train.tsv")}']
+  return []
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_every_family_compiles_for_a_tpu_slice(case, tmp_path, corpus):
+  experiment, extra = CASES[case]
+  workdir = tmp_path / 'plan'
+  proc = run_cli('plan', '--config', f'experiments/{experiment}', '--topology', TOPOLOGY, *TINY, *extra,
+                 *corpus_args(case, tmp_path, corpus), '--workdir', str(workdir))
+  r = last_json_line(proc.stdout)
+  with open(workdir / 'plan.json') as f:
+    assert json.load(f) == r
+  assert r['devices'] == 4 and r['accelerator'] == 'TPU v5p' and 'libtpu' in r['target']
+  assert r['kernels'] == 'xla' and r['dtype'] == 'bfloat16'
+  assert r['involuntary_full_rematerializations'] == 0
+  assert 'Involuntary full rematerialization' not in proc.stderr
+  if case in ('gpt', 'bert', 'finetune_sst2'):     # causal GPT, padded BERT: the Pallas kernel is in the program
+    assert r['attention'] == 'splash' and any(k.startswith('splash_mha_fwd') for k in r['custom_calls'])
+  b = r['bytes_per_device']
+  # fsdp=4 splits every parameter's embed axis (64 -> 16): a device holds about a quarter.
+  assert r['params'] * 4 / 4 * 0.9 < b['params'] < r['params'] * 4 / 4 * 1.35
+  assert b['optimizer_state'] >= 2 * b['params'] and b['generated_code'] > 0
+  roof = r['roofline']
+  assert roof['compute_s'] > 0 and roof['memory_s'] > 0 and roof['bound_by'] in ('compute', 'memory')
+  assert 0 < roof['mfu_bound'] <= 1.5
+  if case == 'gpt':
+    # The parameters enter the program sharded as the rules say: wpe (positions, embed) with embed over fsdp.
+    with open(workdir / 'plan_hlo.txt') as f:
+      entry = next(line for line in f if line.startswith('ENTRY'))
+    shapes = re.findall(r'f32\[(\d+),(\d+)\]', entry)
+    assert ('128', '16') in shapes and ('128', '64') not in shapes     # 128 positions, 64 / 4 wide
