@@ -14,6 +14,7 @@ It prints a table of every run, the median tokens/s of each side and the ratio o
 See benchmarks/README.md.
 """
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -59,34 +60,59 @@ def nanogpt_worker(args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(1337)
-    s = SHAPES[args.shape]
+    s = {**SHAPES[args.shape], **{k: getattr(args, k) for k in SHAPES[args.shape] if getattr(args, k) is not None}}
+    cuda = args.device == "cuda"
+    if cuda:  # as nanoGPT's train.py sets them
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     model = GPT(GPTConfig(block_size=s["seq_len"], vocab_size=s["vocab"], n_layer=s["layers"], n_head=s["heads"],
                           n_embd=s["width"], dropout=0.0, bias=False))  # bias=False: train.py's default
+    model.to(args.device)
     model.train()
-    optimizer = model.configure_optimizers(TRAIN["weight_decay"], TRAIN["lr"], TRAIN["betas"], "cpu")
+    optimizer = model.configure_optimizers(TRAIN["weight_decay"], TRAIN["lr"], TRAIN["betas"], args.device)
+    params = sum(p.numel() for p in model.parameters())
+    if args.compile:
+        model = torch.compile(model)  # after the optimizer, as train.py does
+    # bfloat16: autocast around the forward, as train.py's `ctx`; float32: no autocast.
+    autocast = (torch.amp.autocast(device_type=args.device, dtype=torch.bfloat16) if args.dtype == "bfloat16"
+                else contextlib.nullcontext())
     # A few random batches made up front, so the timed loop is the train step only.
-    batches = [torch.randint(s["vocab"], (2, s["batch"], s["seq_len"])) for _ in range(4)]
+    batches = [torch.randint(s["vocab"], (2, s["batch"], s["seq_len"]), device=args.device) for _ in range(4)]
 
     def step(i):
         x, y = batches[i % len(batches)]
-        _, loss = model(x, y)
+        with autocast:
+            _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN["grad_clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
 
+    t0 = time.perf_counter()
     for i in range(args.warmup):
         step(i)
+    if cuda:
+        torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - t0  # includes torch.compile's compilation, if any
     times = []
-    for i in range(args.steps):
+    if cuda:  # one synchronisation after the timed steps, as run.py bench: the GPU runs ahead of Python
         t0 = time.perf_counter()
-        loss = step(i)
-        times.append(time.perf_counter() - t0)
+        for i in range(args.steps):
+            loss = step(i)
+        torch.cuda.synchronize()
+        times = [(time.perf_counter() - t0) / args.steps] * args.steps
+    else:
+        for i in range(args.steps):
+            t0 = time.perf_counter()
+            loss = step(i)
+            times.append(time.perf_counter() - t0)
     total = sum(times)
-    print(json.dumps({"model": "nanoGPT", "params": sum(p.numel() for p in model.parameters()),
+    print(json.dumps({"model": "nanoGPT", "params": params,
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": s["batch"],
                       "seq_len": s["seq_len"], "steps": args.steps, "warmup": args.warmup,
+                      "layers": s["layers"], "heads": s["heads"], "width": s["width"], "vocab": s["vocab"],
+                      "device": args.device, "dtype": args.dtype, "compile": args.compile, "warmup_s": warmup_s,
                       "tokens_per_sec": args.steps * s["batch"] * s["seq_len"] / total,
                       "step_ms": 1000 * total / args.steps, "step_ms_median": 1000 * statistics.median(times),
                       "loss": loss.item()}))
@@ -103,6 +129,13 @@ def main():
     p.add_argument("--ours-extra", default="", help="extra flags for run.py bench, as one quoted string")
     p.add_argument("--repo", default=str(REPO), help="where run.py is (default: this file's repository)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    # Worker only (benchmarks/gpu_check.sh): where and how nanoGPT runs, and shape fields overriding --shape's.
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="worker: nanoGPT's device")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="worker: bfloat16 = autocast as nanoGPT's train.py")
+    p.add_argument("--compile", action="store_true", help="worker: torch.compile the model")
+    for key in SHAPES["baby"]:
+        p.add_argument("--" + key.replace("_", "-"), dest=key, type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if not (Path(args.nanogpt) / "model.py").is_file():
         sys.exit(f"--nanogpt {args.nanogpt}: no model.py there; check out github.com/karpathy/nanoGPT")

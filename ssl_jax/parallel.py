@@ -107,6 +107,19 @@ def mesh_shape(mesh_config, num_devices: int):
 def make_mesh(mesh_config, devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_config, len(devices))
+  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  if slices > 1:
+    # Several TPU slices joined over the data-center network: the slowest links carry the
+    # least traffic, so the slices split the data axis (else fsdp), each slice the rest.
+    from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+    axis = 0 if shape[0] % slices == 0 else 1
+    if shape[axis] % slices:
+      raise ConfigError(f'mesh: {slices} slices must divide mesh.data={shape[0]} or mesh.fsdp={shape[1]}')
+    dcn = [1, 1, 1]
+    dcn[axis] = slices
+    ici = [s // d for s, d in zip(shape, dcn)]
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    return Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
   # Auto axes: XLA's partitioner propagates shardings from parameters, inputs and the
   # logical constraints (the GSPMD model every TPU/GPU trainer uses).
   return jax.make_mesh(shape, AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))

@@ -125,3 +125,16 @@ def test_program_costs_from_tpu_style_hlo():
   splash_io = 3 * 2 * 4 * 256 * 16 * 2 + (2 * 4 * 256 * 16 * 2 + 2 * 4 * 256 * 128 * 4)
   conv_io = (4 * 16 * 3 + 3 * 16 * 5 + 4 * 3 * 5) * 2
   assert got['hbm_bytes'] == per_fusion * 6 + splash_io + conv_io + 2 * 8 * 64 * 2
+
+
+@pytest.mark.parametrize('name, canonical', [('h100', 'H100'), ('H200', 'H200'), ('tpu v5p', 'TPU v5p'),
+                                             ('v5e', 'TPU v5e'), ('TPU-v4', 'TPU v4'), ('a100-40gb', 'A100-40GB')])
+def test_accelerator_names_are_case_insensitive(name, canonical):
+  spec = plan.accelerator_spec(name)
+  assert spec[0] == canonical and spec[1:] == plan.ACCELERATORS[canonical]
+
+
+def test_a_memory_size_as_accelerator_has_no_roofline_and_an_unknown_name_is_refused():
+  assert plan.accelerator_spec('24GB')[1:] == (24e9, None, None)
+  with pytest.raises(config_lib.ConfigError, match="--accelerator 'Z80'"):
+    plan.accelerator_spec('Z80')

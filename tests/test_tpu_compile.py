@@ -76,3 +76,12 @@ def test_every_family_compiles_for_a_tpu_slice(case, tmp_path, corpus):
       entry = next(line for line in f if line.startswith('ENTRY'))
     shapes = re.findall(r'f32\[(\d+),(\d+)\]', entry)
     assert ('128', '16') in shapes and ('128', '64') not in shapes     # 128 positions, 64 / 4 wide
+
+
+def test_two_slices_over_dcn_compile(tmp_path, corpus):
+  proc = run_cli('plan', '--config', 'experiments/default.py', '--topology', 'v5e:2x2', '--slices', '2',
+                 '--config.mesh.data=2', '--config.mesh.fsdp=4', '--config.mesh.tensor=1', *TINY[:4],
+                 '--config.data.seq_len=128', '--config.train.batch_size=16', f'--config.data.path={corpus}')
+  r = last_json_line(proc.stdout)
+  assert r['devices'] == 8 and '2 slices' in r['target'] and r['accelerator'] == 'TPU v5e'
+  assert r['mesh'] == [2, 4, 1] and r['bytes_per_device']['params'] > 0
