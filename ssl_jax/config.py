@@ -36,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bias = True
   c.model.activation = 'gelu_tanh'  # gelu_tanh (GPT-2) | gelu (exact erf, BERT)
   c.model.dtype = 'auto'        # compute dtype (auto: bfloat16 on TPU/GPU, float32 on CPU); parameters stay float32
-  c.model.kernels = 'auto'      # auto (from the mesh's devices) | xla (plain, every backend) | cpu (XLA:CPU workarounds)
+  c.model.kernels = 'auto'      # auto (from the mesh's devices) | xla (plain, every backend) | cpu (XLA:CPU's)
   c.model.attention = 'auto'    # auto | xla | splash (TPU Pallas) | cudnn (GPU flash) | cpu (blocked causal einsums)
   c.model.scan_layers = False   # scan one block over the layers: compile time independent of depth
   c.model.remat = 'none'        # none | dots (keep weight-matmul outputs) | full: recompute in the backward pass

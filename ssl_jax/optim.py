@@ -58,8 +58,9 @@ def clip_by_global_norm(max_norm: float, kernels: str = 'xla') -> optax.Gradient
 
 
 def make(train, frozen=None, kernels: str = 'xla') -> optax.GradientTransformation:
-  """AdamW as `train` says (`kernels`: which formulation of the gradient norm, ssl_jax/kernels); with `frozen` (a path predicate) those parameters never move
+  """AdamW as `train` says; with `frozen` (a path predicate) those parameters never move
   (the train step zeroes their gradients; this zeroes their updates, weight decay included).
+  `kernels` says which formulation of the gradient norm the clipping uses (ssl_jax/kernels).
   `update` takes an optional `grad_norm=` (the gradients' global norm) for the clipping."""
   parts = []
   if train.grad_clip > 0:

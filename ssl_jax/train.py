@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax import checkpoint, config as config_lib, kernels, metrics as metrics_lib, models, optim, parallel, tasks, transfer
+from ssl_jax import (checkpoint, config as config_lib, kernels, metrics as metrics_lib, models, optim, parallel, tasks,
+                     transfer)
 from ssl_jax.kernels import ops
 from ssl_jax.data import tokenizer as tokenizers
 

@@ -94,8 +94,9 @@ def splash(q, k, v, causal: bool, padding_mask=None, interpret: bool = False):
   sees a padded key. Padded queries see only padded keys: their outputs are meaningless
   and finite, and nothing downstream reads them.
   """
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk  # pylint: disable=import-outside-toplevel
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm  # pylint: disable=import-outside-toplevel
+  # Imported here: the Pallas TPU package is only needed where splash is chosen.
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=import-outside-toplevel
+      splash_attention_kernel as sk, splash_attention_mask as sm)
   b, t, h, d = q.shape
   padded_t = -(-t // SPLASH_BLOCK) * SPLASH_BLOCK
   segments = None

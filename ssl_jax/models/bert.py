@@ -64,13 +64,15 @@ class BERT(nn.Module):
                             name='pooler')(x[:, 0]))                                # (B, C) from [CLS]
     if return_hidden:
       return {'hidden': x, 'pooled': pooled}
-    nsp_logits = Dense((2,), ('mlp', None), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels, name='nsp')(pooled)  # (B, 2)
+    nsp_logits = Dense((2,), ('mlp', None), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels,
+                       name='nsp')(pooled)                                          # (B, 2)
     h = x if masked_positions is None else jnp.take_along_axis(x, masked_positions[..., None], axis=1)  # (B, P, C)
     h = nn.with_logical_constraint(h, ('batch', 'length', 'embed'))
     # Its output axis has a name of its own, which the rules table splits over 'tensor' (as 'mlp')
     # except on CPU: with data, fsdp and tensor all > 1, XLA:CPU got the gradients of the
     # LayerNorm after it wrong (seen with jax 0.10.2).
-    h = Dense((cfg.d_model,), ('embed', 'mlm_transform'), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels, name='mlm_transform')(h)
+    h = Dense((cfg.d_model,), ('embed', 'mlm_transform'), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels,
+              name='mlm_transform')(h)
     h = LayerNorm(cfg, name='mlm_ln')(activation_fn(cfg.activation)(h))
     bias = self.param('mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
                       (cfg.vocab_size,))

@@ -85,7 +85,8 @@ class ViT(nn.Module):
     if keep is not None:   # only the visible patches are embedded and encoded
       patches = jnp.take_along_axis(patches, keep[..., None], axis=1)          # (B, K, p*p*C)
       pos = jnp.take_along_axis(pos, keep[..., None], axis=1)                  # (B, K, C)
-    x = Dense((cfg.d_model,), (None, 'embed'), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels, name='patch_embed')(patches)
+    x = Dense((cfg.d_model,), (None, 'embed'), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels,
+              name='patch_embed')(patches)
     x = x + pos.astype(x.dtype)
     if self.class_token:
       cls = self.param('cls', param_init(cfg.init_std, (None, None, 'embed')), (1, 1, cfg.d_model))
@@ -114,7 +115,8 @@ class MAE(nn.Module):
     dec = self.decoder_cfg
     n = self.encoder.num_patches
     x = self.encoder(images, keep, deterministic)                              # (B, 1 + K, C)
-    x = Dense((dec.d_model,), ('embed', None), dec.init_std, dtype=dec.dtype, kernels=dec.kernels, name='decoder_embed')(x)
+    x = Dense((dec.d_model,), ('embed', None), dec.init_std, dtype=dec.dtype, kernels=dec.kernels,
+              name='decoder_embed')(x)
     mask_token = self.param('mask_token', param_init(dec.init_std, (None, None, None)), (1, 1, dec.d_model))
     b = x.shape[0]
     if keep is None:
@@ -127,7 +129,8 @@ class MAE(nn.Module):
     y = Stack(dec, causal=False, name='decoder_blocks')(y, None, deterministic)
     y = LayerNorm(dec, name='decoder_ln')(y)
     pixels = self.patch * self.patch * images.shape[-1]
-    return Dense((pixels,), (None, None), dec.init_std, dtype=dec.dtype, kernels=dec.kernels, name='decoder_pred')(y[:, 1:])
+    return Dense((pixels,), (None, None), dec.init_std, dtype=dec.dtype, kernels=dec.kernels,
+                 name='decoder_pred')(y[:, 1:])
 
 
 class ViTClassifier(nn.Module):
@@ -143,7 +146,9 @@ class ViTClassifier(nn.Module):
   @nn.compact
   def __call__(self, images, deterministic: bool = True):
     x = self.encoder(images, None, deterministic)                              # (B, 1 + N, C)
-    logits = Dense((self.num_classes,), ('embed', None), self.cfg.init_std, dtype=self.cfg.dtype, kernels=self.cfg.kernels, name='head')(x[:, 0])
+    cfg = self.cfg
+    logits = Dense((self.num_classes,), ('embed', None), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels,
+                   name='head')(x[:, 0])
     return logits.astype(jnp.float32)                                          # (B, classes)
 
 
@@ -220,7 +225,9 @@ class JigsawNet(nn.Module):
     if order is not None:
       x = jnp.take_along_axis(x, order[..., None], axis=1)                            # shuffled
     cfg = self.cfg
-    x = Dense((self.hidden,), (None, 'embed', 'mlp'), cfg.init_std, in_axes=2, dtype=cfg.dtype, kernels=cfg.kernels, name='fc')(x)
+    x = Dense((self.hidden,), (None, 'embed', 'mlp'), cfg.init_std, in_axes=2, dtype=cfg.dtype, kernels=cfg.kernels,
+              name='fc')(x)
     x = activation_fn(cfg.activation)(x)                                               # (B, H)
-    logits = Dense((self.num_permutations,), ('mlp', None), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels, name='head')(x)
+    logits = Dense((self.num_permutations,), ('mlp', None), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels,
+                   name='head')(x)
     return logits.astype(jnp.float32)                                                 # (B, P)
