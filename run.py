@@ -31,41 +31,84 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 COMMANDS = ('train', 'finetune', 'prepare', 'eval', 'bench', 'plan', 'generate', 'convert', 'fewshot', 'summarize')
 
 
-def parse(argv):
-  """(flags, [(key, text), ...]): the named flags, and the --config.KEY=VALUE overrides in order."""
-  parser = argparse.ArgumentParser(prog='run.py', description=__doc__.split('\n')[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog=__doc__.split('\n', 2)[2])
-  parser.add_argument('command', choices=COMMANDS)
-  parser.add_argument('--config', default=None, help='experiments/FILE.py[:ARG]')
-  parser.add_argument('--workdir', default=None, help='where checkpoints, metrics and plots go')
-  parser.add_argument('--steps', type=int, default=None, help='bench: timed steps')
-  parser.add_argument('--profile', default=None, help='bench: write a jax.profiler trace of 3 steps to this folder')
-  parser.add_argument('--prompt', default='\n', help='generate: the prompt')
-  parser.add_argument('--prompt_file', default=None, help='generate: a file of prompts, one a line')
-  parser.add_argument('--max_new_tokens', type=int, default=200, help='generate: tokens to sample')
-  parser.add_argument('--temperature', type=float, default=0.8, help='generate: 0 = greedy')
-  parser.add_argument('--top_k', type=int, default=200, help='generate: sample among the k likeliest')
-  parser.add_argument('--top_p', type=float, default=1.0, help='generate: sample among the likeliest tokens '
-                      'holding this much probability (1 = all)')
-  parser.add_argument('--stop', action='append', default=[], help='generate: cut the text at this string '
-                      '(repeatable; \\n for a newline)')
-  parser.add_argument('--task', default=None, help='fewshot: the test JSONL (context, choices + label, or target)')
-  parser.add_argument('--train', default=None, help='fewshot: the JSONL the K examples are drawn from')
-  parser.add_argument('--shots', default='0,1,4', help='fewshot: the values of K, comma-separated')
-  parser.add_argument('--input', default=None, help='summarize: JSONL of article (and reference)')
-  parser.add_argument('--from_hf', default=None, help='convert: a Hugging Face BERT or GPT-2 directory to import')
-  parser.add_argument('--to_hf', default=None, help='convert: a directory to export the workdir\'s BERT or GPT to')
-  parser.add_argument('--devices', type=int, default=None, help='plan: devices to plan for (default: those present)')
-  parser.add_argument('--accelerator', default='', help='plan: the device whose memory it must fit '
-                      '(H100, H200, B200, A100, A100-40GB, L4, TPU v4, TPU v5e, TPU v5p, TPU v6e, or e.g. 24GB; '
-                      'case-insensitive; default: the topology\'s chip, else H100)')
-  parser.add_argument('--topology', default='', help='plan: compile for this TPU slice with libtpu\'s compiler '
-                      '(e.g. v5p:2x2x1, v5e:16x16, v4:2x2x1, v6e:2x2; needs pip install "jax[tpu]")')
-  parser.add_argument('--slices', type=int, default=1, help='plan: --topology slices joined over DCN')
+# flag: (the commands that take it, argparse keywords, an example). --config, --workdir and
+# --debug belong to every command; --config.KEY=VALUE overrides are read before argparse.
+FLAGS = {
+    '--steps': (('bench',), dict(type=int, default=None, help='timed steps'), '--steps 50'),
+    '--profile': (('bench',), dict(default=None, help='write a jax.profiler trace of 3 steps to this folder'),
+                  '--profile runs/trace'),
+    '--prompt': (('generate',), dict(default='\n', help='the prompt'), '--prompt "ROMEO:"'),
+    '--prompt_file': (('generate',), dict(default=None, help='a file of prompts, one a line'),
+                      '--prompt_file prompts.txt'),
+    '--max_new_tokens': (('generate',), dict(type=int, default=200, help='tokens to sample'), '--max_new_tokens 300'),
+    '--temperature': (('generate',), dict(type=float, default=0.8, help='0 = greedy'), '--temperature 0'),
+    '--top_k': (('generate',), dict(type=int, default=200, help='sample among the k likeliest'), '--top_k 40'),
+    '--top_p': (('generate',), dict(type=float, default=1.0, help='sample among the likeliest tokens holding this '
+                                    'much probability (1 = all)'), '--top_p 0.9'),
+    '--stop': (('generate',), dict(action='append', default=[], help='cut the text at this string (repeatable; '
+                                   '\\n for a newline)'), '--stop "\\n\\n"'),
+    '--task': (('fewshot',), dict(default=None, help='the test JSONL (context, choices + label, or target)'),
+               '--task data/sst2_test.jsonl'),
+    '--train': (('fewshot',), dict(default=None, help='the JSONL the K examples are drawn from'),
+                '--train data/sst2_train.jsonl'),
+    '--shots': (('fewshot',), dict(default='0,1,4', help='the values of K, comma-separated'), '--shots 0,1,4,8'),
+    '--input': (('summarize',), dict(default=None, help='JSONL of article (and reference)'), '--input articles.jsonl'),
+    '--from_hf': (('convert',), dict(default=None, help='a Hugging Face BERT or GPT-2 directory to import'),
+                  '--from_hf path/to/hf_bert'),
+    '--to_hf': (('convert',), dict(default=None, help='a directory to export the workdir\'s BERT or GPT to'),
+                '--to_hf out/hf_bert'),
+    '--devices': (('plan',), dict(type=int, default=None, help='virtual devices to plan for (default: those present)'),
+                  '--devices 1024'),
+    '--accelerator': (('plan',), dict(default='', help='the device whose memory it must fit (H100, H200, B200, A100, '
+                                      'A100-40GB, L4, TPU v4, TPU v5e, TPU v5p, TPU v6e, or e.g. 24GB; '
+                                      'case-insensitive; default: the topology\'s chip, else H100)'),
+                      '--accelerator h100'),
+    '--topology': (('plan',), dict(default='', help='compile for this TPU slice with libtpu\'s compiler (needs pip '
+                                   'install "jax[tpu]")'), '--topology v5p:2x2x1'),
+    '--slices': (('plan',), dict(type=int, default=1, help='--topology slices joined over DCN'), '--slices 2'),
+}
+# What a flag of another command is spelled as here, where there is such a spelling.
+AS_CONFIG = {'--steps': '--config.train.steps=N'}
+
+
+def _description(command: str) -> str:
+  """The command's lines of the module docstring."""
+  lines = __doc__.split('\n')
+  start = next(i for i, line in enumerate(lines) if line.startswith(f'  {command} '))
+  text = [lines[start][len(command) + 2:].strip()]
+  for line in lines[start + 1:]:
+    if not line.startswith('            '):
+      break
+    text.append(line.strip())
+  return ' '.join(text)
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog=f'run.py {command}', description=_description(command),
+                                   epilog='Any config key: --config.KEY=VALUE (e.g. --config.train.steps=500).')
+  parser.add_argument('--config', default=None, help='experiments/FILE.py[:ARG] (e.g. --config experiments/bert.py:tiny)')
+  parser.add_argument('--workdir', default=None, help='where checkpoints, metrics and plots go (e.g. --workdir runs/x)')
   parser.add_argument('--debug', action='store_true', help='show full tracebacks')
-  overrides, rest = [], []
+  for flag, (commands, kwargs, example) in FLAGS.items():
+    if command in commands:
+      parser.add_argument(flag, **{**kwargs, 'help': f'{kwargs["help"]} (e.g. {example})'})
+  return parser
+
+
+def parse(argv):
+  """(flags, [(key, text), ...]): the command's flags, and the --config.KEY=VALUE overrides in order.
+
+  Each command takes only its own flags: another command's is an error that names where it
+  belongs (and the config key to use instead, where there is one)."""
+  top = argparse.ArgumentParser(prog='run.py', description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n', 2)[2])
+  top.add_argument('command', choices=COMMANDS)
   args = list(argv)
+  if not args or args[0] not in COMMANDS:
+    top.parse_args(args[:1] or ['--help'])      # --help, or the list of commands in an error
+  command, args = args[0], args[1:]
+  parser = command_parser(command)
+  overrides, rest = [], []
   while args:
     a = args.pop(0)
     if a.startswith('--config.'):
@@ -77,7 +120,23 @@ def parse(argv):
       overrides.append((key, value))
     else:
       rest.append(a)
-  return parser.parse_args(rest), overrides
+  flags, unknown = parser.parse_known_args(rest)
+  for token in unknown:
+    name = token.split('=', 1)[0]
+    owners = [c for c in COMMANDS if name in FLAGS and c in FLAGS[name][0]]
+    if owners:
+      instead = f'; for {command} use {AS_CONFIG[name]}' if name in AS_CONFIG and command != 'bench' else ''
+      message = f'{name} is a flag of {" and ".join(owners)}, not of {command}{instead}'
+    else:
+      message = f'unrecognized argument {token!r} for {command} (run.py {command} --help lists its flags)'
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(1)
+  for flag, (_, kwargs, _) in FLAGS.items():   # what cli.run reads for every command
+    name = flag[2:]
+    if not hasattr(flags, name):
+      setattr(flags, name, kwargs['default'])
+  flags.command = command
+  return flags, overrides
 
 
 def cpu_matmuls_through_onednn() -> None:

@@ -57,3 +57,20 @@ def test_missing_corpus_is_a_one_line_error(tmp_path):
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1].startswith('error: data.path: no file matches')
   assert 'Traceback' not in proc.stderr
+
+
+def test_each_command_takes_only_its_own_flags():
+  proc = run_cli('train', '--steps', '5', check=False)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == ('error: --steps is a flag of bench, not of train; '
+                                                  'for train use --config.train.steps=N')
+  proc = run_cli('eval', '--prompt', 'x', check=False)
+  assert proc.returncode == 1 and 'error: --prompt is a flag of generate, not of eval' in proc.stderr
+  proc = run_cli('generate', '--promt', 'x', check=False)
+  assert proc.returncode == 1 and "unrecognized argument '--promt' for generate" in proc.stderr
+  train_help, bench_help = run_cli('train', '--help').stdout, run_cli('bench', '--help').stdout
+  assert '--steps' in bench_help and '--steps' not in train_help
+  assert 'e.g. --steps 50' in bench_help and train_help.startswith('usage: run.py train')
+  plan_help = run_cli('plan', '--help').stdout
+  assert all(f in plan_help for f in ('--topology', '--slices', '--devices', '--accelerator'))
+  assert '--prompt' not in plan_help
