@@ -210,11 +210,13 @@ def flash_attention_flops(inst: Instruction, shapes: Dict[str, str], causal: boo
   forward pass is 2 products of 2 B H T^2 D, the dq kernel 3 and the dkv kernel 4 (each
   recomputes the scores); causal masking skips about half."""
   products = 4 if 'dkv' in inst.name else 3 if '_dq' in inst.name else 2
-  qkv = [dims_of(shapes.get(o, '')) for o in inst.operands]
-  qkv = [d for d in qkv if len(d) >= 3]
-  if not qkv:
+  # q, k and v share one (B, H, T, D) shape: the commonest 4-d operand shape (the kernel also
+  # takes small mask tables and, backward, statistics of other shapes).
+  shapes_4d = [tuple(dims_of(shapes.get(o, ''))) for o in inst.operands]
+  shapes_4d = [d for d in shapes_4d if len(d) == 4]
+  if not shapes_4d:
     return 0.0
-  q = qkv[0]
+  q = max(set(shapes_4d), key=lambda d: (shapes_4d.count(d), int(np.prod(d))))
   t, d = q[-2], q[-1]
   return products * 2.0 * int(np.prod(q[:-2])) * t * t * d * (0.5 if causal else 1.0)
 

@@ -101,7 +101,8 @@ ENTRY %main (a: bf16[8,64], q: bf16[2,4,256,16]) -> bf16[8,64] {
   %a = bf16[8,64]{1,0} parameter(0)
   %q = bf16[2,4,256,16]{3,2,1,0} parameter(1)
   %w = (s32[], bf16[8,64]) while(%init), condition=%cond, body=%body
-  %splash_mha_fwd_residuals.3 = (bf16[2,4,256,16]{3,2,1,0}, f32[2,4,256,128]{3,2,1,0}) custom-call(%q, %q, %q), custom_call_target="tpu_custom_call"
+  %m = s8[1,1,1]{2,1,0} constant({...})
+  %splash_mha_fwd_residuals.3 = (bf16[2,4,256,16]{3,2,1,0}, f32[2,4,256,128]{3,2,1,0}) custom-call(%m, %m, %q, %q, %q), custom_call_target="tpu_custom_call"
   %x = bf16[4,16,3]{2,1,0} parameter(2)
   %k = bf16[3,16,5]{2,1,0} parameter(3)
   %c = bf16[4,3,5]{2,1,0} fusion(%x, %k), kind=kOutput, calls=%padded
@@ -122,7 +123,7 @@ def test_program_costs_from_tpu_style_hlo():
   assert got['custom_calls'] == {'splash_mha_fwd_residuals': 1}
   assert hlo.attention_kernel(got['custom_calls']) == 'splash'
   per_fusion = (8 * 64 + 64 * 32 + 8 * 32) * 2               # operands and result of the fusion, bf16
-  splash_io = 3 * 2 * 4 * 256 * 16 * 2 + (2 * 4 * 256 * 16 * 2 + 2 * 4 * 256 * 128 * 4)
+  splash_io = 2 + 3 * 2 * 4 * 256 * 16 * 2 + (2 * 4 * 256 * 16 * 2 + 2 * 4 * 256 * 128 * 4)   # masks, q k v; o, lse
   conv_io = (4 * 16 * 3 + 3 * 16 * 5 + 4 * 3 * 5) * 2
   assert got['hbm_bytes'] == per_fusion * 6 + splash_io + conv_io + 2 * 8 * 64 * 2
 
