@@ -20,7 +20,7 @@ PY=${PYTHON:-python3}
 
 # Pure-Python packages the GPU image lacks (ml_collections, tensorboardX) travel as wheels in .whl/.
 if compgen -G ".whl/*.whl" > /dev/null; then
-  SITE=${GPU_CHECK_SITE:-/tmp/site}
+  SITE=${GPU_CHECK_SITE:-.whl/site}   # inside the git-ignored .whl/
   if ! "$PY" -m pip install -q --no-index --no-deps --upgrade --target "$SITE" .whl/*.whl; then
     echo "pip failed; unpacking the wheels into $SITE instead" >&2   # a pure-Python wheel is a zip of the site layout
     "$PY" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' \

@@ -19,6 +19,7 @@ PEAKS = {
     'TPU v5p': 459e12,
     'TPU v5': 459e12,
     'TPU v6 lite': 918e12,   # Trillium
+    'TPU v6e': 918e12,
     'NVIDIA A100': 312e12,
     'NVIDIA H100': 989e12,
     'NVIDIA H200': 989e12,
@@ -134,8 +135,15 @@ def peak_flops(override: float = 0.0, dtype=jnp.float32) -> float:
   device = jax.devices()[0]
   if device.platform == 'cpu':
     return measured_cpu_peak(dtype) / len(jax.local_devices())  # forced host devices share the cores
-  kind = device.device_kind
+  peak = datasheet_peak(device.device_kind)
+  if peak is None:
+    raise ValueError(f'no datasheet peak for device kind {device.device_kind!r}: set --config.bench.peak_flops')
+  return peak
+
+
+def datasheet_peak(kind: str):
+  """The dense bf16 peak of a device kind ('NVIDIA H100 80GB HBM3', 'TPU v5p', ...), or None."""
   for name in sorted(PEAKS, key=len, reverse=True):
     if kind.startswith(name) or name in kind:
       return PEAKS[name]
-  raise ValueError(f'no datasheet peak for device kind {kind!r}: set --config.bench.peak_flops')
+  return None

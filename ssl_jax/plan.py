@@ -20,20 +20,17 @@ import time
 import jax
 import numpy as np
 
-from ssl_jax import hlo
+from ssl_jax import flops, hlo
 
-# name: (memory per device, HBM bandwidth B/s, dense bf16 peak FLOP/s), from datasheets.
+# name: (memory per device, HBM bandwidth B/s), from datasheets; the bf16 peaks are flops.PEAKS'.
 ACCELERATORS = {
-    'H100': (80e9, 3.35e12, 989e12), 'H200': (141e9, 4.8e12, 989e12), 'B200': (192e9, 8.0e12, 2250e12),
-    'A100-40GB': (40e9, 1.555e12, 312e12), 'A100': (80e9, 2.039e12, 312e12), 'L4': (24e9, 0.3e12, 121e12),
-    'TPU v4': (32e9, 1.2e12, 275e12), 'TPU v5e': (16e9, 0.819e12, 197e12), 'TPU v5p': (95e9, 2.765e12, 459e12),
-    'TPU v6e': (32e9, 1.64e12, 918e12),
+    'H100': (80e9, 3.35e12), 'H200': (141e9, 4.8e12), 'B200': (192e9, 8.0e12), 'A100-40GB': (40e9, 1.555e12),
+    'A100': (80e9, 2.039e12), 'L4': (24e9, 0.3e12), 'TPU v4': (32e9, 1.2e12), 'TPU v5e': (16e9, 0.819e12),
+    'TPU v5p': (95e9, 2.765e12), 'TPU v6e': (32e9, 1.64e12),
 }
 # jax's device_kind of a TPU -> its name above.
 TPU_KINDS = {'TPU v4': 'TPU v4', 'TPU v5 lite': 'TPU v5e', 'TPU v5e': 'TPU v5e', 'TPU v5': 'TPU v5p',
              'TPU v5p': 'TPU v5p', 'TPU v6 lite': 'TPU v6e', 'TPU v6e': 'TPU v6e'}
-COLLECTIVES = hlo.COLLECTIVES
-collective_bytes = lambda text: {k: int(v) for k, v in hlo.costs(text)['collective_bytes'].items()}
 
 
 def per_device_bytes(tree) -> int:
@@ -49,9 +46,9 @@ def accelerator_spec(name: str):
   """(canonical name, memory bytes, HBM bandwidth or None, bf16 peak or None) of a named
   accelerator (case-insensitive: 'h100', 'tpu v5p', 'v5p'), or of a size such as '24GB'."""
   key = re.sub(r'[\s_-]', '', name.lower())
-  for known, (memory, bandwidth, peak) in ACCELERATORS.items():
+  for known, (memory, bandwidth) in ACCELERATORS.items():
     if key in (re.sub(r'[\s_-]', '', known.lower()), re.sub(r'[\s_-]', '', known.lower().replace('tpu', ''))):
-      return known, memory, bandwidth, peak
+      return known, memory, bandwidth, flops.datasheet_peak(known if known.startswith('TPU') else f'NVIDIA {known}')
   m = re.fullmatch(r'([\d.]+)\s*GB', name.strip(), re.IGNORECASE)
   if m:
     return name, float(m.group(1)) * 1e9, None, None

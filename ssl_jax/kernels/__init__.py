@@ -21,7 +21,6 @@ ATTENTION = ('auto', 'xla', 'splash', 'cudnn', 'cpu')
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Choice:
   """What a run's program is built from; every field resolved (no 'auto')."""

@@ -10,7 +10,6 @@ interpreter (off a TPU: for tests, slowly). Attention-probability dropout is not
 kernels do not expose it.
 """
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
