@@ -168,9 +168,18 @@ def test_summarize_command_writes_summaries_and_rouge(trained, tmp_path):
   cli.run('summarize', '', [], config_given=False, workdir=workdir, input_file=write_jsonl(tmp_path / 'a.jsonl', rows))
   with open(os.path.join(workdir, 'rouge.json')) as f:
     result = json.load(f)
-  assert result['articles'] == 2 and result['scored'] == 2 and 0 <= result['rougeL_f1'] <= 1
   with open(os.path.join(workdir, 'summaries.jsonl')) as f:
-    assert len(f.readlines()) == 2
+    records = [json.loads(line) for line in f]
+  assert result['articles'] == 2 and result['scored'] == 2 and len(records) == 2
+  # rouge.json holds the means of the summaries' scores against their references (sentences
+  # one a line), plain and stemmed, each side by side.
+  for name in ('rouge1', 'rouge2', 'rougeL', 'rougeLsum'):
+    for stem, key in ((False, f'{name}_f1'), (True, f'{name}_f1_stemmed')):
+      scores = [summarize.rouge(summarize.one_sentence_a_line(r['summary']),
+                                summarize.one_sentence_a_line(row['reference']), stem=stem)[name]['f1']
+                for r, row in zip(records, rows)]
+      assert result[key] == pytest.approx(np.mean(scores), abs=1e-12)
+      assert [r['rouge_stemmed' if stem else 'rouge'][name]['f1'] for r in records] == scores
 
 
 def test_generate_command_cuts_at_stop_strings(trained, capsys):
