@@ -53,6 +53,8 @@ from flax import linen as nn
 from safetensors.numpy import load_file, save_file
 
 from ssl_jax.checkpoint import CheckpointError
+from ssl_jax.data import tokenizer as tokenizers
+from ssl_jax.data.text import DataError
 from ssl_jax.models.bert import BERT, TYPE_VOCAB_SIZE
 from ssl_jax.data.wordpiece import read_vocab
 from ssl_jax.models.layers import TransformerConfig
@@ -370,6 +372,12 @@ def save_params(params: dict, model_config: dict, directory: str, vocab: Optiona
     _write_vocab(os.path.join(directory, VOCAB_FILE), vocab)
 
 
+def read_model_config(directory: str) -> Tuple[str, dict]:
+  """(path, model_config) of the model.json beside a directory's params.safetensors."""
+  path = os.path.join(directory, MODEL_FILE)
+  return path, _read_json(path)
+
+
 def has_params(directory: str) -> bool:
   return os.path.exists(os.path.join(directory, PARAMS_FILE))
 
@@ -433,17 +441,7 @@ def convert_command(from_hf: Optional[str], to_hf: Optional[str], workdir: str) 
   if not workdir:
     raise ConversionError('convert needs --workdir')
   if from_hf:
-    model_type = _read_json(os.path.join(from_hf, HF_CONFIG)).get('model_type')
-    if model_type == 'gpt2':
-      (params, model_config), vocab = convert_gpt2.load_hf_gpt2(from_hf), None
-      model_config['fresh_init'] = []
-    elif model_type in ('bert', None):
-      params, model_config, vocab = load_hf_bert(from_hf)
-    else:
-      raise ConversionError(f'{os.path.join(from_hf, HF_CONFIG)}: model_type {model_type!r}; bert and gpt2 convert')
-    save_params(params, model_config, workdir, vocab)
-    report = {'from': from_hf, 'to': workdir, 'files': [PARAMS_FILE, MODEL_FILE] + ([VOCAB_FILE] if vocab else []),
-              'fresh_init': model_config['fresh_init'], 'unused_tensors': model_config['unused_tensors']}
+    report = import_hf(from_hf, workdir)
   else:
     params, model_config, vocab = load_workdir_params(workdir)
     if model_config.get('family') == 'gpt':
@@ -453,8 +451,70 @@ def convert_command(from_hf: Optional[str], to_hf: Optional[str], workdir: str) 
       report = {'from': workdir, 'to': to_hf, 'files': save_hf_bert(params, model_config, to_hf, vocab)}
     if vocab is None and model_config.get('family') != 'gpt':
       report['note'] = f'no {VOCAB_FILE} in {workdir}: the run\'s tokenizer is not WordPiece, so none was written'
+    tok = tokenizers.load(workdir)
+    if tok is not None and tok.kind == 'huggingface':   # transformers reads it as it is
+      _write_text(os.path.join(to_hf, 'tokenizer.json'), tok.json_text)
+      report['files'].append('tokenizer.json')
+      report.pop('note', None)
   print(json.dumps(report), flush=True)
   return report
+
+
+def import_hf(from_hf: str, workdir: str) -> dict:
+  """`convert --from_hf`: a Hugging Face BERT or GPT-2 directory into a workdir that every
+  command takes (eval, generate, fewshot, summarize, and init_from of train and finetune):
+  params.safetensors + model.json, the tokenizer (tokenizers.load: vocab.txt, tokenizer.json
+  or vocab.json + merges.txt) and config.json, the run config those commands read.
+
+  Everything is read and checked before anything is written; each file is written atomically."""
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')) and os.listdir(os.path.join(workdir, 'checkpoints')):
+    raise ConversionError(f'{workdir} holds a training run\'s checkpoints: convert into a new --workdir')
+  model_type = _read_json(os.path.join(from_hf, HF_CONFIG)).get('model_type')
+  if model_type == 'gpt2':
+    from ssl_jax import convert_gpt2  # pylint: disable=import-outside-toplevel  (it imports this module)
+    params, model_config = convert_gpt2.load_hf_gpt2(from_hf)
+    model_config['fresh_init'] = []
+  elif model_type in ('bert', None):
+    params, model_config, _ = load_hf_bert(from_hf)
+  else:
+    raise ConversionError(f'{os.path.join(from_hf, HF_CONFIG)}: model_type {model_type!r}; bert and gpt2 convert')
+  try:
+    tok = tokenizers.load(from_hf)
+  except (DataError, OSError, ValueError) as e:
+    raise ConversionError(f'{from_hf}: its tokenizer does not load ({e})') from None
+  if tok is not None and tok.vocab_size > model_config['vocab_size']:
+    raise ConversionError(f'{from_hf}: the tokenizer has {tok.vocab_size} tokens, the model\'s vocabulary '
+                          f'{model_config["vocab_size"]}')
+  config = run_config(model_config, tok, os.path.basename(os.path.normpath(from_hf)))
+  save_params(params, model_config, workdir)
+  files = [PARAMS_FILE, MODEL_FILE]
+  if tok is not None:
+    tokenizers.save(tok, workdir)
+    files += [tokenizers.TOKENIZER_FILE, tok.state().get('file') or tok.state().get('vocab')]
+  _write_json(os.path.join(workdir, 'config.json'), config)
+  report = {'from': from_hf, 'to': workdir, 'files': files + ['config.json'],
+            'tokenizer': tok.kind if tok is not None else None,
+            'fresh_init': model_config['fresh_init'], 'unused_tensors': model_config['unused_tensors']}
+  if tok is None:
+    report['note'] = (f'no tokenizer in {from_hf} (tokenizer.json, vocab.txt, or vocab.json + merges.txt): '
+                      'weights only; commands that read text need one')
+  return report
+
+
+def run_config(model_config: dict, tok, name: str) -> dict:
+  """The run config (config.json) of an imported checkpoint: its family's objective, its shape,
+  and `data.tokenizer` naming the kind of the tokenizer saved beside it."""
+  from ssl_jax.config import base_config  # pylint: disable=import-outside-toplevel
+  c = base_config()
+  family = model_config['family']
+  c.experiment = f'imported_{name}'
+  c.task = 'clm' if family == 'gpt' else 'mlm_nsp'
+  c.model.family = family
+  for key in ('num_layers', 'num_heads', 'd_model', 'd_ff', 'vocab_size', 'max_len', 'activation', 'bias', 'dropout'):
+    c.model[key] = type(c.model[key])(model_config[key])
+  c.data.seq_len = model_config['max_len'] if family == 'gpt' else min(128, model_config['max_len'])
+  c.data.tokenizer = tok.kind if tok is not None else 'char'
+  return c.to_dict()
 
 
 # Small helpers.
@@ -502,6 +562,13 @@ def _write_json(path: str, obj: dict) -> None:
     with open(p, 'w') as f:
       json.dump(obj, f, indent=2)
       f.write('\n')
+  _atomic(path, write)
+
+
+def _write_text(path: str, text: str) -> None:
+  def write(p):
+    with open(p, 'w', encoding='utf-8') as f:
+      f.write(text)
   _atomic(path, write)
 
 

@@ -137,6 +137,8 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
     if config.model.family not in task.HEADS.values():
       raise config_lib.ConfigError(f'task {config.task} fine-tunes model.family {", ".join(task.HEADS.values())}; '
                                    f'got {config.model.family!r}')
+  elif config.init_from:   # checked before anything is written (an import also gives the shape)
+    transfer.check_init_from(config)
   data = task.make_data(config, workdir)
   if data.tokenizer is not None:   # text; images have no vocabulary
     if config.model.vocab_size <= 0:
@@ -226,6 +228,8 @@ def init_or_restore(s: Setup, ckpt: checkpoint.Checkpointer):
   if s.source is not None:
     family = transfer.BASE_FAMILY[s.config.model.family]
     return state.replace(params=transfer.load_body(s.source, state.params, s.state_shardings.params, family)), 0
+  if s.config.init_from and transfer.has_imported_params(s.config.init_from):
+    return transfer.imported_state(s, s.config.init_from), 0
   if s.config.init_from:
     source = checkpoint.Checkpointer(s.config.init_from, create=False)
     found = source.restore(s.abstract_state, expect_meta=s.meta())
@@ -450,6 +454,8 @@ def restore_for_inference(config, workdir: str, compile_steps: bool = True):
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   restored = ckpt.restore(s.abstract_state, expect_meta=s.meta())
   ckpt.close()
+  if restored is None and transfer.has_imported_params(workdir):   # a `convert --from_hf` workdir
+    return s, transfer.imported_state(s, workdir), 0
   if restored is None:
     raise checkpoint.CheckpointError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}: train first')
   state, _, step = restored

@@ -21,7 +21,6 @@ import numpy as np
 
 from ssl_jax.config import ConfigError
 from ssl_jax.data import tokenizer as tokenizers
-from ssl_jax.data.wordpiece import WordPieceTokenizer
 
 # A family's body: the family its pretrained parameters come from, and the key they sit under.
 BASE_FAMILY = {'bert': 'bert', 'bert_classifier': 'bert', 'bert_tagger': 'bert', 'bert_qa': 'bert',
@@ -89,11 +88,71 @@ def read_source(path: str) -> Source:
 
 def _text_tokenizer(directory: str):
   tok = tokenizers.load(directory)
-  if tok is None and os.path.exists(os.path.join(directory, 'vocab.txt')):
-    tok = WordPieceTokenizer.load(directory)
   if tok is None:
-    raise ConfigError(f'init_from={directory!r}: no tokenizer (tokenizer.json or vocab.txt) beside the parameters')
+    raise ConfigError(f'init_from={directory!r}: no tokenizer (tokenizer.json, vocab.txt, or vocab.json + '
+                      'merges.txt) beside the parameters')
   return tok
+
+
+def check_init_from(config) -> None:
+  """Pretraining from `init_from` (not fine-tuning): checks it before anything is written, so a
+  bad one leaves the workdir as it was. A `convert --from_hf` directory (params.safetensors)
+  gives the run its model shape and tokenizer; another run's workdir must hold a checkpoint
+  of this run's model shape."""
+  from ssl_jax import convert  # pylint: disable=import-outside-toplevel
+  path = config.init_from
+  if not os.path.isdir(path):
+    raise ConfigError(f'init_from={path!r} is not a directory')
+  if convert.has_params(path):
+    _, model = convert.read_model_config(path)
+    if BASE_FAMILY.get(model.get('family')) != BASE_FAMILY.get(config.model.family):
+      raise ConfigError(f'init_from={path!r} holds a {model.get("family")} model; this run trains '
+                        f'model.family={config.model.family}')
+    for key, value in model.items():
+      if key in SHAPE_KEYS and key in config.model and value not in (None, ''):
+        config.model[key] = type(config.model[key])(value)
+    if config.data.seq_len > config.model.max_len:
+      config.data.seq_len = config.model.max_len
+    _text_tokenizer(path)
+    return
+  checkpoints = os.path.join(path, 'checkpoints')
+  if not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
+    raise ConfigError(f'init_from={path!r}: no {convert.PARAMS_FILE} and no checkpoint to start from')
+  saved_path = os.path.join(path, 'config.json')
+  if os.path.exists(saved_path):
+    with open(saved_path) as f:
+      saved = json.load(f).get('model', {})
+    for key in ('family',) + SHAPE_KEYS:
+      if key in saved and key in config.model and key != 'vocab_size' and saved[key] != config.model[key]:
+        raise ConfigError(f'init_from={path!r} was trained with model.{key}={saved[key]!r}; this run has '
+                          f'model.{key}={config.model[key]!r}')
+
+
+def has_imported_params(directory: str) -> bool:
+  from ssl_jax import convert  # pylint: disable=import-outside-toplevel
+  return convert.has_params(directory)
+
+
+def imported_state(s, directory: str):
+  """A fresh state of Setup `s` with every parameter from `directory`'s params.safetensors
+  (a `convert --from_hf` import): each must be there, in this model's shape."""
+  from ssl_jax import convert  # pylint: disable=import-outside-toplevel
+  params, _, _ = convert.load_params(directory)
+  state = s.init_fn(jax.random.key(s.config.seed))
+
+  def take(path, value, sharding):
+    names = [p.key for p in path]
+    node = params
+    for name in names:
+      node = node.get(name) if isinstance(node, dict) else None
+      if node is None:
+        raise ConfigError(f'{directory}: {convert.PARAMS_FILE} has no {"/".join(names)}: not this model\'s tree')
+    if tuple(node.shape) != tuple(value.shape):
+      raise ConfigError(f'{directory}: {"/".join(names)} has shape {node.shape}, this model wants {value.shape}')
+    host = np.asarray(node, value.dtype)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return state.replace(params=jax.tree_util.tree_map_with_path(take, state.params, s.state_shardings.params))
 
 
 def apply_source(config, workdir: str, heads: dict) -> Optional[Source]:

@@ -164,7 +164,11 @@ class PretrainingBatches:
 
 def word_starts(tokenizer) -> np.ndarray:
   """Per id: does the piece begin a word (sentencepiece's '▁' prefix; specials and bytes do)."""
+  if hasattr(tokenizer, 'word_starts'):   # WordPiece: '##' marks a continuation
+    return tokenizer.word_starts()
   flags = np.ones(tokenizer.vocab_size, bool)
+  if not hasattr(tokenizer, 'sp'):          # no word boundaries known: every piece starts one
+    return flags
   for i in range(tokenizer.vocab_size):
     piece = tokenizer.sp.id_to_piece(i)
     flags[i] = piece.startswith('\u2581') or tokenizer.sp.is_control(i) or tokenizer.sp.is_byte(i) \

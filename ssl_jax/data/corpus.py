@@ -58,12 +58,13 @@ def run_tokenizer(config, workdir: str, texts_fn, special=()):
   parallel.barrier('ssl_jax tokenizer looked up')
   if tok is not None:
     if not config.init_from:
-      tokenizers.check_matches(tok, config.data.tokenizer, os.path.join(workdir, tokenizers.TOKENIZER_FILE))
+      tokenizers.check_matches(tok, config.data.tokenizer, os.path.join(workdir, tokenizers.TOKENIZER_FILE),
+                                config.data)
     return tok
   if jax.process_index() == 0:
     tok = tokenizers.load(config.init_from) if config.init_from else None
     if tok is None:
-      tok = tokenizers.build(config.data.tokenizer, texts_fn, config.model.vocab_size, special)
+      tok = tokenizers.build(config.data.tokenizer, texts_fn, config.model.vocab_size, special, config.data)
     tokenizers.save(tok, workdir)
   if jax.process_count() > 1:
     parallel.barrier('ssl_jax tokenizer saved')

@@ -1,9 +1,27 @@
-"""Tokenizers: character level, and sentencepiece trained on the run's own corpus (or loaded).
+"""Tokenizers: character level, sentencepiece trained on the run's own corpus (or loaded),
+Hugging Face `tokenizers` (a tokenizer.json: byte-level BPE as GPT-2's, WordPiece,
+Llama-style), tiktoken encodings read from a local .tiktoken file, and BERT's WordPiece.
 
-A run's tokenizer is saved in its workdir (`tokenizer.json`, plus `tokenizer.model` for
-sentencepiece) and reloaded from there on resume, so a resumed run never re-derives it.
+`data.tokenizer` is one of
+  char                   one token per character of the corpus
+  sentencepiece | bpe    a sentencepiece unigram (or BPE) model of model.vocab_size pieces, trained
+                         on a bounded sample streamed from the corpus (data.tokenizer_sample_mb)
+  PATH.model             a sentencepiece model
+  PATH/tokenizer.json    a Hugging Face tokenizer (any file the `tokenizers` library reads)
+  PATH.tiktoken          a tiktoken encoding (base64 token and rank a line); its split regex is
+                         data.tiktoken_pattern (gpt2, or the regex itself) and its special
+                         tokens data.tiktoken_special_tokens ('NAME:ID,...'; '' = <|endoftext|>
+                         right after the last rank, as GPT-2's 50256)
+Nothing is downloaded.
+
+A run's tokenizer is saved in its workdir (`tokenizer.json`, our small record of its kind,
+plus `tokenizer.model`, `hf_tokenizer.json`, `tokenizer.tiktoken` or `vocab.txt`) and
+reloaded from there on resume, so a resumed run never re-derives it. `load(directory)` is
+the one way to read a directory's tokenizer: ours, or one a Hugging Face checkpoint
+directory ships (vocab.txt, tokenizer.json, or vocab.json + merges.txt).
 """
 
+import base64
 import hashlib
 import io
 import json
@@ -18,6 +36,11 @@ from ssl_jax.data.wordpiece import WordPieceTokenizer, read_vocab
 
 TOKENIZER_FILE = 'tokenizer.json'
 SPM_FILE = 'tokenizer.model'
+HF_FILE = 'hf_tokenizer.json'         # a Hugging Face tokenizer.json, kept beside our record
+TIKTOKEN_FILE = 'tokenizer.tiktoken'
+SPM_KINDS = ('sentencepiece', 'spm', 'unigram', 'bpe')
+# data.tokenizer of a `convert --from_hf` workdir: the kind of the tokenizer saved in it.
+SAVED_KINDS = ('huggingface', 'tiktoken', 'wordpiece')
 
 
 class CharTokenizer:
@@ -93,10 +116,143 @@ class SentencePieceTokenizer:
     return {'kind': 'sentencepiece', 'model': SPM_FILE}
 
 
+class HFTokenizer:
+  """A Hugging Face `tokenizers` tokenizer (its tokenizer.json). Special tokens written in the
+  text are recognised; none are added around it (the data pipeline frames sequences itself)."""
+  kind = 'huggingface'
+
+  def __init__(self, json_text: str, where: str = 'tokenizer.json'):
+    import tokenizers  # pylint: disable=import-outside-toplevel
+    try:
+      self.tok = tokenizers.Tokenizer.from_str(json_text)
+    except Exception as e:  # pylint: disable=broad-except   (the library raises plain Exceptions)
+      raise DataError(f'{where} does not read as a Hugging Face tokenizer ({str(e).splitlines()[0][:200]})') from None
+    self.json_text = json_text
+    self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+
+  @classmethod
+  def from_file(cls, path: str) -> 'HFTokenizer':
+    with open(path, encoding='utf-8') as f:
+      return cls(f.read(), path)
+
+  @classmethod
+  def from_vocab_merges(cls, vocab_path: str, merges_path: str) -> 'HFTokenizer':
+    """GPT-2's own files (vocab.json + merges.txt) as a byte-level BPE; the vocabulary's
+    <|endoftext|> (and any `<|...|>` entry) stays one special token."""
+    import tokenizers  # pylint: disable=import-outside-toplevel
+    from tokenizers import decoders, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+    try:
+      tok = tokenizers.Tokenizer(models.BPE.from_file(vocab_path, merges_path))
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataError(f'{vocab_path} + {merges_path} do not read as a BPE ({str(e).splitlines()[0][:200]})') from None
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    with open(vocab_path, encoding='utf-8') as f:
+      specials = [t for t in json.load(f) if t.startswith('<|') and t.endswith('|>')]
+    if specials:
+      tok.add_special_tokens(specials)
+    return cls(tok.to_str(), vocab_path)
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+  def encode_batch(self, texts: Sequence[str]):
+    return [np.asarray(e.ids, dtype=np.int32) for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids) -> str:
+    return self.tok.decode([int(i) for i in np.asarray(ids).tolist()], skip_special_tokens=False)
+
+  def piece_id(self, piece: str) -> int:
+    found = self.tok.token_to_id(piece)
+    return -1 if found is None else found
+
+  def state(self) -> dict:
+    return {'kind': self.kind, 'file': HF_FILE}
+
+
+class TiktokenTokenizer:
+  """A tiktoken encoding from its .tiktoken file (one `base64(token) rank` a line), a split
+  regex and special tokens; special tokens written in the text are recognised."""
+  kind = 'tiktoken'
+
+  def __init__(self, bpe_file: bytes, pattern: str = 'gpt2', special_tokens: str = '', where: str = '.tiktoken'):
+    import tiktoken  # pylint: disable=import-outside-toplevel
+    ranks = {}
+    for n, line in enumerate(bpe_file.splitlines(), 1):
+      if not line.strip():
+        continue
+      try:
+        token, rank = line.split()
+        ranks[base64.b64decode(token, validate=True)] = int(rank)
+      except ValueError:
+        raise DataError(f'{where}: line {n} is not "base64-token rank"') from None
+    if not ranks:
+      raise DataError(f'{where}: no tokens')
+    self.bpe_file, self.pattern_spec, self.special_spec = bpe_file, pattern, special_tokens
+    self.special = parse_special_tokens(special_tokens, max(ranks.values()) + 1)
+    try:
+      self.enc = tiktoken.Encoding(name='ssl_jax', pat_str=tiktoken_pattern(pattern), mergeable_ranks=ranks,
+                                   special_tokens=self.special)
+    except ValueError as e:
+      raise ConfigError(f'data.tokenizer={where}: {e}') from None
+    self.vocab_size = self.enc.n_vocab
+
+  @classmethod
+  def from_file(cls, path: str, pattern: str = 'gpt2', special_tokens: str = '') -> 'TiktokenTokenizer':
+    with open(path, 'rb') as f:
+      return cls(f.read(), pattern, special_tokens, path)
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self.enc.encode(text, allowed_special='all'), dtype=np.int32)
+
+  def encode_batch(self, texts: Sequence[str]):
+    return [np.asarray(ids, dtype=np.int32) for ids in self.enc.encode_batch(list(texts), allowed_special='all')]
+
+  def decode(self, ids) -> str:
+    return self.enc.decode([int(i) for i in np.asarray(ids).tolist()], errors='replace')
+
+  def piece_id(self, piece: str) -> int:
+    if piece in self.special:
+      return self.special[piece]
+    try:
+      return self.enc.encode_single_token(piece.encode('utf-8'))
+    except KeyError:
+      return -1
+
+  def state(self) -> dict:
+    return {'kind': self.kind, 'file': TIKTOKEN_FILE, 'pattern': self.pattern_spec, 'special_tokens': self.special_spec}
+
+
+def tiktoken_pattern(spec: str) -> str:
+  """data.tiktoken_pattern: 'gpt2' (GPT-2's, r50k/p50k's split regex) or the regex itself."""
+  if spec in ('', 'gpt2'):
+    from tiktoken_ext.openai_public import r50k_pat_str  # pylint: disable=import-outside-toplevel
+    return r50k_pat_str
+  return spec
+
+
+def parse_special_tokens(spec: str, first_free: int) -> dict:
+  """data.tiktoken_special_tokens: 'NAME:ID,NAME:ID' ('' = {'<|endoftext|>': first_free})."""
+  if not spec.strip():
+    return {'<|endoftext|>': first_free}
+  special = {}
+  for part in spec.split(','):
+    name, colon, number = part.strip().rpartition(':')
+    if not colon or not name or not number.strip().isdigit():
+      raise ConfigError(f'data.tiktoken_special_tokens={spec!r}: expected NAME:ID pairs joined by commas, '
+                        f'e.g. <|endoftext|>:50256')
+    special[name] = int(number)
+  return special
+
+
 def fingerprint(tok) -> str:
   """A short hash that tells two tokenizers apart (stored with checkpoints)."""
   if tok.kind == 'sentencepiece':
     payload = tok.model_proto
+  elif tok.kind == 'huggingface':
+    payload = tok.json_text.encode()
+  elif tok.kind == 'tiktoken':
+    payload = tok.bpe_file + json.dumps([tiktoken_pattern(tok.pattern_spec), sorted(tok.special.items())]).encode()
   elif tok.kind == 'wordpiece':
     payload = json.dumps([tok.vocab, tok.lowercase, tok.strip_accents]).encode()
   else:
@@ -110,54 +266,107 @@ def save(tok, workdir: str) -> None:
     _atomic_write(os.path.join(workdir, SPM_FILE), tok.model_proto)
   if tok.kind == 'wordpiece':
     _atomic_write(os.path.join(workdir, tok.state()['vocab']), ''.join(f'{t}\n' for t in tok.vocab).encode())
+  if tok.kind == 'huggingface':
+    _atomic_write(os.path.join(workdir, HF_FILE), tok.json_text.encode('utf-8'))
+  if tok.kind == 'tiktoken':
+    _atomic_write(os.path.join(workdir, TIKTOKEN_FILE), tok.bpe_file)
   _atomic_write(os.path.join(workdir, TOKENIZER_FILE), json.dumps(tok.state()).encode())
 
 
-def load(workdir: str):
-  """The tokenizer saved in `workdir`, or None if there is none."""
-  path = os.path.join(workdir, TOKENIZER_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    state = json.load(f)
-  if 'kind' not in state:     # a Hugging Face tokenizer.json, not ours
-    return None
-  if state['kind'] == 'char':
+def load(directory: str):
+  """The tokenizer of `directory`, or None if it has none: the one a run saved there, else
+  the one a Hugging Face checkpoint directory ships: vocab.txt (WordPiece, casing from
+  tokenizer_config.json), tokenizer.json, or vocab.json + merges.txt (byte-level BPE)."""
+  path = os.path.join(directory, TOKENIZER_FILE)
+  state = None
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      try:
+        state = json.load(f)
+      except json.JSONDecodeError as e:
+        raise DataError(f'{path} is not valid JSON ({e})') from None
+  if state is not None and 'kind' in state:
+    return _from_state(state, directory)
+  if os.path.exists(os.path.join(directory, 'vocab.txt')):   # BERT's own tokenizer, exactly
+    return WordPieceTokenizer.load(directory)
+  if state is not None:                                        # a Hugging Face tokenizer.json
+    return HFTokenizer.from_file(path)
+  vocab, merges = os.path.join(directory, 'vocab.json'), os.path.join(directory, 'merges.txt')
+  if os.path.exists(vocab) and os.path.exists(merges):
+    return HFTokenizer.from_vocab_merges(vocab, merges)
+  return None
+
+
+def _from_state(state: dict, workdir: str):
+  kind = state['kind']
+  if kind == 'char':
     return CharTokenizer(state['chars'])
-  if state['kind'] == 'wordpiece':
+  if kind == 'wordpiece':
     return WordPieceTokenizer(read_vocab(os.path.join(workdir, state['vocab'])), state['lowercase'],
                               state['strip_accents'])
+  if kind == 'huggingface':
+    return HFTokenizer.from_file(os.path.join(workdir, state['file']))
+  if kind == 'tiktoken':
+    return TiktokenTokenizer.from_file(os.path.join(workdir, state['file']), state['pattern'], state['special_tokens'])
   with open(os.path.join(workdir, state['model']), 'rb') as f:
     return SentencePieceTokenizer(f.read())
 
 
-def build(spec: str, texts_fn, vocab_size: int, special: Sequence[str] = ()):
-  """A new tokenizer as `data.tokenizer` asks: 'char', 'sentencepiece' or a .model path.
+def from_path(spec: str, data=None):
+  """The tokenizer in the file (or directory) `spec` names: a sentencepiece .model, a Hugging
+  Face tokenizer.json, a .tiktoken file (`data` gives its pattern and special tokens), or a
+  directory holding one of these; None if `spec` names no such file."""
+  if os.path.isdir(spec):
+    return load(spec)
+  if not os.path.isfile(spec):
+    return None
+  if spec.endswith('.tiktoken'):
+    return TiktokenTokenizer.from_file(spec, getattr(data, 'tiktoken_pattern', 'gpt2'),
+                                       getattr(data, 'tiktoken_special_tokens', ''))
+  if spec.endswith('.json'):
+    return HFTokenizer.from_file(spec)
+  with open(spec, 'rb') as f:
+    proto = f.read()
+  try:
+    return SentencePieceTokenizer(proto)
+  except Exception:  # pylint: disable=broad-except   (sentencepiece raises RuntimeError or OSError)
+    raise ConfigError(f'data.tokenizer={spec!r}: not a sentencepiece model, tokenizer.json or .tiktoken file') from None
+
+
+def build(spec: str, texts_fn, vocab_size: int, special: Sequence[str] = (), data=None):
+  """A new tokenizer as `data.tokenizer` asks (see the module docstring); `data` is the
+  run's config.data (tiktoken's pattern and special tokens).
 
   `texts_fn()` returns an iterable of the training texts (called only if needed).
   """
   if spec == 'char':
     return CharTokenizer.from_text(texts_fn())
-  if spec in ('sentencepiece', 'spm', 'unigram', 'bpe'):
+  if spec in SPM_KINDS:
     if vocab_size <= 0:
       raise ConfigError('data.tokenizer=sentencepiece needs model.vocab_size > 0 (e.g. 8000)')
     model_type = 'bpe' if spec == 'bpe' else 'unigram'
     return SentencePieceTokenizer.train(texts_fn(), vocab_size, model_type, special)
-  if os.path.isfile(spec):
-    with open(spec, 'rb') as f:
-      return SentencePieceTokenizer(f.read())
-  raise ConfigError(f'data.tokenizer={spec!r}: expected char, sentencepiece, bpe or a sentencepiece .model file')
+  if spec in SAVED_KINDS:
+    raise ConfigError(f'data.tokenizer={spec!r} names the {spec} tokenizer saved in a workdir (an imported '
+                      'checkpoint\'s), and there is none here: give the path of its file instead')
+  tok = from_path(spec, data)
+  if tok is None:
+    raise ConfigError(f'data.tokenizer={spec!r}: expected char, sentencepiece, bpe, or a path to a sentencepiece '
+                      '.model, a Hugging Face tokenizer.json or a .tiktoken file')
+  return tok
 
 
-def check_matches(tok, spec: str, where: str) -> None:
+def check_matches(tok, spec: str, where: str, data=None) -> None:
   """A ConfigError unless `tok` (a workdir's) is what `data.tokenizer=spec` asks for."""
   if spec == 'char':
     same = tok.kind == 'char'
-  elif spec in ('sentencepiece', 'spm', 'unigram', 'bpe'):
+  elif spec in SPM_KINDS:
     same = tok.kind == 'sentencepiece'
-  elif os.path.isfile(spec):
-    with open(spec, 'rb') as f:
-      same = tok.kind == 'sentencepiece' and tok.model_proto == f.read()
+  elif spec in SAVED_KINDS:
+    same = tok.kind == spec
+  elif os.path.exists(spec):
+    wanted = from_path(spec, data)
+    same = wanted is not None and fingerprint(wanted) == fingerprint(tok)
   else:
     same = True   # build() names what is wrong with the spec itself
   if not same:

@@ -27,8 +27,9 @@ def make_data(config, workdir: str) -> Data:
     split = max(1, int(len(train_docs) * (1 - config.data.eval_fraction)))
     train_docs, eval_docs = train_docs[:split], train_docs[split:]
   tok = run_tokenizer(config, workdir, lambda: ['\n'.join(d) for d in train_docs + eval_docs], SPECIALS)
-  if any(tok.piece_id(p) != i for i, p in enumerate(SPECIALS)):
-    raise ConfigError(f'data.tokenizer={config.data.tokenizer!r}: BERT needs the pieces {SPECIALS} as ids 0-4')
+  ids = [tok.piece_id(p) for p in SPECIALS]   # ours are 0-4; an imported BERT's vocab.txt has them elsewhere
+  if len(set(ids)) < len(SPECIALS) or min(ids) < 0:
+    raise ConfigError(f'data.tokenizer={config.data.tokenizer!r}: BERT needs the pieces {SPECIALS}, each its own id')
   d, pi, pc = config.data, jax.process_index(), jax.process_count()
   make = lambda docs, name: PretrainingBatches(
       [[tok.encode(s) for s in doc] for doc in docs], tok, d.seq_len, config.train.batch_size, config.seed,
