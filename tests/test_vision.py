@@ -116,8 +116,10 @@ def test_eval_fits_a_linear_probe_for_the_trained_and_the_random_encoder(tmp_pat
   trained = train.eval_command(tiny_config('', 'vit_mae.py', **settings), workdir)
   random = train.eval_command(tiny_config('', 'vit_mae.py', **settings, init='random'), workdir)
   assert trained['step'] == 2 and random['step'] == 0 and random['init'] == 'random'
+  from ssl_jax import probe
   for result in (trained, random):
     assert 0.0 <= result['probe_accuracy'] <= 1.0
+    assert result['probe_C'] in probe.CS and sorted(float(c) for c in result['probe_sweep']) == list(probe.CS)
   logged = read_metrics(workdir)[-2:]
   assert [r.get('probe_accuracy') for r in logged] == [trained['probe_accuracy'], random['probe_accuracy']]
 
@@ -127,7 +129,8 @@ def test_linear_probe_learns_a_separable_problem():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(400, 8)).astype(np.float32)
   y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
-  assert probe.linear_probe(x[:300], y[:300], x[300:], y[300:], 2) > 0.95
+  result = probe.linear_probe(x[:300], y[:300], x[300:], y[300:], 2)
+  assert result['accuracy'] > 0.95 and result['C'] in probe.CS and len(result['sweep']) == len(probe.CS)
 
 
 def test_rotation_turns_each_image_by_its_own_quarter_turns():
@@ -147,7 +150,7 @@ def test_rotation_run_trains_and_reports_accuracy(tmp_path):
   settings = {'train.steps': 2, 'train.checkpoint_every': 2, 'train.eval_every': 2, 'train.batch_size': 8,
               'train.eval_batches': 1, 'model.d_ff': 64}
   last = train.train_and_evaluate(tiny_config('', 'vit_rotation.py', **settings), str(tmp_path / 'rot'))
-  assert 0.0 <= last['accuracy'] <= 1.0 and 'train_accuracy' in last
+  assert 0.0 <= last['eval_accuracy'] <= 1.0 and 'train_accuracy' in last
 
 
 def test_jigsaw_permutations_are_far_apart_and_the_same_every_time():
@@ -217,7 +220,7 @@ def test_jigsaw_run_trains_and_reports_accuracy(tmp_path):
   settings = {'train.steps': 2, 'train.checkpoint_every': 2, 'train.eval_every': 2, 'train.batch_size': 8,
               'train.eval_batches': 1, 'model.d_ff': 64, 'model.jigsaw_hidden': 64}
   last = train.train_and_evaluate(tiny_config('', 'vit_jigsaw.py', **settings), str(tmp_path / 'jigsaw'))
-  assert 0.0 <= last['accuracy'] <= 1.0 and 'train_accuracy' in last
+  assert 0.0 <= last['eval_accuracy'] <= 1.0 and 'train_accuracy' in last
   assert os.path.getsize(tmp_path / 'jigsaw' / 'jigsaw.png') > 1000                   # puzzles and solutions
   assert last['train_loss'] == pytest.approx(np.log(100), abs=0.5)
 

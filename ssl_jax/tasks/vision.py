@@ -30,7 +30,8 @@ def make_data(config, workdir: str) -> Data:
 
 
 def probe(setup, params, encode=None) -> dict:
-  """Linear-probe accuracy on the held-out images, from frozen features: by default the
+  """Linear-probe accuracy on the held-out images, from frozen features (its C chosen on part
+  of the training images, `probe.py`): by default the
   encoder's mean patch features of the whole image. encode: images (B, H, W, 3) -> (B, F)
   replaces them (jigsaw: its encoder was trained on tiles, and sees tiles).
 
@@ -41,10 +42,12 @@ def probe(setup, params, encode=None) -> dict:
     encoder = ViT(model.cfg, model.patch, model.image_size)
     encode = lambda x: encoder.apply({'params': params['encoder']}, x)[:, 1:].mean(1)   # (B, D)
   train, held_out = setup.data.train, setup.data.eval
-  accuracy = probe_lib.linear_probe(probe_lib.features(encode, train.images), train.labels,
-                                    probe_lib.features(encode, held_out.images), held_out.labels,
-                                    max(len(setup.data.classes), int(train.labels.max()) + 1))
-  return {'probe_accuracy': accuracy}
+  result = probe_lib.linear_probe(probe_lib.features(encode, train.images), train.labels,
+                                  probe_lib.features(encode, held_out.images), held_out.labels,
+                                  max(len(setup.data.classes), int(train.labels.max()) + 1), seed=setup.config.seed)
+  # The sweep: held-out accuracy (20% of the training images) of each C tried.
+  return {'probe_accuracy': result['accuracy'], 'probe_C': result['C'],
+          'probe_sweep': {f'{c:g}': a for c, a in result['sweep'].items()}}
 
 
 def held_out_images(setup, count: int = 8) -> np.ndarray:
