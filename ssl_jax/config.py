@@ -60,13 +60,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_fraction = 0.1
   c.data.seq_len = 128
   c.data.tokenizer = 'char'     # char | sentencepiece (also spm, unigram; bpe: its BPE model) trained on a streamed sample of the corpus | a path: sentencepiece .model, Hugging Face tokenizer.json, .tiktoken file
-  c.data.tokenizer_sample_mb = 64  # sentencepiece: MB of text streamed from the corpus (spread over its files) to train it on
+  c.data.tokenizer_sample_mb = 64.0  # sentencepiece: MB of text streamed from the corpus (spread over its files) to train it on
   c.data.tiktoken_pattern = 'gpt2'  # a .tiktoken tokenizer's split regex: gpt2 (GPT-2's, as r50k/p50k) or the regex itself
   c.data.tiktoken_special_tokens = ''  # a .tiktoken tokenizer's special tokens, 'NAME:ID,...'; '' = <|endoftext|> right after the last rank
   c.data.format = ''            # '' = by extension (.txt, .jsonl, .parquet, .arrow, each optionally .gz/.zst; a datasets save_to_disk folder) | text | jsonl | parquet | arrow
   c.data.text_field = 'text'    # jsonl, parquet, arrow and datasets sources: the field (column) holding a document's text
   c.data.tokenize_workers = 0   # token cache: processes tokenising in parallel; 0 = one per core
-  c.data.shard_tokens = 50_000_000  # token cache: tokens per shard file (the unit a killed build resumes from)
+  c.data.shard_mb = 64.0         # token cache: MB of source text a shard holds (the unit a killed build resumes from)
   c.data.max_predictions = 20   # masked LM: most masked positions per sequence
   c.data.short_seq_prob = 0.1   # masked LM: chance of a shorter target length
   c.data.whole_word_masking = False

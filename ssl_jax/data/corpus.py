@@ -1,37 +1,86 @@
 """A run's text corpus: which files train, which are held out, and the run's tokenizer."""
 
 import os
+import shutil
 
 import jax
 
 from ssl_jax import parallel
-from ssl_jax.data import text, tokenizer as tokenizers
+from ssl_jax.config import ConfigError
+from ssl_jax.data import shards, sources, tokenizer as tokenizers
+from ssl_jax.data.text import DataError
 
 
 class TextCorpus:
-  """Training and held-out token streams of `data.path` / `data.eval_path`, tokenised once.
+  """Training and held-out token streams of `data.path` / `data.eval_path`, tokenised once
+  into the workdir's sharded token cache (ssl_jax/data/shards.py) and read memory-mapped.
 
   Without `data.eval_path` the last `data.eval_fraction` of the training stream is held out
-  (nanoGPT's split of tinyshakespeare: first 90% train, last 10% val).
+  (nanoGPT's split of tinyshakespeare: first 90% train, last 10% val). Bad input (a corrupt
+  file, a JSONL line without the field, ...) is a DataError, and the tokenizer and cache this
+  run had begun to write are removed: the workdir is left as it was.
   """
 
   def __init__(self, config, workdir: str, special=()):
     data = config.data
-    self.train_paths = text.resolve_paths(data.path, 'data.path')
+    self.train_paths = sources.resolve(data.path, 'data.path')
     if data.prepare.enabled:      # cleaned and de-duplicated first (cached), on process 0
       self.train_paths = [prepare_on_one_host(self.train_paths, workdir, data.prepare)]
-    self.eval_paths = text.resolve_paths(data.eval_path, 'data.eval_path') if data.eval_path else []
-    self.tokenizer = run_tokenizer(
-        config, workdir, lambda: text.read_texts(self.train_paths + self.eval_paths), special)
+    self.eval_paths = sources.resolve(data.eval_path, 'data.eval_path') if data.eval_path else []
+    before = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
+    try:
+      self.tokenizer = run_tokenizer(config, workdir, lambda: training_texts(config, self.train_paths + self.eval_paths),
+                                     special)
+      stream = self.token_stream(config, workdir, self.train_paths)
+      if self.eval_paths:
+        self.train_tokens = stream
+        self.eval_tokens = self.token_stream(config, workdir, self.eval_paths)
+      else:
+        split = int(len(stream) * (1 - data.eval_fraction))
+        self.train_tokens, self.eval_tokens = stream[:split], stream[split:]
+    except (DataError, ConfigError):
+      if jax.process_index() == 0:
+        _remove_new(workdir, before)
+      raise
+
+  def token_stream(self, config, workdir: str, paths) -> 'shards.ShardedTokens':
+    d = config.data
     cache = os.path.join(workdir, 'cache')
     tok_id = tokenizers.fingerprint(self.tokenizer)
-    stream = text.token_file(self.train_paths, self.tokenizer, tok_id, cache)
-    if self.eval_paths:
-      self.train_tokens = stream
-      self.eval_tokens = text.token_file(self.eval_paths, self.tokenizer, tok_id, cache)
-    else:
-      split = int(len(stream) * (1 - data.eval_fraction))
-      self.train_tokens, self.eval_tokens = stream[:split], stream[split:]
+    if d.shard_mb <= 0:
+      raise ConfigError(f'data.shard_mb={d.shard_mb}: expected a positive size in MB (e.g. 64)')
+    directory = shards.build(paths, self.tokenizer, workdir, tok_id, cache, fmt=d.format, text_field=d.text_field,
+                             workers=d.tokenize_workers, unit_bytes=max(1, int(d.shard_mb * (1 << 20))))
+    return shards.ShardedTokens(directory)
+
+
+def training_texts(config, paths):
+  """What a new tokenizer learns from: every text for `char` (its alphabet must be whole), a
+  sample of data.tokenizer_sample_mb streamed from every file for sentencepiece."""
+  d = config.data
+  if d.tokenizer == 'char':
+    texts = sources.iter_documents(paths, d.format, d.text_field)
+  else:
+    texts = sources.sample(paths, int(d.tokenizer_sample_mb * (1 << 20)), d.format, d.text_field)
+  seen = False
+  yield shards.SEPARATOR   # what the token stream puts between documents
+  for t in texts:
+    seen = seen or bool(t.strip())
+    yield t
+  if not seen:
+    raise DataError(f'empty corpus: {", ".join(paths[:3])}{" ..." if len(paths) > 3 else ""} hold no text')
+
+
+# What a run writes into its workdir before its data is known to be good.
+_DATA_FILES = ('cache', tokenizers.TOKENIZER_FILE, tokenizers.SPM_FILE, tokenizers.HF_FILE, tokenizers.TIKTOKEN_FILE,
+               'vocab.txt')
+
+
+def _remove_new(workdir: str, before) -> None:
+  for name in _DATA_FILES:
+    path = os.path.join(workdir, name)
+    if name not in before and os.path.exists(path):
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def prepare_on_one_host(paths, workdir: str, settings) -> str:

@@ -48,11 +48,20 @@ def read_conllu(text: str) -> List[Document]:
   return docs
 
 
-def read_documents(paths: Sequence[str]) -> List[Document]:
-  """All documents of `paths`; the format follows each file's extension (.conllu or text)."""
+def read_documents(paths: Sequence[str], fmt: str = '', text_field: str = 'text') -> List[Document]:
+  """All documents of `paths`: text files as above (by extension: .conllu or plain), and each
+  JSONL / Parquet / Arrow row (data.format, data.text_field; ssl_jax/data/sources.py) one
+  document, its sentences read as plain text's."""
+  from ssl_jax.data import sources  # pylint: disable=import-outside-toplevel
   docs = []
   for path in paths:
-    text = read_text(path)
+    kind = sources.format_of(path, fmt)
+    if kind != 'text':
+      for row in sources.iter_documents([path], kind, text_field):
+        docs.extend(d for d in [sum(read_plain(row), [])] if d)
+      continue
+    text = read_text(path) if not sources.compression_of(path) and not sources.is_url(path) else \
+        ''.join(sources.iter_documents([path], kind))
     found = read_conllu(text) if path.endswith('.conllu') else read_plain(text)
     docs.extend(found)
   if not docs:

@@ -1,4 +1,4 @@
-"""Text sources, a tokenised-once token cache, and the decoder's batch sampler.
+"""Text files, and the decoder's batch sampler (the token cache is shards.py; other formats sources.py).
 
 The batch at step s is a pure function of (seed, s): training windows are read in epochs,
 each a shuffled order of the stream's non-overlapping windows (a keyed permutation of
@@ -9,7 +9,6 @@ own rows.
 """
 
 import glob
-import hashlib
 import os
 import sysconfig
 from typing import List, Sequence
@@ -65,32 +64,6 @@ def read_texts(paths: Sequence[str]) -> List[str]:
   if not any(t.strip() for t in texts):
     raise DataError(f'empty corpus: {", ".join(paths[:3])}{" ..." if len(paths) > 3 else ""} hold no text')
   return texts
-
-
-def _cache_key(paths: Sequence[str], tokenizer_id: str) -> str:
-  h = hashlib.sha1(tokenizer_id.encode())
-  for p in paths:
-    st = os.stat(p)
-    h.update(f'{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n'.encode())
-  return h.hexdigest()[:16]
-
-
-def token_file(paths: Sequence[str], tokenizer, tokenizer_id: str, cache_dir: str) -> np.ndarray:
-  """All documents of `paths` tokenised once into a cached file, memory-mapped.
-
-  Files are joined by a blank line. The cache is keyed by the files (path, size, mtime)
-  and the tokenizer, written atomically, and shared by every later run that needs it.
-  """
-  os.makedirs(cache_dir, exist_ok=True)
-  path = os.path.join(cache_dir, f'tokens-{_cache_key(paths, tokenizer_id)}.npy')
-  if not os.path.exists(path):
-    parts = [tokenizer.encode(t + '\n\n') for t in read_texts(paths)]
-    tokens = np.concatenate(parts)
-    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max else np.int32
-    tmp = f'{path}.tmp{os.getpid()}.npy'
-    np.save(tmp, tokens.astype(dtype))
-    os.replace(tmp, path)
-  return np.load(path, mmap_mode='r')
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:

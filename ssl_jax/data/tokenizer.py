@@ -91,20 +91,30 @@ class SentencePieceTokenizer:
     """Trains on lines of `texts`; `special` pieces get the first ids, in order ([UNK], if
     among them, is the unknown piece and takes id 0)."""
     out = io.BytesIO()
-    lines = (line for t in texts for line in t.split('\n') if line.strip())
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=lines, model_writer=out, vocab_size=vocab_size, model_type=model_type,
-        character_coverage=1.0, byte_fallback=True, input_sentence_size=max_sentences,
-        normalization_rule_name='identity',  # keep text as it is: newlines and all round-trip
-        hard_vocab_limit=False,              # a small corpus gets fewer pieces, not an error
-        shuffle_input_sentence=True, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
-        unk_piece='[UNK]' if '[UNK]' in special else '<unk>',
-        control_symbols=[s for s in special if s != '[UNK]'], split_digits=True, remove_extra_whitespaces=False,
-        train_extremely_large_corpus=False, minloglevel=2)
+    failed = []
+
+    def lines():   # a bad source stops the stream; its error is raised, not sentencepiece's wrapping of it
+      try:
+        for t in texts:
+          yield from (line for line in t.split('\n') if line.strip())
+      except DataError as e:
+        failed.append(e)
+        raise
+
+    try:
+      _train_spm(out, lines(), vocab_size, model_type, special, max_sentences)
+    except RuntimeError:
+      if not failed:
+        raise
+    if failed:
+      raise failed[0]
     return cls(out.getvalue())
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.sp.encode(text), dtype=np.int32)
+
+  def encode_batch(self, texts: Sequence[str]):
+    return [np.asarray(ids, dtype=np.int32) for ids in self.sp.encode(list(texts))]
 
   def decode(self, ids) -> str:
     return self.sp.decode([int(i) for i in np.asarray(ids).tolist()])
@@ -243,6 +253,18 @@ def parse_special_tokens(spec: str, first_free: int) -> dict:
                         f'e.g. <|endoftext|>:50256')
     special[name] = int(number)
   return special
+
+
+def _train_spm(out, lines, vocab_size: int, model_type: str, special: Sequence[str], max_sentences: int) -> None:
+  spm.SentencePieceTrainer.train(
+        sentence_iterator=lines, model_writer=out, vocab_size=vocab_size, model_type=model_type,
+        character_coverage=1.0, byte_fallback=True, input_sentence_size=max_sentences,
+        normalization_rule_name='identity',  # keep text as it is: newlines and all round-trip
+        hard_vocab_limit=False,              # a small corpus gets fewer pieces, not an error
+        shuffle_input_sentence=True, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
+        unk_piece='[UNK]' if '[UNK]' in special else '<unk>',
+        control_symbols=[s for s in special if s != '[UNK]'], split_digits=True, remove_extra_whitespaces=False,
+        train_extremely_large_corpus=False, minloglevel=2)
 
 
 def fingerprint(tok) -> str:

@@ -10,7 +10,7 @@ import optax
 
 from ssl_jax import flops
 from ssl_jax.config import ConfigError
-from ssl_jax.data import documents as documents_lib, text
+from ssl_jax.data import documents as documents_lib, sources
 from ssl_jax.data.bert_examples import SPECIALS, PretrainingBatches
 from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.tasks import Data
@@ -20,9 +20,10 @@ def make_data(config, workdir: str) -> Data:
   """Documents of data.path (held out: data.eval_path, else the last data.eval_fraction of documents)."""
   if config.data.tokenizer == 'char':
     raise ConfigError('BERT needs a sub-word vocabulary: data.tokenizer=sentencepiece (or a .model path)')
-  train_docs = documents_lib.read_documents(text.resolve_paths(config.data.path, 'data.path'))
+  d = config.data
+  train_docs = documents_lib.read_documents(sources.resolve(d.path, 'data.path'), d.format, d.text_field)
   if config.data.eval_path:
-    eval_docs = documents_lib.read_documents(text.resolve_paths(config.data.eval_path, 'data.eval_path'))
+    eval_docs = documents_lib.read_documents(sources.resolve(d.eval_path, 'data.eval_path'), d.format, d.text_field)
   else:
     split = max(1, int(len(train_docs) * (1 - config.data.eval_fraction)))
     train_docs, eval_docs = train_docs[:split], train_docs[split:]

@@ -1,0 +1,224 @@
+"""The token cache: a corpus tokenised once, on every core, into sharded token files.
+
+  cache/tokens-<key>/shard-00000.bin     the tokens of one source unit (sources.Unit), raw
+                                         uint16 where the vocabulary fits, else uint32
+                     shard-00000.json    written once its .bin is complete: tokens, documents
+                     shard-00000.docs    int64 end offset (in the shard) of each document that
+                                         ends there (a text file is one document)
+                     index.json          written last: the tokenizer's fingerprint, the sources'
+                                         sizes and modification times, the shards' token and
+                                         document counts
+The key hashes the sources (path, size, mtime), the tokenizer's fingerprint, data.format,
+data.text_field and the unit size, so a changed input or tokenizer builds a new cache.
+
+Each unit is read and tokenised by one worker process in bounded memory (text in pieces,
+tokens written as they come), so memory does not grow with the corpus. Shards are a
+function of the sources alone, never of the number of workers or their timing: a build that
+was killed starts again from the shards that are complete (their .json exists) and ends
+with files identical to an uninterrupted build's.
+
+`ShardedTokens` reads the shards memory-mapped as one token stream: a host gathers only
+the windows its rows need.
+"""
+
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ssl_jax.data import sources
+from ssl_jax.data.text import DataError
+
+INDEX = 'index.json'
+ENCODE_BATCH_CHARS = 1 << 20       # text handed to the tokenizer at once
+SEPARATOR = '\n\n'                  # after every document, as text files are joined
+
+
+def token_dtype(vocab_size: int):
+  return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def default_workers() -> int:
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:
+    return max(1, os.cpu_count() or 1)
+
+
+def cache_dir_for(paths: Sequence[str], fingerprint: str, cache_dir: str, fmt: str = '', text_field: str = 'text',
+                  unit_bytes: int = 64 << 20) -> str:
+  h = hashlib.sha1(json.dumps([fingerprint, fmt, text_field, unit_bytes]).encode())
+  for p in paths:
+    st = sources.stat(p)
+    h.update(f'{st["path"]}|{st["size"]}|{st["mtime"]}\n'.encode())
+  return os.path.join(cache_dir, f'tokens-{h.hexdigest()[:16]}')
+
+
+def build(paths: Sequence[str], tokenizer, tokenizer_dir: str, fingerprint: str, cache_dir: str, *, fmt: str = '',
+          text_field: str = 'text', workers: int = 0, unit_bytes: int = 64 << 20) -> str:
+  """The token cache of `paths` (built, or finished, here); returns its folder.
+
+  `tokenizer` is the run's, saved in `tokenizer_dir` (workers load it from there; its
+  `fingerprint` checks they did). Bad input is a DataError; the partial cache is removed."""
+  out = cache_dir_for(paths, fingerprint, cache_dir, fmt, text_field, unit_bytes)
+  if os.path.exists(os.path.join(out, INDEX)):
+    return out
+  units = sources.units(paths, fmt, unit_bytes)
+  os.makedirs(out, exist_ok=True)
+  for name in os.listdir(out):      # what a killed build left half-written
+    if '.tmp' in name:
+      os.remove(os.path.join(out, name))
+  todo = [i for i in range(len(units)) if not os.path.exists(_meta_path(out, i))]
+  dtype = np.dtype(token_dtype(tokenizer.vocab_size)).name
+  jobs = [(units[i], i, out, tokenizer_dir, fingerprint, text_field, dtype) for i in todo]
+  workers = min(workers or default_workers(), max(1, len(jobs)))
+  try:
+    if workers <= 1:
+      for job in jobs:
+        _build_unit(*job, tokenizer=tokenizer)
+    else:
+      context = multiprocessing.get_context('spawn')   # not fork: the parent runs JAX's threads
+      with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(_build_unit, *job) for job in jobs]
+        try:
+          for f in concurrent.futures.as_completed(futures):
+            f.result()
+        except BaseException:
+          for f in futures:
+            f.cancel()
+          raise
+  except DataError:
+    shutil.rmtree(out, ignore_errors=True)   # bad input: leave nothing behind
+    raise
+  metas = []
+  for i in range(len(units)):
+    with open(_meta_path(out, i)) as f:
+      metas.append(json.load(f))
+  index = {'tokenizer': fingerprint, 'dtype': dtype, 'format': fmt, 'text_field': text_field,
+           'unit_bytes': unit_bytes, 'sources': [sources.stat(p) for p in paths],
+           'tokens': sum(m['tokens'] for m in metas), 'documents': sum(m['documents'] for m in metas),
+           'shards': metas}
+  if index['tokens'] == 0:
+    shutil.rmtree(out, ignore_errors=True)
+    raise DataError(f'empty corpus: {", ".join(paths[:3])}{" ..." if len(paths) > 3 else ""} hold no text')
+  _write_json(os.path.join(out, INDEX), index)
+  return out
+
+
+_WORKER_TOKENIZER = {}
+
+
+def _worker_tokenizer(tokenizer_dir: str, fingerprint: str):
+  from ssl_jax.data import tokenizer as tokenizers  # pylint: disable=import-outside-toplevel
+  if tokenizer_dir not in _WORKER_TOKENIZER:
+    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')   # one process a core already
+    tok = tokenizers.load(tokenizer_dir)
+    if tok is None or tokenizers.fingerprint(tok) != fingerprint:
+      raise RuntimeError(f'{tokenizer_dir}: the saved tokenizer is not the run\'s (fingerprint {fingerprint})')
+    _WORKER_TOKENIZER[tokenizer_dir] = tok
+  return _WORKER_TOKENIZER[tokenizer_dir]
+
+
+def _build_unit(unit, i: int, out: str, tokenizer_dir: str, fingerprint: str, text_field: str, dtype: str,
+                tokenizer=None) -> dict:
+  """Tokenises one unit into shard i: its .bin and .docs, then (last, atomically) its .json."""
+  tok = tokenizer or _worker_tokenizer(tokenizer_dir, fingerprint)
+  encode_batch = getattr(tok, 'encode_batch', None) or (lambda texts: [tok.encode(t) for t in texts])
+  bin_path, tmp_suffix = _shard_path(out, i, 'bin'), f'.tmp{os.getpid()}'
+  ends, total, pending, pending_chars = [], 0, [], 0
+  doc_ends_each = unit.format != 'text'    # a text file is one document: it ends with the file
+  with open(bin_path + tmp_suffix, 'wb') as f:
+    def flush():
+      nonlocal total, pending, pending_chars
+      for ids in encode_batch(pending):
+        f.write(np.asarray(ids).astype(dtype).tobytes())
+        total += len(ids)
+        if doc_ends_each:
+          ends.append(total)
+      pending, pending_chars = [], 0
+
+    for text in sources.documents(unit, text_field):
+      if doc_ends_each:
+        text += SEPARATOR
+      pending.append(text)
+      pending_chars += len(text)
+      if pending_chars >= ENCODE_BATCH_CHARS:
+        flush()
+    flush()
+  if not doc_ends_each and unit.last:
+    ends.append(total)
+  np.asarray(ends, np.int64).tofile(_shard_path(out, i, 'docs') + tmp_suffix)
+  os.replace(bin_path + tmp_suffix, bin_path)
+  os.replace(_shard_path(out, i, 'docs') + tmp_suffix, _shard_path(out, i, 'docs'))
+  meta = {'shard': os.path.basename(bin_path), 'source': unit.path, 'start': unit.start, 'end': unit.end,
+          'tokens': total, 'documents': len(ends)}
+  _write_json(_meta_path(out, i), meta)
+  return meta
+
+
+def _shard_path(out: str, i: int, ext: str) -> str:
+  return os.path.join(out, f'shard-{i:05d}.{ext}')
+
+
+def _meta_path(out: str, i: int) -> str:
+  return _shard_path(out, i, 'json')
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+class ShardedTokens:
+  """A cache's shards as one memory-mapped token stream: len(), slices (views) and integer
+  index arrays (a gather that touches only the shards and pages those indices fall in)."""
+
+  def __init__(self, directory: str, start: int = 0, stop: Optional[int] = None, _index: Optional[dict] = None):
+    self.directory = directory
+    if _index is None:
+      with open(os.path.join(directory, INDEX)) as f:
+        _index = json.load(f)
+    self.index = _index
+    self.dtype = np.dtype(_index['dtype'])
+    counts = np.array([m['tokens'] for m in _index['shards']], np.int64)
+    self._ends = np.cumsum(counts)
+    self._starts = self._ends - counts
+    total = int(self._ends[-1]) if len(counts) else 0
+    self.start, self.stop = start, total if stop is None else stop
+    self._maps: dict = {}
+
+  def __len__(self) -> int:
+    return self.stop - self.start
+
+  def _map(self, s: int) -> np.ndarray:
+    if s not in self._maps:
+      path = os.path.join(self.directory, self.index['shards'][s]['shard'])
+      self._maps[s] = np.memmap(path, self.dtype, 'r') if self.index['shards'][s]['tokens'] else np.zeros(0, self.dtype)
+    return self._maps[s]
+
+  def __getitem__(self, key):
+    if isinstance(key, slice):
+      start, stop, step = key.indices(len(self))
+      if step != 1:
+        raise ValueError('ShardedTokens: slices take no step')
+      return ShardedTokens(self.directory, self.start + start, self.start + max(start, stop), self.index)
+    index = np.asarray(key, np.int64)
+    if index.size and (index.min() < 0 or index.max() >= len(self)):
+      raise IndexError(f'token index out of range(0, {len(self)})')
+    flat = index.ravel() + self.start
+    shard = np.searchsorted(self._ends, flat, side='right')
+    out = np.empty(flat.shape, self.dtype)
+    for s in np.unique(shard):
+      here = shard == s
+      out[here] = self._map(int(s))[flat[here] - self._starts[s]]
+    return out.reshape(index.shape)
+
+  def to_array(self) -> np.ndarray:
+    return self[np.arange(len(self))]
