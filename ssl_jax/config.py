@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_fraction = 0.1
   c.data.seq_len = 128
   c.data.tokenizer = 'char'     # char | sentencepiece (also spm, unigram; bpe: its BPE model) trained on a streamed sample of the corpus | a path: sentencepiece .model, Hugging Face tokenizer.json, .tiktoken file
-  c.data.tokenizer_sample_mb = 64.0  # sentencepiece: MB of text streamed from the corpus (spread over its files) to train it on
+  c.data.tokenizer_sample_mb = 16.0  # sentencepiece: MB of text streamed from the corpus (spread over its files) to train it on
   c.data.tiktoken_pattern = 'gpt2'  # a .tiktoken tokenizer's split regex: gpt2 (GPT-2's, as r50k/p50k) or the regex itself
   c.data.tiktoken_special_tokens = ''  # a .tiktoken tokenizer's special tokens, 'NAME:ID,...'; '' = <|endoftext|> right after the last rank
   c.data.format = ''            # '' = by extension (.txt, .jsonl, .parquet, .arrow, each optionally .gz/.zst; a datasets save_to_disk folder) | text | jsonl | parquet | arrow
