@@ -236,3 +236,28 @@ def test_sentencepiece_trains_on_a_bounded_sample(docs, tmp_path):
     config = type('C', (), {'data': type('D', (), {'tokenizer': 'sentencepiece', 'tokenizer_sample_mb': 1.0,
                                                     'format': '', 'text_field': 'text'})()})()
     list(training_texts(config, [str(tmp_path / 'empty.jsonl')]))
+
+
+def test_prepare_reads_compressed_and_jsonl_sources(docs, tmp_path):
+  from ssl_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  text = '\n\n'.join(docs[:20]) + '\n'
+  (tmp_path / 'c.txt.gz').write_bytes(gzip.compress(text.encode()))
+  write_jsonl(tmp_path / 'c.jsonl', docs[:20])
+  for name in ('c.txt.gz', 'c.jsonl'):
+    found = list(prepare.documents([str(tmp_path / name)]))
+    assert [d.text for d in found] == docs[:20], name
+  (tmp_path / 'bad.txt.gz').write_bytes(gzip.compress(b'fine\n\xff\xfe not utf-8\n'))
+  with pytest.raises(DataError, match='bad.txt.gz:2: not UTF-8'):
+    list(prepare.documents([str(tmp_path / 'bad.txt.gz')]))
+
+
+def test_fsspec_urls(docs):
+  fsspec = pytest.importorskip('fsspec')
+  fs = fsspec.filesystem('memory')
+  for i in range(2):
+    with fs.open(f'/corpus/part-{i}.jsonl', 'w') as f:
+      f.writelines(json.dumps({'text': d}) + '\n' for d in docs[i * 10:(i + 1) * 10])
+  paths = sources.resolve('memory://corpus/*.jsonl')
+  assert paths == ['memory:///corpus/part-0.jsonl', 'memory:///corpus/part-1.jsonl']
+  assert list(sources.iter_documents(paths)) == docs[:20]
+  assert sources.stat(paths[0])['size'] > 0

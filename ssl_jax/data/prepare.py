@@ -24,6 +24,7 @@ documents) whose index is its process index modulo the host count.
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
+from ssl_jax.data import sources
 from ssl_jax.data.text import DataError
 
 FILTERS = ('quality', 'exact', 'lines', 'near')
@@ -51,6 +53,12 @@ class Document:
   last_line: int
 
 
+def _lines(path: str) -> Iterator[str]:
+  """A text file's lines, streamed and decompressed (.gz, .zst); bad bytes are a DataError."""
+  for piece in sources.iter_documents([path], 'text', separator=False):   # pieces of whole lines
+    yield from io.StringIO(piece)
+
+
 def documents(paths: List[str], mode: str = 'paragraphs', process_index: int = 0,
               process_count: int = 1) -> Iterator[Document]:
   """Streams the documents of `paths`, this host's share only."""
@@ -62,22 +70,27 @@ def documents(paths: List[str], mode: str = 'paragraphs', process_index: int = 0
     if by_file and f_index % process_count != process_index:
       continue
     lines, first = [], 1
-    with open(path, encoding='utf-8', errors='replace') as f:
-      for number, line in enumerate(f, start=1):
-        line = line.rstrip('\n')
-        if mode == 'paragraphs' and not line.strip():
-          if lines:
-            if by_file or count % process_count == process_index:
-              yield Document('\n'.join(lines), path, first, number - 1)
-            count += 1
-          lines, first = [], number + 1
-          continue
-        if not lines:
-          first = number
-        lines.append(line)
-      if lines and (by_file or count % process_count == process_index):
-        yield Document('\n'.join(lines), path, first, first + len(lines) - 1)
-      count += bool(lines)
+    if sources.format_of(path) != 'text':    # JSONL, Parquet, Arrow: a row is a document
+      for number, text in enumerate(sources.iter_documents([path]), start=1):
+        if by_file or count % process_count == process_index:
+          yield Document(text, path, number, number)
+        count += 1
+      continue
+    for number, line in enumerate(_lines(path), start=1):
+      line = line.rstrip('\n')
+      if mode == 'paragraphs' and not line.strip():
+        if lines:
+          if by_file or count % process_count == process_index:
+            yield Document('\n'.join(lines), path, first, number - 1)
+          count += 1
+        lines, first = [], number + 1
+        continue
+      if not lines:
+        first = number
+      lines.append(line)
+    if lines and (by_file or count % process_count == process_index):
+      yield Document('\n'.join(lines), path, first, first + len(lines) - 1)
+    count += bool(lines)
 
 
 def quality_problem(text: str, p) -> str:

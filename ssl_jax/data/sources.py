@@ -153,9 +153,10 @@ def units(paths: Sequence[str], fmt: str = '', unit_bytes: int = 64 << 20) -> Li
   return out
 
 
-def documents(unit: Unit, text_field: str = 'text') -> Iterator[str]:
+def documents(unit: Unit, text_field: str = 'text', separator: bool = True) -> Iterator[str]:
   """The texts of a unit, in order: JSONL/Parquet/Arrow rows, or pieces of a text file
-  (whole lines, the file's last piece followed by the blank line that separates files)."""
+  (whole lines, the file's last piece followed by the blank line that separates files,
+  unless not `separator`)."""
   if unit.format == 'jsonl':
     yield from _jsonl(unit, text_field)
   elif unit.format == 'parquet':
@@ -163,12 +164,13 @@ def documents(unit: Unit, text_field: str = 'text') -> Iterator[str]:
   elif unit.format == 'arrow':
     yield from _arrow_rows(unit, text_field)
   else:
-    yield from _text_pieces(unit)
+    yield from _text_pieces(unit, separator)
 
 
-def iter_documents(paths: Sequence[str], fmt: str = '', text_field: str = 'text') -> Iterator[str]:
+def iter_documents(paths: Sequence[str], fmt: str = '', text_field: str = 'text',
+                   separator: bool = True) -> Iterator[str]:
   for unit in units(paths, fmt):
-    yield from documents(unit, text_field)
+    yield from documents(unit, text_field, separator)
 
 
 def sample(paths: Sequence[str], budget_bytes: int, fmt: str = '', text_field: str = 'text') -> Iterator[str]:
@@ -270,7 +272,7 @@ def _jsonl(unit: Unit, field: str) -> Iterator[str]:
     yield text
 
 
-def _text_pieces(unit: Unit) -> Iterator[str]:
+def _text_pieces(unit: Unit, separator: bool = True) -> Iterator[str]:
   piece, size = [], 0
   for k, (n, line) in enumerate(_lines(unit), 1):
     if b'\x00' in line:
@@ -283,7 +285,7 @@ def _text_pieces(unit: Unit) -> Iterator[str]:
     if size >= PIECE_BYTES:
       yield ''.join(piece)
       piece, size = [], 0
-  if unit.last:
+  if unit.last and separator:
     piece.append('\n\n')
   if piece:
     yield ''.join(piece)
