@@ -146,14 +146,14 @@ def main():
   ours_wall = time.perf_counter() - t
   with open(os.path.join(REPO, workdir, 'metrics.jsonl')) as f:
     records = [json.loads(l) for l in f if l.strip()]
-  final = [r for r in records if 'accuracy' in r][-1]
+  final = [r for r in records if 'eval_accuracy' in r][-1]
   speeds = [r['tokens_per_sec'] for r in records if 'tokens_per_sec' in r]
   t = time.perf_counter()
   hf = run_json('HF', peer(args), str(REPO))
   hf_wall = time.perf_counter() - t
   result = {'mode': 'accuracy', 'rows': args.rows, 'epochs': args.epochs, 'lr': args.lr,
-            'ours_accuracy': final['accuracy'], 'hf_accuracy': hf['accuracy'],
-            'difference_points': 100 * (final['accuracy'] - hf['accuracy']),
+            'ours_accuracy': final['eval_accuracy'], 'hf_accuracy': hf['accuracy'],
+            'difference_points': 100 * (final['eval_accuracy'] - hf['accuracy']),
             'ours_tokens_per_sec': statistics.median(speeds), 'hf_tokens_per_sec': hf['tokens_per_sec'],
             'ours_wall_s': ours_wall, 'hf_wall_s': hf_wall}
   result['speed_ratio'] = result['ours_tokens_per_sec'] / result['hf_tokens_per_sec']

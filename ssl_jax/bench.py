@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from ssl_jax import flops, train
+from ssl_jax import flops, trainer
 
 
 def input_rate(s, steps: int, start: int = 1000) -> float:
@@ -31,7 +31,7 @@ def input_rate(s, steps: int, start: int = 1000) -> float:
 
 def run(config, workdir: str = '', profile_dir: str = '') -> dict:
   workdir = workdir or tempfile.mkdtemp(prefix='ssl_jax_bench_')
-  s = train.setup(config, workdir)
+  s = trainer.setup(config, workdir)
   bc = config.bench
   n_batches = min(bc.warmup + bc.steps, 8)  # a few distinct batches, reused round robin
   batches = [s.put(s.data.train.batch(i)) for i in range(n_batches)]

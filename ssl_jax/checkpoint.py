@@ -118,7 +118,7 @@ class Checkpointer:
                         _short(e))
         failed.append(s)
         continue
-      _check_meta(meta, expect_meta or {}, f'{self.directory}/{s}')
+      check_meta(meta, expect_meta or {}, f'{self.directory}/{s}')
       try:
         restored = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
       except Exception as e:  # pylint: disable=broad-except
@@ -170,7 +170,7 @@ class Checkpointer:
     self.manager.close()
 
 
-def _check_meta(meta: dict, expect: dict, where: str) -> None:
+def check_meta(meta: dict, expect: dict, where: str) -> None:
   for key, want in expect.items():
     have = meta.get(key)
     if have is not None and have != want:

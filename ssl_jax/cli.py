@@ -5,14 +5,14 @@ import os
 
 import ml_collections
 
-from ssl_jax import bench, checkpoint, config as config_lib, generate, tasks, train
+from ssl_jax import bench, checkpoint, config as config_lib, generate, tasks, trainer, workdirs
 from ssl_jax.data.text import DataError
 
 
 def is_user_error(e: Exception) -> bool:
   """Errors that a one-line message explains (bad input, config, data, checkpoint)."""
   return isinstance(e, (DataError, checkpoint.CheckpointError, config_lib.ConfigError, FileNotFoundError,
-                        train.TrainingError))
+                        workdirs.TrainingError))
 
 
 def default_workdir(config) -> str:
@@ -31,10 +31,17 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
     if not workdir:
       raise config_lib.ConfigError(f'{command} needs --workdir (a trained run) or --config')
     config = saved_config(workdir)
+  elif command in ('train', 'finetune') and not config_given and workdir and os.path.exists(
+      os.path.join(workdir, 'config.json')):
+    config = saved_config(workdir)   # go on with the run saved there, not the default experiment
+    print(f'config: the one saved in {workdir} (give --config to start from an experiment)', flush=True)
   else:
     config = config_lib.load(config_spec)
   for key, text in overrides:
     config_lib.override(config, key, text)
+  if command == 'config':
+    print(config_lib.describe(config), flush=True)
+    return
   if command == 'plan':
     import jax  # pylint: disable=import-outside-toplevel
     from ssl_jax import plan  # pylint: disable=import-outside-toplevel
@@ -44,26 +51,26 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
     workdir = default_workdir(config)
     print(f'workdir: {workdir} (set --workdir to choose)', flush=True)
   if command == 'train':
-    train.train_and_evaluate(config, workdir)
+    trainer.train_and_evaluate(config, workdir)
   elif command == 'prepare':
     prepare_command(config, workdir)
   elif command == 'finetune':
     if not hasattr(tasks.get(config.task), 'HEADS'):
       raise config_lib.ConfigError(f'task {config.task!r} is not a fine-tuning task; finetune takes '
                                    'experiments/finetune_*.py (or use train)')
-    train.train_and_evaluate(config, workdir)
+    trainer.train_and_evaluate(config, workdir)
     best = os.path.join(workdir, 'best', 'best.json')
     if os.path.exists(best):
       with open(best) as f:
         print(f'best: {f.read().strip()} (parameters in {os.path.dirname(best)})', flush=True)
   elif command == 'eval':
-    train.eval_command(config, workdir)
+    trainer.eval_command(config, workdir)
   elif command == 'bench':
     if steps:
       config.bench.steps = steps
     bench.main(config, workdir or '', profile or '')
   elif command == 'generate':
-    s, state, _ = train.restore_for_inference(config, workdir, compile_steps=False)
+    s, state, _ = trainer.restore_for_inference(config, workdir, compile_steps=False)
     prompts = [prompt]
     if prompt_file:
       with open(prompt_file) as f:
@@ -74,11 +81,11 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
       print(p + text, flush=True)
   elif command == 'fewshot':
     from ssl_jax import evaluate  # pylint: disable=import-outside-toplevel
-    s, state, _ = train.restore_for_inference(config, workdir, compile_steps=False)
+    s, state, _ = trainer.restore_for_inference(config, workdir, compile_steps=False)
     evaluate.fewshot_command(s, state.params, task_file, train_file, shots, workdir)
   elif command == 'summarize':
     from ssl_jax import summarize  # pylint: disable=import-outside-toplevel
-    s, state, _ = train.restore_for_inference(config, workdir, compile_steps=False)
+    s, state, _ = trainer.restore_for_inference(config, workdir, compile_steps=False)
     summarize.summarize_command(s, state.params, input_file, workdir)
 
 

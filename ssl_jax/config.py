@@ -18,22 +18,23 @@ from ml_collections import config_dict
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = ''             # name; the default workdir is runs/<experiment>
-  c.seed = 0
-  c.task = 'clm'                # objective in ssl_jax/tasks (clm, ...)
+  c.seed = 0                    # seed of every random draw: initialisation, data order, masks, dropout
+  c.task = 'clm'                # objective (ssl_jax/tasks): clm | mlm_nsp | masked_image | inpaint | jigsaw | rotation | classify | tag | span_qa
   c.init_from = ''              # a workdir (or Hugging Face directory) to start the body from
   c.init = ''                   # eval: 'random' evaluates the model at its random initialisation
+  c.compile_cache = 'auto'      # JAX's persistent compilation cache: auto (under ~/.cache/ssl_jax) | a folder | '' (off)
 
   c.model = ml_collections.ConfigDict()
-  c.model.family = 'gpt'        # gpt | ...
+  c.model.family = 'gpt'        # gpt | bert | vit | mae | jigsaw | bert_classifier | bert_tagger | bert_qa | gpt_classifier | vit_classifier
   c.model.size = ''             # a named size, e.g. 'gpt2:124M' (decoded by the experiment)
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.d_model = 128
-  c.model.d_ff = 512
+  c.model.num_layers = 4        # transformer blocks
+  c.model.num_heads = 4         # attention heads per block
+  c.model.d_model = 128         # width of the residual stream
+  c.model.d_ff = 512            # hidden width of each block's MLP
   c.model.vocab_size = 0        # 0: from the tokenizer
   c.model.max_len = 0           # learned positions; 0: data.seq_len
-  c.model.dropout = 0.0
-  c.model.bias = True
+  c.model.dropout = 0.0         # dropout rate on the embeddings and residual branches (not attention weights); 0 = off
+  c.model.bias = True           # biases in the linear layers and norms (GPT-2, BERT: true)
   c.model.activation = 'gelu_tanh'  # gelu_tanh (GPT-2) | gelu (exact erf, BERT)
   c.model.dtype = 'auto'        # compute dtype (auto: bfloat16 on TPU/GPU, float32 on CPU); parameters stay float32
   c.model.kernels = 'auto'      # auto (from the mesh's devices) | xla (plain, every backend) | cpu (XLA:CPU's)
@@ -46,8 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.overlap = 2           # inpaint: pixels of context around the hole that are reconstructed too
   c.model.overlap_weight = 10.0 # inpaint: their weight in the loss (the hole's is 1)
   c.model.decoder_layers = 2    # MAE decoder
-  c.model.decoder_heads = 4
-  c.model.decoder_d_model = 128
+  c.model.decoder_heads = 4     # MAE decoder: attention heads
+  c.model.decoder_d_model = 128  # MAE decoder: width
   c.model.num_classes = 0       # classifier heads (rotation: 4)
   c.model.all_turns = False     # rotation: every image in all four turns (4x the batch), not one drawn turn
   c.model.tile_size = 0         # jigsaw: side of each of the 3x3 tiles in pixels (a multiple of model.patch)
@@ -57,8 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.path = ''              # file, glob or comma-separated list; '' = embedded corpus
   c.data.eval_path = ''         # held-out split; '' = last data.eval_fraction of data.path
-  c.data.eval_fraction = 0.1
-  c.data.seq_len = 128
+  c.data.eval_fraction = 0.1    # share of data.path held out when data.eval_path is ''
+  c.data.seq_len = 128          # tokens per training sequence (decoder window, BERT pair)
   c.data.tokenizer = 'char'     # char | sentencepiece (also spm, unigram; bpe: its BPE model) trained on a streamed sample of the corpus | a path: sentencepiece .model, Hugging Face tokenizer.json, .tiktoken file
   c.data.tokenizer_sample_mb = 16.0  # sentencepiece: MB of text streamed from the corpus (spread over its files) to train it on
   c.data.tiktoken_pattern = 'gpt2'  # a .tiktoken tokenizer's split regex: gpt2 (GPT-2's, as r50k/p50k) or the regex itself
@@ -69,49 +70,49 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.shard_mb = 64.0         # token cache: MB of source text a shard holds (the unit a killed build resumes from)
   c.data.max_predictions = 20   # masked LM: most masked positions per sequence
   c.data.short_seq_prob = 0.1   # masked LM: chance of a shorter target length
-  c.data.whole_word_masking = False
+  c.data.whole_word_masking = False  # masked LM: mask every piece of a chosen word together
   c.data.image_size = 32        # vision: images are resized to this square
   c.data.max_examples = 0       # fine-tuning: use the first N training rows (0: all)
   c.data.prepare = ml_collections.ConfigDict()   # corpus cleaning before tokenisation (run.py prepare)
   c.data.prepare.enabled = False      # train: clean data.path first (cached in WORKDIR/prepared)
   c.data.prepare.documents = 'paragraphs'  # paragraphs (blank-line separated) | files
-  c.data.prepare.quality = True
+  c.data.prepare.quality = True  # drop documents failing the quality heuristics below
   c.data.prepare.min_words = 3      # a speaker and one word ('LUCIO: Ay.') is too little to learn from
-  c.data.prepare.max_words = 100_000
-  c.data.prepare.min_mean_word_length = 2.0
-  c.data.prepare.max_mean_word_length = 12.0
-  c.data.prepare.min_alpha_fraction = 0.6
+  c.data.prepare.max_words = 100_000  # quality: longest document kept, in words
+  c.data.prepare.min_mean_word_length = 2.0  # quality: shortest mean word length kept
+  c.data.prepare.max_mean_word_length = 12.0  # quality: longest mean word length kept
+  c.data.prepare.min_alpha_fraction = 0.6  # quality: least share of alphabetic characters (spaces aside)
   c.data.prepare.min_punctuated_lines = 0.2   # verse and dialogue end lines in , ; : as well as . ! ?
-  c.data.prepare.max_repeated_3grams = 0.3
-  c.data.prepare.exact = True
-  c.data.prepare.lines = True
+  c.data.prepare.max_repeated_3grams = 0.3  # quality: most share of word 3-grams that occur more than once
+  c.data.prepare.exact = True   # drop exact duplicate documents (whitespace-normalised)
+  c.data.prepare.lines = True   # drop documents whose every line repeats lines kept already
   c.data.prepare.min_line_chars = 40   # shorter lines (a play's speaker names) are never deduplicated
-  c.data.prepare.near = True
+  c.data.prepare.near = True    # drop near duplicates (MinHash LSH over word 5-shingles)
   c.data.prepare.near_threshold = 0.7  # estimated Jaccard similarity of word 5-shingles
-  c.data.prepare.num_perm = 128
+  c.data.prepare.num_perm = 128  # near: MinHash permutations (more: a finer similarity estimate)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16       # global batch, over all hosts and devices
   c.train.grad_accum = 1        # micro-batches per step (the batch is split this many ways)
-  c.train.steps = 1000
-  c.train.lr = 1e-3
-  c.train.warmup_steps = 100
-  c.train.min_lr = 1e-4
+  c.train.steps = 1000          # optimizer steps in all (a resume continues to this step)
+  c.train.lr = 1e-3             # peak learning rate (AdamW)
+  c.train.warmup_steps = 100    # linear warm-up from 0 to train.lr
+  c.train.min_lr = 1e-4         # learning rate at the end of the decay
   c.train.decay_steps = 0       # cosine reaches min_lr here; 0 = train.steps
   c.train.schedule = 'cosine'   # cosine | linear | constant
-  c.train.weight_decay = 0.1
-  c.train.b1 = 0.9
-  c.train.b2 = 0.95
-  c.train.eps = 1e-8
+  c.train.weight_decay = 0.1    # AdamW decoupled weight decay, on matrices and embeddings (not biases or norm scales)
+  c.train.b1 = 0.9              # AdamW first-moment decay
+  c.train.b2 = 0.95             # AdamW second-moment decay
+  c.train.eps = 1e-8            # AdamW epsilon
   c.train.grad_clip = 1.0       # global-norm clipping; 0 = off
-  c.train.eval_every = 250
+  c.train.eval_every = 250      # steps between held-out evaluations (0 = only at the end)
   c.train.eval_batches = 20     # held-out batches an eval; 0 = the whole split (decoders, labelled data)
-  c.train.log_every = 1
-  c.train.checkpoint_every = 250
-  c.train.keep_checkpoints = 2
+  c.train.log_every = 1         # steps between metrics.jsonl records (and plain progress lines off a terminal)
+  c.train.checkpoint_every = 250  # steps between checkpoints (0 = only at the end)
+  c.train.keep_checkpoints = 2  # newest checkpoints kept
   c.train.max_bad_steps = 10    # stop after this many non-finite steps in a row (their updates are skipped); 0 = never
-  c.train.sample_tokens = 200   # text sampled at the end of a decoder run; 0 = none
-  c.train.sample_prompt = ''
+  c.train.sample_tokens = 200   # tokens sampled at the end of a decoder run, within the model's context; 0 = none
+  c.train.sample_prompt = ''    # prompt of the end-of-run sample ('' = a newline)
 
   c.finetune = ml_collections.ConfigDict()
   c.finetune.freeze = 0         # -1: the whole body (a linear probe); k > 0: embeddings + the lowest k blocks
@@ -120,26 +121,78 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.max_query_len = 64 # span QA: question tokens kept
   c.finetune.max_answer_len = 30  # span QA: longest answer decoded, in tokens
 
+  c.log = ml_collections.ConfigDict()
+  c.log.wandb = ''              # a Weights & Biases project to log to as well ('' = off; WANDB_MODE=offline works)
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1              # -1: whatever the other axes leave of the devices
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
+  c.mesh.fsdp = 1               # devices each parameter and optimizer moment is sharded over (ZeRO-3 style)
+  c.mesh.tensor = 1             # devices each layer's matrices are split over (Megatron-style tensor parallelism)
 
   c.bench = ml_collections.ConfigDict()
-  c.bench.steps = 20
-  c.bench.warmup = 3
+  c.bench.steps = 20            # bench: timed steps (after warm-up)
+  c.bench.warmup = 3            # bench: untimed steps after compiling
   c.bench.peak_flops = 0.0      # per device; 0 = measured (CPU) or the datasheet table
   return c
+
+
+def flatten(config) -> dict:
+  """{'train.lr': 0.001, ...}: the leaves of a ConfigDict (or of a nested dict)."""
+  items = config.items() if isinstance(config, (dict, ml_collections.ConfigDict)) else ()
+  flat = {}
+  for key, value in items:
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      flat.update({f'{key}.{k}': v for k, v in flatten(value).items()})
+    else:
+      flat[key] = value
+  return flat
+
+
+def docs() -> dict:
+  """{'train.lr': 'what it does', ...}: the comment beside each key in `base_config()`."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  import io  # pylint: disable=import-outside-toplevel
+  import tokenize  # pylint: disable=import-outside-toplevel
+  found, key = {}, None
+  for token in tokenize.generate_tokens(io.StringIO(inspect.getsource(base_config)).readline):
+    if token.type == tokenize.NAME and token.string == 'c' and token.start[1] == 2:
+      key = token.line.split('=', 1)[0].strip()[2:]   # 'c.train.lr = ...' -> 'train.lr'
+    elif token.type == tokenize.COMMENT and key is not None:
+      found[key] = token.string[1:].strip()
+      key = None
+    elif token.type == tokenize.NEWLINE:
+      key = None
+  return found
+
+
+def describe(config) -> str:
+  """The resolved config, one `key = value  # what it does` line per leaf."""
+  notes = docs()
+  flat = flatten(config)
+  width = max(len(f'{k} = {v!r}') for k, v in flat.items())
+  return '\n'.join(f'{f"{k} = {v!r}":<{width}}  # {notes.get(k, "(undocumented)")}' for k, v in flat.items())
 
 
 class ConfigError(ValueError):
   """A bad experiment spec or override; the message names the key or file."""
 
 
+def experiments_dir() -> str:
+  """The experiment files: installed beside the package by `pip install .`, else the
+  repository's `experiments/` folder."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  installed = os.path.join(package, 'experiments')
+  return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(package), 'experiments')
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
-  """The config of `experiments/FILE.py[:ARG]`: FILE's get_config(ARG), locked."""
+  """The config of `experiments/FILE.py[:ARG]`: FILE's get_config(ARG), locked. A path
+  `experiments/...` that is not under the current folder is looked up among ours."""
   path, _, arg = spec.partition('.py:')
   path = path if path.endswith('.py') else path + '.py'
+  head, _, rest = path.partition('/')
+  if not os.path.isfile(path) and head == 'experiments' and os.path.isfile(os.path.join(experiments_dir(), rest)):
+    path = os.path.join(experiments_dir(), rest)
   if not os.path.isfile(path):
     raise ConfigError(f'--config: no experiment file {path!r}')
   module_spec = importlib.util.spec_from_file_location(f'experiment_{os.path.basename(path)[:-3]}', path)
@@ -196,4 +249,4 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     node[leaf] = value
 
 
-__all__ = ['base_config', 'load', 'override', 'ConfigError', 'config_dict']
+__all__ = ['base_config', 'experiments_dir', 'load', 'override', 'flatten', 'docs', 'describe', 'ConfigError', 'config_dict']

@@ -1,17 +1,24 @@
-"""What a run shows and leaves behind: a progress bar, metrics.jsonl, TensorBoard events, loss.png.
+"""What a run shows and leaves behind: progress, metrics.jsonl, TensorBoard events, loss.png.
 
-Only process 0 writes. On resume, records past the restored step are dropped from
-metrics.jsonl so the file is one clean curve.
+Progress is a bar on a terminal and plain lines elsewhere (a cluster's log file gets one
+line per logged step, not a redraw per step). Only process 0 writes. On resume, records
+past the restored step are dropped from metrics.jsonl so the file is one clean curve.
+
+Names: `train_*` are figures of training batches, `eval_*` of held-out ones; every record
+has `step` and `time` (seconds since the run began).
 """
 
 import json
 import math
 import os
 import sys
+import time
 from typing import Dict, Optional
 
 import jax
 import numpy as np
+
+from ssl_jax.config import ConfigError
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -24,13 +31,17 @@ def _plain(v):
 class MetricLogger:
 
   def __init__(self, workdir: str, total_steps: int, start_step: int = 0, unit: str = 'tokens',
-               progress: bool = True):
+               progress: bool = True, started: Optional[float] = None, wandb_project: str = '', config=None):
     self.enabled = jax.process_index() == 0
     self.workdir = workdir
     self.path = os.path.join(workdir, METRICS_FILE)
     self.unit = unit
+    self.total_steps = total_steps
+    self.started = time.perf_counter() if started is None else started
     self._tb = None
     self._bar = None
+    self._lines = False     # plain progress lines (stderr is not a terminal)
+    self._wandb = None
     self._held_out = {}
     if not self.enabled:
       return
@@ -38,28 +49,57 @@ class MetricLogger:
     _truncate_after(self.path, start_step)
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     self._tb = SummaryWriter(workdir, flush_secs=30)
-    if progress:
+    if config is not None:
+      self._tb.add_text('config', '    ' + config.to_json(indent=2).replace('\n', '\n    '), start_step)
+    if wandb_project:
+      self._wandb = _wandb_run(wandb_project, workdir, config)
+    if progress and sys.stderr.isatty():
       from tqdm import tqdm  # pylint: disable=import-outside-toplevel
       self._bar = tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True,
                        file=sys.stderr, mininterval=0.5, smoothing=0.1)
+    else:
+      self._lines = progress
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self.started
 
   def write(self, step: int, metrics: Dict[str, float]) -> None:
     """Appends one record (step plus metrics) and mirrors it to TensorBoard."""
     if not self.enabled:
       return
-    record = {'step': int(step), **{k: _plain(v) for k, v in metrics.items()}}
+    record = {'step': int(step), 'time': round(self.elapsed(), 3), **{k: _plain(v) for k, v in metrics.items()}}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
-    for k, v in record.items():
-      if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v):
-        self._tb.add_scalar(k, v, step)
+    scalars = {k: v for k, v in record.items()
+               if k not in ('step', 'time') and isinstance(v, (int, float)) and math.isfinite(v)}
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, step)
+    if self._wandb is not None:
+      self._wandb.log(scalars, step=int(step))
+
+  def text(self, tag: str, text: str, step: int) -> None:
+    """A text record for TensorBoard (and Weights & Biases), e.g. the end-of-run sample."""
+    if not self.enabled:
+      return
+    self._tb.add_text(tag, '    ' + text.replace('\n', '\n    '), step)   # indented: shown verbatim
+    if self._wandb is not None:
+      self._wandb.log({tag: text}, step=int(step))
+
+  def hparams(self, hparams: Dict[str, object], final: Dict[str, float]) -> None:
+    """TensorBoard's hyperparameter table: the run's settings against its final figures."""
+    if not self.enabled:
+      return
+    flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+    numbers = {f'hparam/{k}': float(v) for k, v in final.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    if numbers:
+      self._tb.add_hparams(flat, numbers, name='hparams')
 
   def progress(self, step: int, metrics: Dict[str, float]) -> None:
-    if self._bar is None:
+    if self._bar is None and not self._lines:
       return
-    self._bar.n = step
     for k, v in metrics.items():   # held-out figures stay on the bar until the next eval
-      if k in ('eval_loss', 'mlm_accuracy', 'nsp_accuracy', 'accuracy'):
+      if k in ('eval_loss', 'eval_mlm_accuracy', 'eval_nsp_accuracy', 'eval_accuracy'):
         self._held_out[k.replace('_accuracy', '_acc')] = f'{v:.4f}'
     shown = {}
     if 'train_loss' in metrics:
@@ -68,6 +108,12 @@ class MetricLogger:
     rate = metrics.get(f'{self.unit}_per_sec')
     if rate:
       shown[f'{self.unit}/s'] = f'{rate:,.0f}'
+    if self._lines:
+      shown['lr'] = f'{metrics["lr"]:.2e}' if 'lr' in metrics else None
+      fields = '  '.join(f'{k} {v}' for k, v in shown.items() if v is not None)
+      print(f'step {step}/{self.total_steps}  {fields}  ({self.elapsed():.1f}s)', file=sys.stderr, flush=True)
+      return
+    self._bar.n = step
     self._bar.set_postfix(shown, refresh=False)
     self._bar.refresh()
 
@@ -79,13 +125,31 @@ class MetricLogger:
     else:
       print(text, file=sys.stderr)
 
+  def end_progress(self) -> None:
+    """Ends the bar's line, so what is printed next starts on its own."""
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+    self._lines = False
+
   def close(self) -> None:
     if not self.enabled:
       return
-    if self._bar is not None:
-      self._bar.close()
+    self.end_progress()
     self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
     plot(self.workdir)
+
+
+def _wandb_run(project: str, workdir: str, config):
+  """A Weights & Biases run (`log.wandb=PROJECT`); offline when WANDB_MODE=offline says so."""
+  try:
+    import wandb  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ConfigError(f'log.wandb={project} needs the wandb package: pip install wandb') from None
+  return wandb.init(project=project, dir=workdir, name=os.path.basename(os.path.abspath(workdir)),
+                    config=config.to_dict() if config is not None else None)
 
 
 def append(workdir: str, record: dict) -> None:

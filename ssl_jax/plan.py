@@ -104,7 +104,7 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
          slices: int = 1) -> dict:
   """Compiles the train step for `topology` (a TPU slice) or `devices` virtual devices and
   reports per device what it holds, does and moves, and whether it fits `accelerator`."""
-  from ssl_jax import kernels, tasks, train  # pylint: disable=import-outside-toplevel
+  from ssl_jax import kernels, tasks, trainer  # pylint: disable=import-outside-toplevel
   if topology:
     targets = topology_devices(topology, slices)
     kind = targets[0].device_kind
@@ -124,8 +124,8 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
     target = f'{devices} virtual devices (an XLA:CPU estimate{" of the GPU program" if on_gpu else ""})'
   name, capacity, bandwidth, peak = accelerator_spec(accelerator)
   t = time.perf_counter()
-  s = train.setup(config, workdir or tempfile.mkdtemp(), compile_steps=False, devices=targets, choice=choice)
-  lowered, _ = train.lower_steps(s, eval_step_too=False)
+  s = trainer.setup(config, workdir or tempfile.mkdtemp(), compile_steps=False, devices=targets, choice=choice)
+  lowered, _ = trainer.lower_steps(s, eval_step_too=False)
   compiler_lines = []
   with jax.set_mesh(s.mesh), captured_stderr(compiler_lines):
     compiled = lowered.compile()

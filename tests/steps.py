@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=wrong-import-position
 
-from ssl_jax import train  # pylint: disable=wrong-import-position
+from ssl_jax import trainer  # pylint: disable=wrong-import-position
 from conftest import tiny_config  # pylint: disable=wrong-import-position
 
 
@@ -30,7 +30,7 @@ def fc_kernel(params):
 
 def run(config, steps):
   """(final state, losses, the kernels chosen) of `steps` train steps from a fresh init."""
-  s = train.setup(config, tempfile.mkdtemp())
+  s = trainer.setup(config, tempfile.mkdtemp())
   state = s.init_fn(jax.random.key(config.seed))
   losses = []
   for step in range(int(steps)):

@@ -10,7 +10,10 @@ def test_train_then_eval_then_generate(tmp_path, corpus):
   proc = run_cli('train', '--config.data.path=' + corpus, *TINY, '--config.train.steps=12',
                  '--config.train.eval_every=6', '--config.train.checkpoint_every=6', '--workdir', workdir)
   assert '--- sample' in proc.stdout                       # a decoder prints a sample at the end
-  assert 'step/s' in proc.stderr or 'it/s' in proc.stderr  # the progress bar
+  # stderr is a pipe here, as in a cluster's log: a plain line a logged step, no bar redraws
+  assert 'step 12/12  loss ' in proc.stderr and '\r' not in proc.stderr
+  assert 'backend cpu, 1 cpu device (mesh data=1 fsdp=1 tensor=1); kernels cpu' in proc.stderr
+  assert 'fresh start (random init, seed 0)' in proc.stderr
   for name in ('metrics.jsonl', 'loss.png', 'config.json', 'tokenizer.json'):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['12', '6']
@@ -21,6 +24,8 @@ def test_train_then_eval_then_generate(tmp_path, corpus):
   evals = [r for r in records if 'eval_loss' in r]
   assert [r['step'] for r in evals] == [6, 12]
   assert records[-1]['train_loss'] < records[0]['train_loss']
+  times = [r['time'] for r in records]   # seconds since the run began
+  assert times == sorted(times) and 0 < times[0] < times[-1]
 
   result = last_json_line(run_cli('eval', '--workdir', workdir).stdout)
   assert result['step'] == 12 and abs(result['eval_loss'] - evals[-1]['eval_loss']) < 1e-5

@@ -217,11 +217,11 @@ def test_convert_command_both_ways(tmp_path):
 
 def test_a_trained_workdir_exports_from_its_newest_checkpoint(tmp_path):
   from conftest import shared_data, tiny_config  # pylint: disable=import-outside-toplevel
-  from ssl_jax import train  # pylint: disable=import-outside-toplevel
+  from ssl_jax import trainer  # pylint: disable=import-outside-toplevel
   corpus = shared_data('ud_ewt', 'en_ewt-ud-dev.conllu')
   config = tiny_config(corpus, 'bert.py', **{'train.steps': 2, 'train.eval_every': 2, 'train.checkpoint_every': 2})
   workdir, out = str(tmp_path / 'run'), str(tmp_path / 'hf')
-  train.train_and_evaluate(config, workdir)
+  trainer.train_and_evaluate(config, workdir)
   report = convert.convert_command(None, out, workdir)
   assert 'vocab.txt' in report['note']   # a sentencepiece run has no WordPiece vocabulary to export
   exported, model_config, _ = convert.load_hf_bert(out)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import run
-from ssl_jax import checkpoint, train
+from ssl_jax import checkpoint, trainer
 from conftest import ROOT, TINY, shared_data, tiny_config
 
 STEPS = ['--config.train.steps=4', '--config.train.eval_every=0', '--config.train.sample_tokens=0']
@@ -43,7 +43,7 @@ def snapshot(workdir: str) -> dict:
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, corpus):
   workdir = str(tmp_path_factory.mktemp('trained') / 'run')
-  train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 3, 'train.sample_tokens': 0}), workdir)
+  trainer.train_and_evaluate(tiny_config(corpus, **{'train.steps': 3, 'train.sample_tokens': 0}), workdir)
   return workdir
 
 

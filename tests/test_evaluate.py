@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from ssl_jax import cli, evaluate, summarize, train
+from ssl_jax import cli, evaluate, summarize, trainer
 from ssl_jax.models.gpt import GPT
 from ssl_jax.models.layers import TransformerConfig
 
@@ -130,7 +130,7 @@ def test_rouge_on_hand_worked_examples():
 def trained(corpus, tmp_path_factory):
   """A tiny character-level GPT trained a few steps, and its corpus text."""
   workdir = str(tmp_path_factory.mktemp('fewshot') / 'run')
-  train.train_and_evaluate(tiny_config(corpus), workdir)
+  trainer.train_and_evaluate(tiny_config(corpus), workdir)
   with open(corpus) as f:
     return workdir, f.read()
 

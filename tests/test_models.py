@@ -111,12 +111,12 @@ def test_bert_padding_is_invisible_and_mlm_head_reads_only_masked_positions():
 
 @pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny'])
 def test_remat_policies_give_the_same_gradients(corpus, tmp_path, experiment):
-  from ssl_jax import train  # pylint: disable=import-outside-toplevel
+  from ssl_jax import trainer  # pylint: disable=import-outside-toplevel
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
   data = '' if experiment.startswith('vit') else corpus
   grads = {}
   for policy in ('none', 'dots', 'full'):
-    s = train.setup(tiny_config(data, experiment, **{'model.remat': policy}), str(tmp_path / policy),
+    s = trainer.setup(tiny_config(data, experiment, **{'model.remat': policy}), str(tmp_path / policy),
                     compile_steps=False)
     params = s.init_fn(jax.random.key(0)).params
     batch = s.put(s.data.train.batch(0))

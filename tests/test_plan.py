@@ -6,7 +6,7 @@ import tempfile
 import pytest
 
 from conftest import last_json_line, run_cli
-from ssl_jax import config as config_lib, plan, train
+from ssl_jax import config as config_lib, plan, trainer
 
 SMALL = ['--config.model.num_layers=2', '--config.model.num_heads=2', '--config.model.d_model=64',
          '--config.model.d_ff=256', '--config.data.seq_len=64', '--config.train.batch_size=16']
@@ -64,7 +64,7 @@ def test_named_sizes_have_their_papers_parameter_counts(size, billions):
                            ':' + size)
   with config.unlocked():
     config.train.batch_size = 1
-  s = train.setup(config, tempfile.mkdtemp(), compile_steps=False)    # abstract: nothing allocated
+  s = trainer.setup(config, tempfile.mkdtemp(), compile_steps=False)    # abstract: nothing allocated
   assert s.num_params / 1e9 == pytest.approx(billions, rel=0.01 if size == 'gpt3:175B' else 0.03)
 
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssl_jax import train, transfer
+from ssl_jax import trainer, transfer
 from conftest import ROOT, TINY, read_metrics, tiny_config
 
 
@@ -22,14 +22,14 @@ def losses(records):
 
 @pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny'])
 def test_resume_continues_the_same_losses_exactly(tmp_path, corpus, experiment):
-  from ssl_jax import train
+  from ssl_jax import trainer
   settings = {'train.steps': 8, 'train.checkpoint_every': 4, 'train.eval_every': 4}
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(tiny_config(corpus, experiment, **settings), workdir)
+  trainer.train_and_evaluate(tiny_config(corpus, experiment, **settings), workdir)
   reference = read_metrics(workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))    # as if the run died after step 4's save
-  train.train_and_evaluate(tiny_config(corpus, experiment, **settings), workdir)
+  trainer.train_and_evaluate(tiny_config(corpus, experiment, **settings), workdir)
   resumed = read_metrics(workdir)
   assert [r['step'] for r in resumed if 'train_loss' in r] == list(range(1, 9))  # no step twice
   assert losses(resumed) == losses(reference)                                   # bit for bit
@@ -109,15 +109,15 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, corpus):
 
 
 def test_sentencepiece_run_trains_and_resumes_with_the_saved_model(tmp_path, corpus):
-  from ssl_jax import train
+  from ssl_jax import trainer
   from ssl_jax.data import tokenizer as tokenizers
   overrides = {'data.tokenizer': 'sentencepiece', 'model.vocab_size': 600, 'train.steps': 4,
                'train.checkpoint_every': 2, 'train.eval_every': 2}
   workdir = str(tmp_path / 'spm')
-  train.train_and_evaluate(tiny_config(corpus, **overrides), workdir)
+  trainer.train_and_evaluate(tiny_config(corpus, **overrides), workdir)
   assert os.path.exists(os.path.join(workdir, 'tokenizer.model'))
   first = tokenizers.fingerprint(tokenizers.load(workdir))
-  train.train_and_evaluate(tiny_config(corpus, **{**overrides, 'train.steps': 6}), workdir)
+  trainer.train_and_evaluate(tiny_config(corpus, **{**overrides, 'train.steps': 6}), workdir)
   assert tokenizers.fingerprint(tokenizers.load(workdir)) == first
   assert [r['step'] for r in read_metrics(workdir)] == list(range(1, 7))
 
@@ -139,15 +139,15 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, corpus,
   original = clm.loss_fn
   monkeypatch.setattr(clm, 'loss_fn', _nan_sometimes(original, 0.4))
   workdir = str(tmp_path / 'some')
-  train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 12, 'train.max_bad_steps': 12}), workdir)
+  trainer.train_and_evaluate(tiny_config(corpus, **{'train.steps': 12, 'train.max_bad_steps': 12}), workdir)
   records = read_metrics(workdir)
   skipped = [r['train_skipped'] for r in records if 'train_skipped' in r]
   assert 0 < sum(skipped) < 12 and records[-1]['nonfinite_skipped'] == sum(skipped)
   params = transfer.read_workdir_params(workdir)                        # the newest checkpoint's
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
   monkeypatch.setattr(clm, 'loss_fn', _nan_sometimes(original, 1.0))     # every step: stop after 3
-  with pytest.raises(train.TrainingError, match='3 steps in a row'):
-    train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 12, 'train.max_bad_steps': 3}),
+  with pytest.raises(trainer.TrainingError, match='3 steps in a row'):
+    trainer.train_and_evaluate(tiny_config(corpus, **{'train.steps': 12, 'train.max_bad_steps': 3}),
                              str(tmp_path / 'all'))
 
 
@@ -157,15 +157,15 @@ def test_a_second_run_in_the_same_workdir_refuses_while_the_first_lives(tmp_path
   sleeper = subprocess.Popen(['sleep', '60'])
   try:
     (workdir / 'run.lock').write_text(json.dumps({'pid': sleeper.pid, 'host': os.uname().nodename}))
-    with pytest.raises(train.TrainingError, match=f'pid {sleeper.pid}'):
-      train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 1}), str(workdir))
+    with pytest.raises(trainer.TrainingError, match=f'pid {sleeper.pid}'):
+      trainer.train_and_evaluate(tiny_config(corpus, **{'train.steps': 1}), str(workdir))
   finally:
     sleeper.kill()
     sleeper.wait()
   # Its process gone, the lock is stale: a new run takes it over, and leaves none behind,
   # and gives SIGTERM back to the caller's handler.
   before = signal.getsignal(signal.SIGTERM)
-  train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 1}), str(workdir))
+  trainer.train_and_evaluate(tiny_config(corpus, **{'train.steps': 1}), str(workdir))
   assert not (workdir / 'run.lock').exists()
   assert signal.getsignal(signal.SIGTERM) is before
 
@@ -174,7 +174,7 @@ def test_a_second_run_in_the_same_workdir_refuses_while_the_first_lives(tmp_path
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, corpus, corruption, caplog):
   workdir = str(tmp_path / corruption)
   config = tiny_config(corpus, **{'train.steps': 6, 'train.checkpoint_every': 3, 'train.eval_every': 0})
-  train.train_and_evaluate(config, workdir)
+  trainer.train_and_evaluate(config, workdir)
   reference = transfer.read_workdir_params(workdir)
   newest = os.path.join(workdir, 'checkpoints', '6', 'state')
   files = sorted((os.path.join(d, f) for d, _, fs in os.walk(newest) for f in fs), key=os.path.getsize)
@@ -187,7 +187,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, corp
   else:
     with open(target, 'r+b') as f:
       f.write(os.urandom(min(os.path.getsize(target), 4096)))
-  s = train.setup(config, workdir)
+  s = trainer.setup(config, workdir)
   from ssl_jax import checkpoint  # pylint: disable=import-outside-toplevel
   ckpt = checkpoint.Checkpointer(workdir)
   with caplog.at_level('WARNING'):
@@ -196,7 +196,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, corp
   assert restored is not None and restored[2] == 3
   assert 'checkpoints 6 of' in caplog.text and 'fell back to step 3' in caplog.text
   # Training again sets the corrupt one aside, redoes steps 4-6 and saves a sound step 6.
-  train.train_and_evaluate(config, workdir)
+  trainer.train_and_evaluate(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   assert os.listdir(os.path.join(workdir, 'checkpoints_corrupt')) == ['6']
   again = transfer.read_workdir_params(workdir)

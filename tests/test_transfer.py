@@ -150,8 +150,8 @@ FINETUNE_TINY = ['--config.train.steps=4', '--config.train.batch_size=8', '--con
 def tiny_bert(tmp_path_factory, corpus):
   """A tiny BERT pretrained by this system for a few steps."""
   workdir = str(tmp_path_factory.mktemp('tiny_bert'))
-  from ssl_jax import train  # pylint: disable=import-outside-toplevel
-  train.train_and_evaluate(tiny_config(corpus, 'bert.py', **{'train.steps': 3, 'train.eval_every': 0}), workdir)
+  from ssl_jax import trainer  # pylint: disable=import-outside-toplevel
+  trainer.train_and_evaluate(tiny_config(corpus, 'bert.py', **{'train.steps': 3, 'train.eval_every': 0}), workdir)
   return workdir
 
 
@@ -159,25 +159,25 @@ def test_finetune_our_tiny_bert_on_sst2_keeps_the_best(tmp_path, tiny_bert, sst_
   workdir = str(tmp_path / 'ft')
   proc = run_cli('finetune', '--config', 'experiments/finetune_sst2.py', f'--config.init_from={tiny_bert}',
                  f'--config.data.path={sst_tsv}', '--workdir', workdir, *FINETUNE_TINY)
-  evals = [r for r in read_metrics(workdir) if 'accuracy' in r]
+  evals = [r for r in read_metrics(workdir) if 'eval_accuracy' in r]
   assert [r['step'] for r in evals] == [2, 4] and all(r['eval_examples'] == 40 for r in evals)
   with open(os.path.join(workdir, 'best', 'best.json')) as f:
     best = json.load(f)
-  assert best['value'] == max(r['accuracy'] for r in evals) and 'best:' in proc.stdout
+  assert best['value'] == max(r['eval_accuracy'] for r in evals) and 'best:' in proc.stdout
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['model']['family'] == 'bert_classifier'
 
 
 def test_frozen_body_does_not_move_and_the_head_does(tiny_bert, sst_tsv, tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
-  from ssl_jax import config as config_lib, train, transfer  # pylint: disable=import-outside-toplevel
+  from ssl_jax import config as config_lib, trainer, transfer  # pylint: disable=import-outside-toplevel
   c = config_lib.load(os.path.join(ROOT, 'experiments', 'finetune_sst2.py'))
   for flag in FINETUNE_TINY + [f'--config.init_from={tiny_bert}', f'--config.data.path={sst_tsv}',
                                '--config.finetune.freeze=-1', '--config.model.dropout=0.0']:
     key, value = flag[len('--config.'):].split('=', 1)
     config_lib.override(c, key, value)
-  s = train.setup(c, str(tmp_path / 'frozen'))
-  state, _ = train.init_or_restore(s, _NoCheckpoint())
+  s = trainer.setup(c, str(tmp_path / 'frozen'))
+  state, _ = trainer.init_or_restore(s, _NoCheckpoint())
   before = jax.device_get(state.params)
   pretrained = transfer.read_source(os.path.abspath(tiny_bert)).params
   np.testing.assert_array_equal(before['bert']['word_embeddings'], pretrained['word_embeddings'])
@@ -196,13 +196,13 @@ class _NoCheckpoint:
 
 def test_gpt1_style_finetune_of_our_decoder(tmp_path, corpus, sst_tsv):
   pretrained = str(tmp_path / 'gpt')
-  from ssl_jax import train  # pylint: disable=import-outside-toplevel
-  train.train_and_evaluate(tiny_config(corpus, **{'train.steps': 2, 'train.eval_every': 0}), pretrained)
+  from ssl_jax import trainer  # pylint: disable=import-outside-toplevel
+  trainer.train_and_evaluate(tiny_config(corpus, **{'train.steps': 2, 'train.eval_every': 0}), pretrained)
   workdir = str(tmp_path / 'ft')
   run_cli('finetune', '--config', 'experiments/finetune_sst2.py', f'--config.init_from={pretrained}',
           f'--config.data.path={sst_tsv}', '--workdir', workdir, *FINETUNE_TINY)
   records = read_metrics(workdir)
-  assert any('train_lm_loss' in r for r in records) and 'accuracy' in records[-1]
+  assert any('train_lm_loss' in r for r in records) and 'eval_accuracy' in records[-1]
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['model']['family'] == 'gpt_classifier'
 
@@ -218,10 +218,12 @@ def test_pos_tagging_and_qa_from_the_real_minilm(tmp_path):
   if not os.path.exists(conllu):
     pytest.skip(f'{conllu} is absent: the shared data sets sit beside the repository in CI')
   workdir = str(tmp_path / 'pos')
-  run_cli('finetune', '--config', 'experiments/finetune_pos.py', f'--config.init_from={minilm}',
-          f'--config.data.path={conllu}', '--workdir', workdir, *FINETUNE_TINY, '--config.data.eval_fraction=0.02')
+  proc = run_cli('finetune', '--config', 'experiments/finetune_pos.py', f'--config.init_from={minilm}',
+                 f'--config.data.path={conllu}', '--workdir', workdir, *FINETUNE_TINY,
+                 '--config.data.eval_fraction=0.02')
+  assert f'body loaded from init_from={minilm} (bert); head fresh' in proc.stderr   # not "fresh start"
   last = read_metrics(workdir)[-1]
-  assert 0 <= last['token_accuracy'] <= 1 and 0 <= last['f1'] <= 1 and last['eval_words'] > 300
+  assert 0 <= last['eval_token_accuracy'] <= 1 and 0 <= last['eval_f1'] <= 1 and last['eval_words'] > 300
   # A SQuAD-format file: questions about real sentences, answers marked by character.
   data = {'version': 'v2.0', 'data': [{'title': 't', 'paragraphs': []}]}
   for k in range(24):
@@ -239,7 +241,7 @@ def test_pos_tagging_and_qa_from_the_real_minilm(tmp_path):
           f'--config.data.path={path}', '--workdir', workdir, *FINETUNE_TINY, '--config.finetune.doc_stride=8',
           '--config.data.eval_fraction=0.25')
   last = read_metrics(workdir)[-1]
-  assert 0 <= last['exact_match'] <= 100 and 0 <= last['f1'] <= 100 and last["eval_examples"] == 28 - int(28 * 0.75)
+  assert 0 <= last['eval_exact_match'] <= 100 and 0 <= last['eval_f1'] <= 100 and last["eval_examples"] == 28 - int(28 * 0.75)
 
 
 def test_finetune_refuses_a_pretraining_experiment(corpus):
@@ -248,16 +250,16 @@ def test_finetune_refuses_a_pretraining_experiment(corpus):
 
 
 def test_finetune_a_pretrained_vit_on_labelled_images(tmp_path):
-  from ssl_jax import train  # pylint: disable=import-outside-toplevel
+  from ssl_jax import trainer  # pylint: disable=import-outside-toplevel
   pretrained = str(tmp_path / 'mae')
   config = tiny_config('', 'vit_mae.py', **{'train.steps': 2, 'train.eval_every': 0, 'train.batch_size': 8,
                                              'model.patch': 8, 'data.image_size': 16})
-  train.train_and_evaluate(config, pretrained)
+  trainer.train_and_evaluate(config, pretrained)
   workdir = str(tmp_path / 'ft')
   run_cli('finetune', '--config', 'experiments/finetune_images.py', f'--config.init_from={pretrained}',
           '--workdir', workdir, '--config.train.steps=2', '--config.train.batch_size=8', '--config.train.eval_every=2')
   last = read_metrics(workdir)[-1]
   with open(os.path.join(workdir, 'config.json')) as f:
     saved = json.load(f)
-  assert 0 <= last['accuracy'] <= 1 and last['eval_examples'] > 0
+  assert 0 <= last['eval_accuracy'] <= 1 and last['eval_examples'] > 0
   assert (saved['model']['patch'], saved['data']['image_size'], saved['model']['d_model']) == (8, 16, 32)

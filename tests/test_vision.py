@@ -90,31 +90,31 @@ def test_cifar_folder_loads_when_present():
 
 
 def test_mae_run_resumes_exactly(tmp_path):
-  from ssl_jax import train
+  from ssl_jax import trainer
   import shutil
   settings = {'train.steps': 6, 'train.checkpoint_every': 3, 'train.eval_every': 3, 'train.batch_size': 8,
               'train.eval_batches': 1, 'model.decoder_d_model': 16, 'model.decoder_heads': 2,
               'model.decoder_layers': 1, 'model.d_ff': 64}
   workdir = str(tmp_path / 'mae')
-  train.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
+  trainer.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
   reference = read_metrics(workdir)
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '6'))
-  train.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
+  trainer.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
   resumed = read_metrics(workdir)
   assert [r['train_loss'] for r in resumed] == [r['train_loss'] for r in reference]
   assert [r['step'] for r in resumed] == list(range(1, 7))
 
 
 def test_eval_fits_a_linear_probe_for_the_trained_and_the_random_encoder(tmp_path):
-  from ssl_jax import train
+  from ssl_jax import trainer
   settings = {'train.steps': 2, 'train.checkpoint_every': 2, 'train.eval_every': 2, 'train.batch_size': 8,
               'train.eval_batches': 1, 'model.decoder_d_model': 16, 'model.decoder_heads': 2,
               'model.decoder_layers': 1, 'model.d_ff': 64}
   workdir = str(tmp_path / 'mae')
-  train.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
+  trainer.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
   assert os.path.getsize(os.path.join(workdir, 'reconstructions.png')) > 1000          # written at the end
-  trained = train.eval_command(tiny_config('', 'vit_mae.py', **settings), workdir)
-  random = train.eval_command(tiny_config('', 'vit_mae.py', **settings, init='random'), workdir)
+  trained = trainer.eval_command(tiny_config('', 'vit_mae.py', **settings), workdir)
+  random = trainer.eval_command(tiny_config('', 'vit_mae.py', **settings, init='random'), workdir)
   assert trained['step'] == 2 and random['step'] == 0 and random['init'] == 'random'
   from ssl_jax import probe
   for result in (trained, random):
@@ -146,10 +146,10 @@ def test_rotation_turns_each_image_by_its_own_quarter_turns():
 
 
 def test_rotation_run_trains_and_reports_accuracy(tmp_path):
-  from ssl_jax import train
+  from ssl_jax import trainer
   settings = {'train.steps': 2, 'train.checkpoint_every': 2, 'train.eval_every': 2, 'train.batch_size': 8,
               'train.eval_batches': 1, 'model.d_ff': 64}
-  last = train.train_and_evaluate(tiny_config('', 'vit_rotation.py', **settings), str(tmp_path / 'rot'))
+  last = trainer.train_and_evaluate(tiny_config('', 'vit_rotation.py', **settings), str(tmp_path / 'rot'))
   assert 0.0 <= last['eval_accuracy'] <= 1.0 and 'train_accuracy' in last
 
 
@@ -216,10 +216,10 @@ def test_jigsaw_loss_falls_on_a_fixed_batch():
 
 
 def test_jigsaw_run_trains_and_reports_accuracy(tmp_path):
-  from ssl_jax import train
+  from ssl_jax import trainer
   settings = {'train.steps': 2, 'train.checkpoint_every': 2, 'train.eval_every': 2, 'train.batch_size': 8,
               'train.eval_batches': 1, 'model.d_ff': 64, 'model.jigsaw_hidden': 64}
-  last = train.train_and_evaluate(tiny_config('', 'vit_jigsaw.py', **settings), str(tmp_path / 'jigsaw'))
+  last = trainer.train_and_evaluate(tiny_config('', 'vit_jigsaw.py', **settings), str(tmp_path / 'jigsaw'))
   assert 0.0 <= last['eval_accuracy'] <= 1.0 and 'train_accuracy' in last
   assert os.path.getsize(tmp_path / 'jigsaw' / 'jigsaw.png') > 1000                   # puzzles and solutions
   assert last['train_loss'] == pytest.approx(np.log(100), abs=0.5)
@@ -259,12 +259,12 @@ def test_inpaint_loss_ignores_predictions_outside_the_hole_and_border():
 
 
 def test_inpaint_run_trains(tmp_path):
-  from ssl_jax import train
+  from ssl_jax import trainer
   settings = {'train.steps': 4, 'train.checkpoint_every': 4, 'train.eval_every': 4, 'train.batch_size': 8,
               'train.eval_batches': 1, 'train.warmup_steps': 1, 'model.decoder_d_model': 16,
               'model.decoder_heads': 2, 'model.decoder_layers': 1, 'model.d_ff': 64}
   workdir = str(tmp_path / 'inpaint')
-  last = train.train_and_evaluate(tiny_config('', 'vit_inpaint.py', **settings), workdir)
+  last = trainer.train_and_evaluate(tiny_config('', 'vit_inpaint.py', **settings), workdir)
   losses = [r['train_loss'] for r in read_metrics(workdir) if 'train_loss' in r]
   assert len(losses) == 4 and np.isfinite(losses).all() and losses[-1] < losses[0] and 'eval_loss' in last
   assert os.path.getsize(os.path.join(workdir, 'reconstructions.png')) > 1000

@@ -20,7 +20,7 @@ from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.tasks import Data, vision
 
 HEADS = {'bert': 'bert_classifier', 'gpt': 'gpt_classifier', 'vit': 'vit_classifier'}
-BEST_METRIC = 'accuracy'
+BEST_METRIC = 'eval_accuracy'
 
 
 def make_data(config, workdir: str) -> Data:

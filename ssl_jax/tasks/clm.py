@@ -33,12 +33,14 @@ def flops_per_step(config):
 
 
 def report(setup, params) -> str:
-  """A short sample from the trained decoder, printed at the end of a run."""
-  n = setup.config.train.sample_tokens
-  if n <= 0:
-    return ''
+  """A short sample from the trained decoder, printed at the end of a run: at most
+  `train.sample_tokens`, and no more than the model's context holds after the prompt (past
+  it, decoding would slide the window and recompute the cache, which a sample is not worth)."""
   tok = setup.data.tokenizer
   prompt = setup.config.train.sample_prompt or '\n'
+  n = min(setup.config.train.sample_tokens, setup.model_cfg.max_len - len(tok.encode(prompt)))
+  if n <= 0:
+    return ''
   [text] = generate.complete(setup.model, jax.device_get(params), tok, [prompt], n, temperature=0.8, top_k=200,
                              seed=setup.config.seed)
   return f'--- sample ({n} tokens after {prompt!r}) ---\n{prompt}{text}\n---'

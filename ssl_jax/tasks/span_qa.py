@@ -19,7 +19,7 @@ from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.tasks import Data
 
 HEADS = {'bert': 'bert_qa'}
-BEST_METRIC = 'f1'
+BEST_METRIC = 'eval_f1'
 
 
 def make_data(config, workdir: str) -> Data:

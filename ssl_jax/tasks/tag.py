@@ -18,7 +18,7 @@ from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.tasks import Data
 
 HEADS = {'bert': 'bert_tagger'}
-BEST_METRIC = 'token_accuracy'
+BEST_METRIC = 'eval_token_accuracy'
 
 
 def make_data(config, workdir: str) -> Data:

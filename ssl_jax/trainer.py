@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -24,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax import (checkpoint, config as config_lib, kernels, metrics as metrics_lib, models, optim, parallel, tasks,
-                     transfer)
+from ssl_jax import (checkpoint, compile_cache, config as config_lib, kernels, metrics as metrics_lib, models, optim,
+                     parallel, tasks, transfer, workdirs)
 from ssl_jax.kernels import ops
 from ssl_jax.data import tokenizer as tokenizers
+from ssl_jax.workdirs import TrainingError
 
 
 @flax.struct.dataclass
@@ -122,7 +124,10 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   """`devices` (default: this job's) are those the program is built for: `run.py plan
   --topology` passes a TPU slice's, which this host need not have. `choice` (default: made
   for the platform of those devices) says which kernels the program is built from."""
-  # Hosts, mesh, and the kernels for the platform of the mesh's devices.
+  # Hosts, mesh, and the kernels for the platform of the mesh's devices. A program built for
+  # devices other than this job's (plan's) is compiled to be read, not run: never cached.
+  if devices is None:
+    compile_cache.enable(config.compile_cache)
   parallel.initialize_hosts()
   mesh = parallel.make_mesh(config.mesh, devices)
   parallel.check_batch(config.train.batch_size, mesh, config.train.grad_accum)
@@ -241,14 +246,15 @@ def init_or_restore(s: Setup, ckpt: checkpoint.Checkpointer):
 
 
 def evaluate(s: Setup, params) -> dict:
-  """Held-out metrics over `train.eval_batches` fixed held-out batches (0: all of the split).
+  """Held-out metrics over `train.eval_batches` fixed held-out batches (0: all of the split),
+  each named `eval_<metric>`.
 
   Each task metric is averaged over the batches, unless the task sums them itself
   (`summarize`: e.g. accuracy over rows, F1 from a confusion matrix) or evaluates on the
   host (`evaluate`: e.g. decoding answer spans).
   """
   if hasattr(s.task, 'evaluate'):
-    return s.task.evaluate(s, params)
+    return held_out_names(s.task.evaluate(s, params))
   batches = s.config.train.eval_batches or getattr(s.data.eval, 'num_batches', 0)
   if batches <= 0:
     raise config_lib.ConfigError('train.eval_batches=0 (all) needs held-out data of known size')
@@ -258,54 +264,13 @@ def evaluate(s: Setup, params) -> dict:
     totals = m if totals is None else jax.tree_util.tree_map(jnp.add, totals, m)
   totals = jax.device_get(totals)
   if hasattr(s.task, 'summarize'):
-    return s.task.summarize(totals)
-  means = {k: float(v) / batches for k, v in totals.items()}
-  return {('eval_loss' if k == 'loss' else k): v for k, v in means.items()}
+    return held_out_names(s.task.summarize(totals))
+  return held_out_names({k: float(v) / batches for k, v in totals.items()})
 
 
-class TrainingError(RuntimeError):
-  """A run that cannot go on (too many non-finite steps in a row, a busy workdir)."""
-
-
-class WorkdirLock:
-  """WORKDIR/run.lock holds the PID and host of the run training there. A second run refuses
-  while that process lives; a lock left by a killed run (its PID gone) is taken over."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, 'run.lock')
-    self.held = False
-
-  def acquire(self) -> None:
-    host = os.uname().nodename
-    if os.path.exists(self.path):
-      try:
-        with open(self.path) as f:
-          owner = json.load(f)
-      except (OSError, ValueError):
-        owner = {}
-      if owner.get('host') == host and owner.get('pid') != os.getpid() and _alive(owner.get('pid', -1)):
-        raise TrainingError(f'another run (pid {owner["pid"]}) is training in {os.path.dirname(self.path)}; '
-                            f'wait for it, or stop it, or choose another --workdir')
-    tmp = f'{self.path}.{os.getpid()}'
-    with open(tmp, 'w') as f:
-      json.dump({'pid': os.getpid(), 'host': host}, f)
-    os.replace(tmp, self.path)
-    self.held = True
-
-  def release(self) -> None:
-    if self.held and os.path.exists(self.path):
-      os.remove(self.path)
-    self.held = False
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return pid > 0
+def held_out_names(metrics: dict) -> dict:
+  """`loss` -> `eval_loss`, `accuracy` -> `eval_accuracy`: held-out figures beside `train_*` ones."""
+  return {(k if k.startswith('eval_') else f'eval_{k}'): v for k, v in metrics.items()}
 
 
 class _Preemption:
@@ -331,30 +296,39 @@ class _Preemption:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the workdir's newest checkpoint), evaluates, samples; returns last metrics."""
+  started = time.perf_counter()
   parallel.initialize_hosts()   # before anything asks JAX about processes or devices
   os.makedirs(workdir, exist_ok=True)
-  lock = WorkdirLock(workdir)
+  lock = workdirs.Lock(workdir)
   if jax.process_index() == 0:
     lock.acquire()
   try:
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, started)
   finally:
     lock.release()
 
 
-def _train_and_evaluate(config, workdir: str) -> dict:
-  s = setup(config, workdir)
+def _train_and_evaluate(config, workdir: str, started: float) -> dict:
+  s = setup(config, workdir, compile_steps=False)
   tc = config.train
   ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints, cleanup=True)
   state, start = init_or_restore(s, ckpt)
+  if start >= tc.steps:   # nothing to do: neither compile nor sample
+    ckpt.close()
+    print(f'{workdir} is already at step {start} of train.steps={tc.steps}: nothing to train '
+          f'(raise --config.train.steps to go on)', file=sys.stderr, flush=True)
+    return {'step': start, **next((r for r in reversed(metrics_lib.read(workdir)) if r.get('step') == start), {})}
+  compile_steps_ahead(s)
   if jax.process_index() == 0:   # once the checkpoint is known to fit this config
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json(indent=2))
-  logger = metrics_lib.MetricLogger(workdir, tc.steps, start, unit=s.data.unit)
-  logger.print(f'{config.experiment or "run"}: {s.num_params:,} parameters on {s.mesh.devices.size} devices '
-               f'(mesh data={s.mesh.shape["data"]} fsdp={s.mesh.shape["fsdp"]} tensor={s.mesh.shape["tensor"]}), '
-               f'{s.choice.describe()}, compiled in {s.compile_s:.1f}s; '
-               + (f'resumed at step {start}' if start else 'fresh start'))
+    changes = workdirs.save_config(workdir, config, start)
+  logger = metrics_lib.MetricLogger(workdir, tc.steps, start, unit=s.data.unit, started=started,
+                                    wandb_project=config.log.wandb, config=config)
+  logger.print(f'{config.experiment or "run"}: {s.num_params:,} parameters; {describe_target(s)}; '
+               f'train and eval steps compiled in {s.compile_s:.1f}s')
+  logger.print(describe_start(s, start))
+  if jax.process_index() == 0 and changes:
+    logger.print(f'config changed since the run saved in {workdir} (history in {workdirs.HISTORY}): '
+                 + ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in changes.items()))
   units_per_step = tc.batch_size * s.data.units_per_example
   preemption = _Preemption()
   last = {}
@@ -432,19 +406,51 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     raise
   finally:
     preemption.restore()
-  logger.close()
   if too_many:
+    logger.close()
     raise TrainingError(f'{skips["streak"]} steps in a row had a non-finite loss or gradient (updates skipped, '
                         f'{skips["total"]} in all); stopping at step {done}. Lower train.lr, or raise '
                         f'train.max_bad_steps to wait longer')
 
+  logger.end_progress()
   if hasattr(s.task, 'report') and not preemption.requested and jax.process_index() == 0:
     text = s.task.report(s, state.params)
     if text:
       print(text, flush=True)
+      logger.text('sample', text, done)
+  logger.hparams(hparams_of(config), last)
+  logger.close()
   if jax.process_index() == 0:
     print(f'workdir: {workdir} (metrics.jsonl, loss.png, checkpoints/, TensorBoard events)', flush=True)
   return last
+
+
+def describe_target(s: Setup) -> str:
+  """Backend, devices, mesh and kernels, as a run's first line says them."""
+  mesh = ' '.join(f'{axis}={size}' for axis, size in s.mesh.shape.items())
+  hosts = f' on {jax.process_count()} hosts' if jax.process_count() > 1 else ''
+  count = s.mesh.devices.size
+  return (f'backend {s.choice.platform}, {count} {s.mesh.devices.flat[0].device_kind} device{"s" * (count > 1)}'
+          f'{hosts} (mesh {mesh}); {s.choice.describe()}')
+
+
+def describe_start(s: Setup, start: int) -> str:
+  """What the run starts from: a checkpoint of its own, a pretrained body, or nothing."""
+  if start:
+    return f'resumed from step {start} of {s.workdir}'
+  if s.source is not None:
+    return f'body loaded from init_from={s.config.init_from} ({s.source.family}); head fresh'
+  if s.config.init_from:
+    return f'parameters loaded from init_from={s.config.init_from}; optimizer fresh'
+  return f'fresh start (random init, seed {s.config.seed})'
+
+
+def hparams_of(config) -> dict:
+  """The settings shown in TensorBoard's hyperparameter table."""
+  keys = ('model.family', 'model.num_layers', 'model.d_model', 'model.num_heads', 'model.dropout', 'data.seq_len',
+          'train.batch_size', 'train.lr', 'train.steps', 'train.weight_decay', 'seed')
+  flat = config_lib.flatten(config)
+  return {k: flat[k] for k in keys}
 
 
 def restore_for_inference(config, workdir: str, compile_steps: bool = True):
