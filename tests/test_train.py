@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -20,21 +21,50 @@ def losses(records):
   return {r['step']: r['train_loss'] for r in records if 'train_loss' in r}
 
 
-@pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny'])
-def test_resume_continues_the_same_losses_exactly(tmp_path, corpus, experiment):
-  from ssl_jax import trainer
-  settings = {'train.steps': 8, 'train.checkpoint_every': 4, 'train.eval_every': 4}
+def fresh_losses_from(config, step, steps):
+  """Train losses of steps step+1 .. step+steps from a fresh init whose counter starts at `step`:
+  what a resume that lost its checkpoint's parameters (but not its step) would log."""
+  s = trainer.setup(config, tempfile.mkdtemp())
+  state = s.init_fn(jax.random.key(config.seed))
+  state = state.replace(step=state.step + step)
+  out = []
+  for i in range(step, step + steps):
+    state, m = s.train_fn(state, s.put(s.data.train.batch(i)))
+    out.append(float(m['loss']))
+  return out
+
+
+def assert_resume_is_exact(tmp_path, capfd, config, checkpoints=('4', '8')):
+  """Trains 8 steps, drops the last checkpoint, trains again: the second run must start from
+  step 4 (and say so), log steps 1-8 once each, and log the very same losses as the first; the
+  losses after step 4 must depend on the checkpoint's parameters (a fresh init at step 4 differs)."""
   workdir = str(tmp_path / 'run')
-  trainer.train_and_evaluate(tiny_config(corpus, experiment, **settings), workdir)
+  trainer.train_and_evaluate(config, workdir)
   reference = read_metrics(workdir)
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == sorted(checkpoints)
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))    # as if the run died after step 4's save
-  trainer.train_and_evaluate(tiny_config(corpus, experiment, **settings), workdir)
+  capfd.readouterr()
+  trainer.train_and_evaluate(config, workdir)
+  out = capfd.readouterr()
+  assert f'resumed from step 4 of {workdir}' in out.out + out.err
   resumed = read_metrics(workdir)
   assert [r['step'] for r in resumed if 'train_loss' in r] == list(range(1, 9))  # no step twice
   assert losses(resumed) == losses(reference)                                   # bit for bit
   assert [r['eval_loss'] for r in resumed if 'eval_loss' in r] == \
          [r['eval_loss'] for r in reference if 'eval_loss' in r]
+  fresh = fresh_losses_from(config, 4, 4)
+  assert all(a != b for a, b in zip(fresh, [losses(reference)[i] for i in range(5, 9)])), fresh
+  return reference
+
+
+@pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny'])
+def test_resume_continues_the_same_losses_exactly(tmp_path, corpus, experiment, capfd):
+  # Dropout 0.1: its masks come from fold_in(seed, step), so they too must repeat after a resume.
+  settings = {'train.steps': 8, 'train.checkpoint_every': 4, 'train.eval_every': 4, 'model.dropout': 0.1}
+  reference = assert_resume_is_exact(tmp_path, capfd, tiny_config(corpus, experiment, **settings))
+  # ... and dropout is at work: without it the first step's loss is another.
+  without = fresh_losses_from(tiny_config(corpus, experiment, **{**settings, 'model.dropout': 0.0}), 0, 1)
+  assert without[0] != losses(reference)[1]
 
 
 def run_steps(corpus, steps, devices, *overrides):
@@ -51,8 +81,10 @@ MESHES = '8,1,1/2,2,2/1,4,2/1,1,8'   # (data, fsdp, tensor)
 @pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny', 'vit_mae.py'])
 def test_data_fsdp_and_tensor_meshes_on_8_devices_match_one_device(corpus, experiment):
   data = '' if experiment.startswith('vit') else corpus    # ViT: the embedded images
-  one = run_steps(data, 5, 1, f'--experiment={experiment}', '--meshes=1,1,1')
-  sharded = run_steps(data, 5, 8, f'--experiment={experiment}', f'--meshes={MESHES}')
+  # Dropout 0.1: each mask must be a function of the key and the global element index, not of
+  # the shard a device holds (that dropout acts at all: the resume tests).
+  one = run_steps(data, 5, 1, f'--experiment={experiment}', '--meshes=1,1,1', '--config.model.dropout=0.1')
+  sharded = run_steps(data, 5, 8, f'--experiment={experiment}', f'--meshes={MESHES}', '--config.model.dropout=0.1')
   assert one['devices'] == 1 and sharded['devices'] == 8
   reference = one['runs'][0]
   for run in sharded['runs']:
@@ -122,30 +154,70 @@ def test_sentencepiece_run_trains_and_resumes_with_the_saved_model(tmp_path, cor
   assert [r['step'] for r in read_metrics(workdir)] == list(range(1, 7))
 
 
-def _nan_sometimes(loss_fn, share):
-  """The task's loss, made NaN on a `share` of the steps (drawn from the step's key)."""
+def _poisoned(loss_fn, share, value=None):
+  """The task's loss, unchanged in value, whose gradient is NaN or Inf (`value`, else each
+  drawn at random) in the first parameter leaf on a `share` of the steps (drawn from the step's
+  key): a finite loss with a non-finite gradient, which only the skip keeps out of the state."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  @jax.custom_vjp
+  def poison(x, bad):
+    return x
+
+  def forward(x, bad):
+    return x, bad
+
+  def backward(bad, g):
+    return jnp.where(bad != 0, bad, g), jnp.zeros_like(bad)   # NaN != 0 holds
+
+  poison.defvjp(forward, backward)
 
   def wrapped(model, params, batch, rng, train):
     loss, metrics = loss_fn(model, params, batch, rng, train)
-    bad = jax.random.uniform(jax.random.fold_in(rng, 12345)) < share
-    loss = jnp.where(bad & train, jnp.nan, loss)
+    u = jax.random.uniform(jax.random.fold_in(rng, 12345), (2,))
+    kind = jnp.where(u[1] < 0.5, jnp.nan, jnp.inf) if value is None else jnp.float32(value)
+    bad = jnp.where((u[0] < share) & train, kind, 0.0)      # 0: clean, else the gradient to plant
+    loss = loss + 0.0 * poison(jnp.sum(jax.tree_util.tree_leaves(params)[0]), bad)
     return loss, {**metrics, 'loss': loss}
   return wrapped
+
+
+@pytest.mark.parametrize('kernels', ['cpu', 'xla'])
+def test_a_non_finite_gradient_with_a_finite_loss_leaves_the_state_bit_identical(corpus, monkeypatch, kernels):
+  from ssl_jax.tasks import clm  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(clm, 'loss_fn', _poisoned(clm.loss_fn, 0.6))
+  s = trainer.setup(tiny_config(corpus, **{'model.kernels': kernels}), tempfile.mkdtemp())
+  state = s.init_fn(jax.random.key(0))
+  seen = set()
+  for step in range(10):
+    before = jax.device_get((state.params, state.opt_state))
+    state, m = s.train_fn(state, s.put(s.data.train.batch(step)))      # donates the old state
+    after = jax.device_get((state.params, state.opt_state))
+    same = [np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after))]
+    assert np.isfinite(float(m['loss'])) and int(state.step) == step + 1
+    norm = float(m['grad_norm'])
+    if float(m['skipped']):
+      seen.add('nan' if np.isnan(norm) else 'inf' if np.isinf(norm) else 'finite?')
+      assert all(same), step                    # parameters and Adam's moments and count alike
+    else:
+      seen.add('clean')
+      assert np.isfinite(norm) and sum(same) < len(same) // 2, step
+  assert seen == {'nan', 'inf', 'clean'}, seen
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, corpus, monkeypatch):
   from ssl_jax.tasks import clm  # pylint: disable=import-outside-toplevel
   original = clm.loss_fn
-  monkeypatch.setattr(clm, 'loss_fn', _nan_sometimes(original, 0.4))
+  monkeypatch.setattr(clm, 'loss_fn', _poisoned(original, 0.4, np.nan))
   workdir = str(tmp_path / 'some')
   trainer.train_and_evaluate(tiny_config(corpus, **{'train.steps': 12, 'train.max_bad_steps': 12}), workdir)
   records = read_metrics(workdir)
   skipped = [r['train_skipped'] for r in records if 'train_skipped' in r]
   assert 0 < sum(skipped) < 12 and records[-1]['nonfinite_skipped'] == sum(skipped)
+  assert all(np.isfinite(r['train_loss']) for r in records if 'train_loss' in r)   # the loss never told
   params = transfer.read_workdir_params(workdir)                        # the newest checkpoint's
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
-  monkeypatch.setattr(clm, 'loss_fn', _nan_sometimes(original, 1.0))     # every step: stop after 3
+  monkeypatch.setattr(clm, 'loss_fn', _poisoned(original, 1.0, np.inf))     # every step: stop after 3
   with pytest.raises(trainer.TrainingError, match='3 steps in a row'):
     trainer.train_and_evaluate(tiny_config(corpus, **{'train.steps': 12, 'train.max_bad_steps': 3}),
                              str(tmp_path / 'all'))
