@@ -34,26 +34,27 @@ def fresh_losses_from(config, step, steps):
   return out
 
 
-def assert_resume_is_exact(tmp_path, capfd, config, checkpoints=('4', '8')):
-  """Trains 8 steps, drops the last checkpoint, trains again: the second run must start from
-  step 4 (and say so), log steps 1-8 once each, and log the very same losses as the first; the
-  losses after step 4 must depend on the checkpoint's parameters (a fresh init at step 4 differs)."""
+def assert_resume_is_exact(tmp_path, capfd, config):
+  """Trains train.steps, drops the last checkpoint, trains again: the second run must start from
+  the one before (and say so), log every step once, and log the very same losses as the first;
+  the losses after it must depend on the checkpoint's parameters (a fresh init there differs)."""
+  steps, every = config.train.steps, config.train.checkpoint_every
   workdir = str(tmp_path / 'run')
   trainer.train_and_evaluate(config, workdir)
   reference = read_metrics(workdir)
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == sorted(checkpoints)
-  shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))    # as if the run died after step 4's save
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == sorted([str(steps - every), str(steps)])
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', str(steps)))   # as if the run died after the save before
   capfd.readouterr()
   trainer.train_and_evaluate(config, workdir)
   out = capfd.readouterr()
-  assert f'resumed from step 4 of {workdir}' in out.out + out.err
+  assert f'resumed from step {steps - every} of {workdir}' in out.out + out.err
   resumed = read_metrics(workdir)
-  assert [r['step'] for r in resumed if 'train_loss' in r] == list(range(1, 9))  # no step twice
-  assert losses(resumed) == losses(reference)                                   # bit for bit
+  assert [r['step'] for r in resumed if 'train_loss' in r] == list(range(1, steps + 1))  # no step twice
+  assert losses(resumed) == losses(reference)                                           # bit for bit
   assert [r['eval_loss'] for r in resumed if 'eval_loss' in r] == \
          [r['eval_loss'] for r in reference if 'eval_loss' in r]
-  fresh = fresh_losses_from(config, 4, 4)
-  assert all(a != b for a, b in zip(fresh, [losses(reference)[i] for i in range(5, 9)])), fresh
+  fresh = fresh_losses_from(config, steps - every, every)
+  assert all(a != losses(reference)[i] for a, i in zip(fresh, range(steps - every + 1, steps + 1))), fresh
   return reference
 
 

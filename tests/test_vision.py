@@ -89,20 +89,15 @@ def test_cifar_folder_loads_when_present():
   assert images.shape == (1000, 32, 32, 3) and len(classes) == 10 and np.bincount(labels).tolist() == [100] * 10
 
 
-def test_mae_run_resumes_exactly(tmp_path):
-  from ssl_jax import trainer
-  import shutil
+def test_mae_run_resumes_exactly(tmp_path, capfd):
+  # Dropout 0.1, and masks and augmentation drawn per (seed, step, example): all must repeat.
+  from test_train import assert_resume_is_exact, fresh_losses_from, losses
   settings = {'train.steps': 6, 'train.checkpoint_every': 3, 'train.eval_every': 3, 'train.batch_size': 8,
               'train.eval_batches': 1, 'model.decoder_d_model': 16, 'model.decoder_heads': 2,
-              'model.decoder_layers': 1, 'model.d_ff': 64}
-  workdir = str(tmp_path / 'mae')
-  trainer.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
-  reference = read_metrics(workdir)
-  shutil.rmtree(os.path.join(workdir, 'checkpoints', '6'))
-  trainer.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
-  resumed = read_metrics(workdir)
-  assert [r['train_loss'] for r in resumed] == [r['train_loss'] for r in reference]
-  assert [r['step'] for r in resumed] == list(range(1, 7))
+              'model.decoder_layers': 1, 'model.d_ff': 64, 'model.dropout': 0.1}
+  reference = assert_resume_is_exact(tmp_path, capfd, tiny_config('', 'vit_mae.py', **settings))
+  without = fresh_losses_from(tiny_config('', 'vit_mae.py', **{**settings, 'model.dropout': 0.0}), 0, 1)
+  assert without[0] != losses(reference)[1]
 
 
 def test_eval_fits_a_linear_probe_for_the_trained_and_the_random_encoder(tmp_path):
