@@ -97,6 +97,10 @@ def test_shards_equal_one_pass_on_any_number_of_workers(docs, tmp_path):
   rows = np.array([[0, 1, 2], [len(stream) - 3, len(stream) - 2, len(stream) - 1]])
   assert np.array_equal(stream[rows], expected[rows])
   assert np.array_equal(stream[100:][5:50][np.arange(10)], expected[105:115])
+  boundary = int(stream._ends[0])  # pylint: disable=protected-access
+  starts = np.array([0, boundary - 4, boundary, len(stream) - 9])
+  assert np.array_equal(stream.windows(starts, 9), expected[starts[:, None] + np.arange(9)])
+  assert np.array_equal(stream[10:].windows(starts[:2], 9), expected[10 + starts[:2, None] + np.arange(9)])
 
 
 KILL_SCRIPT = '''

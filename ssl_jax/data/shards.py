@@ -220,5 +220,21 @@ class ShardedTokens:
       out[here] = self._map(int(s))[flat[here] - self._starts[s]]
     return out.reshape(index.shape)
 
+  def windows(self, offsets: np.ndarray, length: int) -> np.ndarray:
+    """(rows, length) tokens: row i is [offsets[i], offsets[i] + length), each a slice copy of
+    its shard (a window across a shard boundary is gathered)."""
+    offsets = np.asarray(offsets, np.int64)
+    out = np.empty((len(offsets), length), self.dtype)
+    if len(offsets) and (offsets.min() < 0 or offsets.max() + length > len(self)):
+      raise IndexError(f'token window out of range(0, {len(self)})')
+    for r, start in enumerate(offsets + self.start):
+      s = int(np.searchsorted(self._ends, start, side='right'))
+      a = start - self._starts[s]
+      if a + length <= self._ends[s] - self._starts[s]:
+        out[r] = self._map(s)[a:a + length]
+      else:
+        out[r] = self[np.arange(start - self.start, start - self.start + length)]
+    return out
+
   def to_array(self) -> np.ndarray:
     return self[np.arange(len(self))]

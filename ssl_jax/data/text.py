@@ -133,8 +133,11 @@ class LMBatches:
     return i * self.global_batch + np.arange(self.global_batch)[self._rows]
 
   def _read(self, offsets: np.ndarray) -> dict:
-    idx = offsets[:, None] + np.arange(self.seq_len + 1)[None, :]    # (b, T + 1)
-    window = np.asarray(self.tokens[idx], dtype=np.int32)
+    if hasattr(self.tokens, 'windows'):      # the token cache's shards: a slice copy a row
+      window = np.asarray(self.tokens.windows(offsets, self.seq_len + 1), dtype=np.int32)
+    else:
+      idx = offsets[:, None] + np.arange(self.seq_len + 1)[None, :]    # (b, T + 1)
+      window = np.asarray(self.tokens[idx], dtype=np.int32)
     return {'inputs': window[:, :-1], 'targets': window[:, 1:]}
 
   def train_offsets(self, step: int) -> np.ndarray:
