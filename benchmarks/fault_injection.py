@@ -84,7 +84,7 @@ def resumed_at(log: str):
     text = f.read()
   if 'fresh start' in text:
     return 0, text
-  m = re.search(r'resumed at step (\d+)', text)
+  m = re.search(r'resumed (?:at|from) step (\d+)', text)
   return (int(m.group(1)) if m else None), text
 
 
@@ -94,12 +94,14 @@ def final_params(workdir: str):
   return jax.tree_util.tree_leaves(transfer.read_workdir_params(workdir))
 
 
-def inject(kills: int, seed: int, steps: int, checkpoint_every: int, directory: str, timeout: float = 300):
-  """Runs the reference and the killed runs in `directory`; returns the report (dict)."""
+def inject(kills: int, seed: int, steps: int, checkpoint_every: int, directory: str, timeout: float = 300,
+           extra=()):
+  """Runs the reference and the killed runs in `directory` (`extra`: more run.py flags, e.g.
+  dropout); returns the report (dict)."""
   os.makedirs(directory, exist_ok=True)
   corpus = corpus_path(directory)
   args = [f'--config.data.path={corpus}', *SHAPE, f'--config.train.steps={steps}',
-          f'--config.train.checkpoint_every={checkpoint_every}']
+          f'--config.train.checkpoint_every={checkpoint_every}', *extra]
   ref_dir, dir_ = os.path.join(directory, 'reference'), os.path.join(directory, 'killed')
   log = os.path.join(directory, 'log.txt')
   for d in (ref_dir, dir_):

@@ -1,6 +1,7 @@
 """Two hosts on loopback (JAX's multi-controller runtime, CPU collectives over gloo): a
-2-process run trains and checkpoints, is killed, and resumes with 2 processes and with 1,
-its losses continuing as those of a run never interrupted."""
+2-process run with its parameters and optimizer state sharded over both (FSDP, dropout 0.1)
+trains and checkpoints, each process writing its own shards, is killed, and resumes with 2
+processes and with 1, its losses continuing as those of a run never interrupted."""
 
 import os
 import shutil
@@ -15,7 +16,8 @@ import pytest
 from conftest import ROOT, TINY, read_metrics
 
 ARGS = [*TINY, '--config.train.steps=40', '--config.train.checkpoint_every=4', '--config.train.eval_every=4',
-        '--config.train.sample_tokens=0']
+        '--config.train.sample_tokens=0', '--config.model.dropout=0.1',
+        '--config.mesh.data=1', '--config.mesh.fsdp=-1', '--config.mesh.tensor=1']   # fsdp: every device
 
 
 def free_port() -> int:
@@ -73,10 +75,13 @@ def test_two_processes_checkpoint_die_and_resume_on_two_and_on_one(tmp_path, cor
   one = str(tmp_path / 'one')
   shutil.copytree(two, one)
 
+  # Each process wrote its own shards of the parameters and Adam moments.
+  state = os.path.join(two, 'checkpoints', str(newest), 'state')
+  assert {'ocdbt.process_0', 'ocdbt.process_1'} <= set(os.listdir(state)), os.listdir(state)
   log = finish(start(corpus, two, 2))
-  assert 'on 2 devices' in log and f'resumed at step {newest}' in log
+  assert '2 cpu devices on 2 hosts (mesh data=1 fsdp=2 tensor=1)' in log and f'resumed from step {newest}' in log
   log = finish(start(corpus, one, 1))
-  assert 'on 1 devices' in log and f'resumed at step {newest}' in log
+  assert '1 cpu device (mesh data=1 fsdp=1 tensor=1)' in log and f'resumed from step {newest}' in log
   for workdir in (two, one):
     losses = train_losses(workdir)             # steps redone after the kill appear twice: the last wins
     assert sorted(losses) == list(range(1, 41))
@@ -104,7 +109,7 @@ def test_a_checkpoint_from_8_devices_resumes_on_1_2_and_4_with_other_meshes(tmp_
     workdir = str(tmp_path / f'on{devices}')
     shutil.copytree(first, workdir)
     log = run(workdir, devices, mesh)
-    assert f'on {devices} devices' in log and 'resumed at step 4' in log
+    assert f'{devices} cpu device' in log and 'resumed from step 4' in log
     losses = train_losses(workdir)
     for step in range(5, 9):
       assert losses[step] == pytest.approx(expected[step], rel=1e-5), (devices, step)

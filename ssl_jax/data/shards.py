@@ -22,6 +22,7 @@ the windows its rows need.
 """
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -59,6 +60,19 @@ def cache_dir_for(paths: Sequence[str], fingerprint: str, cache_dir: str, fmt: s
   return os.path.join(cache_dir, f'tokens-{h.hexdigest()[:16]}')
 
 
+def _pid_alive(pid: str) -> bool:
+  """Whether a process of this id runs on this machine (a tmp file's writer may still be at work)."""
+  if not pid.isdigit() or int(pid) == os.getpid():
+    return False
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
 def build(paths: Sequence[str], tokenizer, tokenizer_dir: str, fingerprint: str, cache_dir: str, *, fmt: str = '',
           text_field: str = 'text', workers: int = 0, unit_bytes: int = 64 << 20) -> str:
   """The token cache of `paths` (built, or finished, here); returns its folder.
@@ -70,9 +84,10 @@ def build(paths: Sequence[str], tokenizer, tokenizer_dir: str, fingerprint: str,
     return out
   units = sources.units(paths, fmt, unit_bytes)
   os.makedirs(out, exist_ok=True)
-  for name in os.listdir(out):      # what a killed build left half-written
-    if '.tmp' in name:
-      os.remove(os.path.join(out, name))
+  for name in os.listdir(out):      # what a killed build left half-written (not another live process's:
+    if '.tmp' in name and not _pid_alive(name.rsplit('.tmp', 1)[1]):   # every host of a job builds it)
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(out, name))
   todo = [i for i in range(len(units)) if not os.path.exists(_meta_path(out, i))]
   dtype = np.dtype(token_dtype(tokenizer.vocab_size)).name
   jobs = [(units[i], i, out, tokenizer_dir, fingerprint, text_field, dtype) for i in todo]
