@@ -223,6 +223,15 @@ def test_hugging_face_and_tiktoken_tokenizers_from_local_files(docs, tmp_path):
     assert tokenizers.fingerprint(again) == tokenizers.fingerprint(tok) and again.encode(text).tolist() == \
         tok.encode(text).tolist()
     tokenizers.check_matches(again, tik_path if tok.kind == 'tiktoken' else hf_path, work, data)
+  # GPT-2's own files (vocab.json + merges.txt, as OpenAI's release and older transformers
+  # checkpoints ship them) load as the same byte-level BPE.
+  gpt2_files = tmp_path / 'gpt2_files'
+  gpt2_files.mkdir()
+  hf_tok.model.save(str(gpt2_files))
+  assert sorted(os.listdir(gpt2_files)) == ['merges.txt', 'vocab.json']
+  from_files = tokenizers.load(str(gpt2_files))
+  assert from_files.kind == 'huggingface' and from_files.encode(text).tolist() == hf.encode(text).tolist()
+  assert from_files.decode(from_files.encode(text)) == text
   with pytest.raises(Exception, match='tiktoken_special_tokens'):
     tokenizers.build(tik_path, None, 0, data=type('D', (), {'tiktoken_pattern': 'gpt2',
                                                             'tiktoken_special_tokens': 'nocolon'})())
