@@ -109,6 +109,12 @@ def test_gpt2_import_runs_every_command_with_transformers_logits(hf, gpt2_dir, t
     expected = reference(torch.from_numpy(ids[None].astype(np.int64))).logits.numpy()
   assert np.abs(ours - expected).max() < 1e-4
 
+  # Exported back, it carries its tokenizer.json: transformers reads both again.
+  out = str(tmp_path / 'exported')
+  assert 'tokenizer.json' in convert.convert_command(None, out, work)['files']
+  assert transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(out, 'tokenizer.json')).encode(text) == \
+      ids.tolist()
+
   data = f'data.path={corpus}'
   run('generate', work, data, prompt='The quick', max_new_tokens=8, temperature=0.0)
   assert capsys.readouterr().out.strip().splitlines()[-1].startswith('The quick')
