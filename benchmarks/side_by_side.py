@@ -40,11 +40,20 @@ def alternate(sides, rounds, cwd, check=None):
   return {name: statistics.median(r['tokens_per_sec'] for r in rs) for name, rs in rows.items()}
 
 
-def report(medians, peer: str, args) -> float:
-  """Prints the medians and their ratio, then the closing JSON line; returns ours / peer."""
+def report(medians, peer: str, args, work=None) -> float:
+  """Prints the medians and their ratio, then the closing JSON line; returns ours / peer.
+  `work` ({'ours': FLOPs, peer: FLOPs} a step, where the two do unequal work) adds each
+  side's FLOPs per step and the ratio per FLOP (work done per second, ours over the peer's)."""
   ratio = medians['ours'] / medians[peer]
   print(f"median tokens/s: ours {medians['ours']:.0f}, {peer} {medians[peer]:.0f}; ours/{peer} = {ratio:.2f}x")
+  extra = {}
+  if work:
+    per_flop = ratio * work['ours'] / work[peer]
+    print(f"work per step: ours {work['ours'] / 1e9:.1f} GFLOP, {peer} {work[peer] / 1e9:.1f} GFLOP; "
+          f"per FLOP ours/{peer} = {per_flop:.2f}x")
+    extra = {'ours_flops_per_step': work['ours'], f'{peer.lower()}_flops_per_step': work[peer],
+             'per_flop_ratio': per_flop}
   print(json.dumps({'shape': args.shape, 'rounds': args.rounds, 'steps': args.steps,
                     'ours_tokens_per_sec': medians['ours'], f'{peer.lower()}_tokens_per_sec': medians[peer],
-                    'ratio': ratio}))
+                    'ratio': ratio, **extra}))
   return ratio

@@ -30,6 +30,18 @@ BATCH, SEQ_LEN, VOCAB, PREDICTIONS = 32, 128, 30522, 20
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'ud_ewt' / 'en_ewt-ud-dev.conllu'
 
 
+def work_per_step(shape: str) -> dict:
+  """FLOPs of one training step on each side, by the same count (ssl_jax/flops.py): both run
+  the same body; our MLM head projects the 20 masked positions onto the vocabulary, theirs
+  all 128."""
+  sys.path.insert(0, str(REPO))
+  from ssl_jax import config as config_lib, flops  # pylint: disable=import-outside-toplevel
+  config = config_lib.load(f'experiments/bert.py:{shape}')
+  config_lib.override(config, 'model.vocab_size', str(VOCAB))
+  return {'ours': flops.encoder_train_flops(config, BATCH, SEQ_LEN, PREDICTIONS)[0],
+          'transformers': flops.encoder_train_flops(config, BATCH, SEQ_LEN, SEQ_LEN)[0]}
+
+
 def ours_command(args):
   return [sys.executable, 'run.py', 'bench', '--config', f'experiments/bert.py:{args.shape}',
           f'--config.data.path={args.data}', f'--config.model.vocab_size={VOCAB}', '--config.model.dropout=0.0',
@@ -99,7 +111,7 @@ def main():
   print(f'shape {args.shape}: {SHAPES[args.shape]}, batch {BATCH} x {SEQ_LEN}, vocab {VOCAB}\n'
         f'ours: {" ".join(ours_command(args))}\npeer: {" ".join(peer)}', flush=True)
   med = alternate({'ours': (ours_command(args), env), 'transformers': (peer, None)}, args.rounds, str(REPO))
-  report(med, 'transformers', args)
+  report(med, 'transformers', args, work=work_per_step(args.shape))
 
 
 if __name__ == '__main__':

@@ -3,7 +3,10 @@
 A training step is 3x the forward FLOPs (forward, and a backward of twice the work).
 Forward per token: 2 x (parameters of every matmul) + attention's two products, which
 for a causal mask touch half the score matrix on average. The Megatron convention that
-most published MFU figures use counts the full matrix; both are reported.
+most published MFU figures use counts the full matrix; both are reported. Both count only
+work a step executes: where every score is computed (BERT, ViT) they agree, and nothing
+is counted that never runs (BERT's MLM head beyond the masked positions, MAE's encoder on
+the hidden patches).
 """
 
 import time
@@ -48,10 +51,12 @@ def decoder_train_flops(config, batch: int, seq_len: int):
 
 
 def encoder_train_flops(config, batch: int, seq_len: int, predictions: int):
-  """(model FLOPs with the MLM head at the masked positions only, Megatron-convention FLOPs).
+  """(model FLOPs, the same) of a BERT pretraining step: every attention score is computed
+  (both conventions agree), the MLM head at the `predictions` masked positions only.
 
-  The Megatron convention projects every position onto the vocabulary, as most published
-  BERT MFU figures (and Hugging Face's BertForPreTraining) do.
+  Hugging Face's BertForPreTraining projects every position onto the vocabulary: its work
+  is this with predictions = seq_len (benchmarks/vs_hf_bert.py states both). Counting that
+  head for our step too, as a "Megatron" figure would, counts work never executed.
   """
   m = config.model
   tokens = batch * seq_len
@@ -59,8 +64,8 @@ def encoder_train_flops(config, batch: int, seq_len: int, predictions: int):
   attention = 3 * m.num_layers * 4 * seq_len * m.d_model * tokens
   head_per_position = 6 * (m.d_model * m.d_model + m.d_model * m.vocab_size)
   pooler_nsp = 6 * (m.d_model * m.d_model + 2 * m.d_model) * batch
-  common = body + attention + pooler_nsp
-  return float(common + head_per_position * batch * predictions), float(common + head_per_position * tokens)
+  total = float(body + attention + pooler_nsp + head_per_position * batch * predictions)
+  return total, total
 
 
 def encoder_finetune_flops(config, batch: int, seq_len: int, head_outputs: int, per_token: bool):
@@ -101,18 +106,20 @@ def jigsaw_train_flops(config, batch: int):
   return total, total
 
 
-def mae_train_flops(config, batch: int):
-  """(model FLOPs with the encoder on the visible patches only, FLOPs as if it saw them all)."""
+def mae_train_flops(config, batch: int, all_patches: bool = False):
+  """(model FLOPs, the same) of an MAE step: the encoder on the visible patches only (every
+  score among them computed, so both conventions agree). all_patches: as if the encoder saw
+  every patch (work an MAE never executes; what a ViT classifier of that shape would do)."""
   m = config.model
   n = (config.data.image_size // m.patch) ** 2
-  visible = int(round(n * (1 - m.mask_ratio))) + 1          # plus the class token
+  visible = n + 1 if all_patches else int(round(n * (1 - m.mask_ratio))) + 1          # plus the class token
   pixels = m.patch * m.patch * 3
   dec = m.decoder_d_model
   common = 6 * batch * ((n + 1) * pixels * dec + visible * m.d_model * dec)                # decoder in and out
   common += batch * stack(m.decoder_layers, dec, 4 * dec, n + 1)
-  encoder_visible = batch * (stack(m.num_layers, m.d_model, m.d_ff, visible) + 6 * (visible - 1) * pixels * m.d_model)
-  encoder_all = batch * (stack(m.num_layers, m.d_model, m.d_ff, n + 1) + 6 * n * pixels * m.d_model)
-  return float(common + encoder_visible), float(common + encoder_all)
+  encoder = batch * (stack(m.num_layers, m.d_model, m.d_ff, visible) + 6 * (visible - 1) * pixels * m.d_model)
+  total = float(common + encoder)
+  return total, total
 
 
 def measured_cpu_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:
