@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from ssl_jax import cli, evaluate, summarize, trainer
+from ssl_jax import cli, evaluate, generate, summarize, trainer
 from ssl_jax.models.gpt import GPT
 from ssl_jax.models.layers import TransformerConfig
 
@@ -146,8 +146,22 @@ def test_fewshot_command_end_to_end(trained, tmp_path, capsys):
   # Contexts and choices cut from the corpus, so every character is in the tokenizer's alphabet.
   rows = [{'context': text[i:i + 20], 'choices': [text[i + 20:i + 24], text[i + 500:i + 510]], 'label': 0}
           for i in range(0, 3000, 200)]
-  rows.append({'context': text[40:60], 'target': text[60:63]})
-  task = write_jsonl(tmp_path / 'task.jsonl', rows[:8])
+  # Two free-form rows in the test file, scored by greedy exact match: one whose target is what
+  # the model decodes (found here the way the command decodes it, for the longest target + 2
+  # tokens), one whose target it does not.
+  import ssl_jax  # pylint: disable=import-outside-toplevel
+  model = ssl_jax.load(workdir)
+  miss = {'context': text[100:120], 'target': text[120:126]}
+  contexts = [text[i:i + 20] for i in range(0, 20000, 97)]
+  decoded = generate.complete(model.setup.model, model.params, model.tokenizer,
+                              [evaluate.build_prompt({'context': c, 'target': ''}, []) for c in contexts],
+                              len(model.encode(miss['target'])) + 2, stop=['\n'], temperature=0.0)
+  # A context whose greedy answer ends (a newline, or spaces) within the tokens the command decodes.
+  found = [(c, d.strip()) for c, d in zip(contexts, decoded)
+           if 0 < len(model.encode(d.strip())) <= len(model.encode(miss['target'])) and d.strip() != miss['target']]
+  assert found, decoded[:5]
+  hit = {'context': found[0][0], 'target': found[0][1]}
+  task = write_jsonl(tmp_path / 'task.jsonl', rows[:8] + [hit, miss])
   train_file = write_jsonl(tmp_path / 'train.jsonl', rows[8:])
   cli.run('fewshot', '', [], config_given=False, workdir=workdir, task_file=task, train_file=train_file,
           shots='0,1,2')
@@ -157,6 +171,8 @@ def test_fewshot_command_end_to_end(trained, tmp_path, capsys):
     results = json.load(f)['results']
   assert [r['shots'] for r in results] == [0, 1, 2]
   assert all(0 <= r['accuracy_sum'] <= 1 and 0 <= r['accuracy_per_token'] <= 1 for r in results)
+  assert results[0]['accuracy'] == 0.5 and all(r['accuracy'] in (0.0, 0.5, 1.0) for r in results)
+  assert all(r['examples'] == 10 for r in results)
   assert os.path.getsize(os.path.join(workdir, 'fewshot_task.png')) > 0
 
 
