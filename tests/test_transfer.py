@@ -263,3 +263,26 @@ def test_finetune_a_pretrained_vit_on_labelled_images(tmp_path):
     saved = json.load(f)
   assert 0 <= last['eval_accuracy'] <= 1 and last['eval_examples'] > 0
   assert (saved['model']['patch'], saved['data']['image_size'], saved['model']['d_model']) == (8, 16, 32)
+
+
+def test_tagging_macro_f1_against_a_hand_count():
+  """Gold 0 0 1 1 2 2 2 (and one ignored position), predicted 0 1 1 1 2 0 2 (3 there):
+  tag 0: precision 1/2, recall 1/2, F1 0.5; tag 1: 2/3, 1, F1 0.8; tag 2: 1, 2/3, F1 0.8;
+  tag 3 never gold (and its one prediction ignored): left out. Macro F1 (0.5 + 0.8 + 0.8) / 3."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from ssl_jax.tasks import tag  # pylint: disable=import-outside-toplevel
+  predicted = [0, 1, 1, 1, 2, 0, 2, 3]
+  logits = jnp.asarray(np.eye(4, dtype=np.float32)[predicted][None] * 5)       # (1, 8, 4)
+
+  class Fixed:   # a model whose logits are given
+    def apply(self, variables, **inputs):
+      return {'logits': logits}
+
+  batch = {'tokens': jnp.zeros((1, 8), jnp.int32), 'segments': jnp.zeros((1, 8), jnp.int32),
+           'padding': jnp.ones((1, 8), bool), 'weight': jnp.ones((1,)),
+           'labels': jnp.asarray([[0, 0, 1, 1, 2, 2, 2, labelled.IGNORE]])}
+  _, totals = tag.loss_fn(Fixed(), {}, batch, None, False)
+  result = tag.summarize(jax.device_get(totals))
+  assert result['f1'] == pytest.approx((0.5 + 0.8 + 0.8) / 3)
+  assert result['token_accuracy'] == pytest.approx(5 / 7) and result['eval_words'] == 7
