@@ -168,12 +168,15 @@ def test_finetune_our_tiny_bert_on_sst2_keeps_the_best(tmp_path, tiny_bert, sst_
     assert json.load(f)['model']['family'] == 'bert_classifier'
 
 
-def test_frozen_body_does_not_move_and_the_head_does(tiny_bert, sst_tsv, tmp_path):
+@pytest.mark.parametrize('freeze', [-1, 1])
+def test_frozen_parts_do_not_move_and_the_rest_does(tiny_bert, sst_tsv, tmp_path, freeze):
+  """freeze=-1: the whole body stays bit-identical, the head trains. freeze=1 (of 2 blocks): the
+  embeddings and block 0 stay bit-identical; block 1, the pooler and the head all change."""
   import jax  # pylint: disable=import-outside-toplevel
   from ssl_jax import config as config_lib, trainer, transfer  # pylint: disable=import-outside-toplevel
   c = config_lib.load(os.path.join(ROOT, 'experiments', 'finetune_sst2.py'))
   for flag in FINETUNE_TINY + [f'--config.init_from={tiny_bert}', f'--config.data.path={sst_tsv}',
-                               '--config.finetune.freeze=-1', '--config.model.dropout=0.0']:
+                               f'--config.finetune.freeze={freeze}', '--config.model.dropout=0.0']:
     key, value = flag[len('--config.'):].split('=', 1)
     config_lib.override(c, key, value)
   s = trainer.setup(c, str(tmp_path / 'frozen'))
@@ -184,9 +187,21 @@ def test_frozen_body_does_not_move_and_the_head_does(tiny_bert, sst_tsv, tmp_pat
   for step in range(3):
     state, _ = s.train_fn(state, s.put(s.data.train.batch(step)))
   after = jax.device_get(state.params)
-  for a, b in zip(jax.tree_util.tree_leaves(before['bert']), jax.tree_util.tree_leaves(after['bert'])):
-    np.testing.assert_array_equal(a, b)
-  assert not np.array_equal(before['head']['kernel'], after['head']['kernel'])
+  moved = {jax.tree_util.keystr(path): not np.array_equal(a, b) for (path, a), b in
+           zip(jax.tree_util.tree_flatten_with_path(before)[0], jax.tree_util.tree_leaves(after))}
+  def part(name):
+    if not name.startswith("['bert']"):
+      return 'head'
+    if "['blocks']" in name:
+      return 'block0' if "['h_0']" in name else 'block1'
+    return 'pooler' if 'pooler' in name else 'embeddings'
+  by_part = {}
+  for name, m in moved.items():
+    by_part.setdefault(part(name), []).append(m)
+  assert set(by_part) == {'head', 'embeddings', 'block0', 'block1', 'pooler'}, sorted(moved)
+  still = ('embeddings', 'block0', 'block1', 'pooler') if freeze < 0 else ('embeddings', 'block0')
+  for name, flags in by_part.items():
+    assert (not any(flags)) if name in still else all(flags), (name, flags)
 
 
 class _NoCheckpoint:
