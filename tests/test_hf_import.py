@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
+import ssl_jax
 from ssl_jax import cli, convert, convert_gpt2
 from ssl_jax.data import tokenizer as tokenizers
 from ssl_jax.models.gpt import GPT
@@ -108,6 +109,8 @@ def test_gpt2_import_runs_every_command_with_transformers_logits(hf, gpt2_dir, t
   with torch.no_grad():
     expected = reference(torch.from_numpy(ids[None].astype(np.int64))).logits.numpy()
   assert np.abs(ours - expected).max() < 1e-4
+  loaded = ssl_jax.load(work)            # the Python API on the import: the same logits
+  assert loaded.encode(text) == ids.tolist() and np.abs(loaded.logits(ids) - expected[0]).max() < 1e-4
 
   # Exported back, it carries its tokenizer.json: transformers reads both again.
   out = str(tmp_path / 'exported')
