@@ -101,3 +101,54 @@ def test_prepare_command_then_train_on_the_prepared_corpus(tmp_path, corpus):
   assert read_metrics(workdir)[-1]['step'] == 2
   with open(os.path.join(workdir, 'prepare_report.json')) as f:
     assert json.load(f)['key'] == prepare.cache_key([corpus], config_lib.base_config().data.prepare)
+
+
+def shingles(text, n=5):
+  words = text.lower().split()
+  return {' '.join(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
+
+
+def jaccard(a, b):
+  a, b = shingles(a), shingles(b)
+  return len(a & b) / len(a | b)
+
+
+def edited(text, target, salt):
+  """`text` with words replaced, spread evenly and apart, until the word 5-shingle Jaccard with
+  the original falls to `target`."""
+  words = text.split(' ')
+  inside = [i for i, w in enumerate(words) if '\n' not in w][2:]    # keep the lines as they are
+  spread = inside[::6] + inside[3::6]
+  for k, i in enumerate(spread):
+    words[i] = f'zq{salt}x{k}'
+    if jaccard(' '.join(words), text) <= target:
+      break
+  return ' '.join(words)
+
+
+def test_near_duplicates_at_jaccard_08_are_removed_and_at_05_kept_by_the_near_filter(tmp_path):
+  source = os.path.join(SHARED_DATA, 'tinyshakespeare', 'input.txt')
+  if not os.path.exists(source):
+    pytest.skip(f'{source} is absent: the shared data sets sit beside the repository in CI')
+  with open(source) as f:
+    lines = [l for l in f.read().splitlines() if l.strip()]
+  docs = ['\n'.join(lines[i:i + LINES_PER_DOC]) for i in range(0, 60 * LINES_PER_DOC, LINES_PER_DOC)]
+  order, kinds = [], []
+  for d, text in enumerate(docs):
+    order.append(text)
+    kinds.append('original')
+    if d % 3 < 2:      # two thirds get a copy: at ~0.8 of the original, or at ~0.5
+      target = 0.8 if d % 3 == 0 else 0.5
+      copy = edited(text, target, d)
+      assert abs(jaccard(copy, text) - target) < 0.04, (d, jaccard(copy, text))
+      order.append(copy)
+      kinds.append(target)
+  corpus = tmp_path / 'near.txt'
+  corpus.write_text('\n\n'.join(order) + '\n')
+  report = prepare.prepare([str(corpus)], str(tmp_path / 'out'), settings(), progress=False)
+  with open(tmp_path / 'out' / 'provenance.jsonl') as f:
+    kept_first_lines = {json.loads(line)['first_line'] for line in f}
+  kept = [kinds[i] for i in range(len(order)) if i * (LINES_PER_DOC + 1) + 1 in kept_first_lines]
+  assert kept.count('original') == 60
+  assert kept.count(0.8) == 0 and kept.count(0.5) == 20
+  assert report['removed']['near'] == 20 and report['removed']['lines'] == 0   # the near filter's work

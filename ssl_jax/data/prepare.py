@@ -126,12 +126,15 @@ def clean_lines(text: str) -> str:
 
 class MinHashLSH:
   """MinHash signatures (multiply-shift hashing of CRC32 shingle hashes) and an LSH index
-  of `bands` x `rows`, chosen so that (1/bands)^(1/rows) is near the threshold."""
+  of `bands` x `rows`, chosen so that (1/bands)^(1/rows), where the chance of becoming a
+  candidate is about half, lies well below the threshold (at 3/4 of it): every candidate is
+  checked by its estimated Jaccard, so extra candidates cost a comparison, while a midpoint
+  at the threshold itself missed ~5% of pairs at Jaccard 0.8 against a threshold of 0.7."""
 
   def __init__(self, threshold: float, num_perm: int = 128, shingle: int = 5, seed: int = 0):
     self.threshold, self.shingle = threshold, shingle
     options = [(b, num_perm // b) for b in range(1, num_perm + 1) if num_perm % b == 0]
-    self.bands, self.rows = min(options, key=lambda br: abs((1 / br[0]) ** (1 / br[1]) - threshold))
+    self.bands, self.rows = min(options, key=lambda br: abs((1 / br[0]) ** (1 / br[1]) - 0.75 * threshold))
     rng = np.random.default_rng(seed)
     self.a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) | np.uint64(1)     # odd multipliers
     self.b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
