@@ -1,5 +1,7 @@
 """Model shapes, parameter counts and causal masking."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -149,3 +151,44 @@ def test_hashed_dropout_keeps_the_right_share_independently_and_reproducibly():
   assert drop.apply({}, x, deterministic=True) is x
   assert not np.asarray(layers.Dropout(1.0).apply({}, x, deterministic=False,
                                                   rngs={'dropout': jax.random.key(0)})).any()
+
+
+def _stack_blocks(tree):
+  """Unrolled parameters (blocks/h_0 ... h_{L-1}) in the scanned layout (blocks/h/block, stacked)."""
+  if not isinstance(tree, dict):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    if key == 'blocks' and 'h_0' in value:
+      layers = [value[f'h_{i}'] for i in range(len(value))]
+      out[key] = {'h': {'block': jax.tree_util.tree_map(lambda *xs: np.stack(xs), *layers)}}
+    else:
+      out[key] = _stack_blocks(value)
+  return out
+
+
+@pytest.mark.parametrize('experiment', ['default.py', 'bert.py:tiny'])
+def test_scanned_layers_give_the_unrolled_losses_and_gradients(corpus, experiment, tmp_path):
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from ssl_jax import trainer  # pylint: disable=import-outside-toplevel
+  results = {}
+  for scan in (False, True):
+    config = tiny_config(corpus, experiment, **{'model.scan_layers': scan, 'model.num_layers': 3,
+                                                'model.dropout': 0.0})
+    s = trainer.setup(config, tempfile.mkdtemp(), compile_steps=False)
+    if not scan:
+      params = jax.device_get(s.init_fn(jax.random.key(0)).params)
+    batch = s.data.train.batch(0)
+    loss_fn = s.task.loss_fn
+    if hasattr(s.task, 'bind'):
+      loss_fn = functools.partial(loss_fn, **s.task.bind(config))
+    p = _stack_blocks(params) if scan else params
+    (loss, _), grads = jax.jit(jax.value_and_grad(
+        lambda q, b: loss_fn(s.model, q, b, jax.random.key(1), True), has_aux=True))(p, batch)
+    results[scan] = (float(loss), jax.device_get(grads))
+  assert results[True][0] == pytest.approx(results[False][0], rel=1e-6)
+  unrolled, scanned = _stack_blocks(results[False][1]), results[True][1]
+  assert jax.tree_util.tree_structure(unrolled) == jax.tree_util.tree_structure(scanned)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(unrolled)[0], jax.tree_util.tree_leaves(scanned)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
