@@ -6,6 +6,8 @@ memory of its whole process tree (the spawned tokenising workers included).
   python benchmarks/tokenize_speed.py --corpus '/tmp/corpus_2g/*.jsonl' --workdir /tmp/tok_run
   python benchmarks/tokenize_speed.py --corpus '/tmp/corpus_2g/*.jsonl' --workdir /tmp/tok_run --kill_after 60
       (kills the run after 60 s, runs it again, and checks the shards against --compare DIR)
+  python benchmarks/tokenize_speed.py --corpus '/tmp/corpus_2g/*.jsonl' --experiment bert.py:tiny
+      (BERT: documents of sentences, each sentence tokenised on its own)
 
 Prints one JSON line: corpus_mb, wall_s, mb_per_sec, peak_rss_mb (process tree), shards,
 tokens, and the load average while it ran. The CPU may be shared: read the load beside the
@@ -86,10 +88,11 @@ def tree_rss(pid: int) -> int:
   return total
 
 
-def run(corpus: str, workdir: str, extra, kill_after: float = 0.0) -> dict:
-  cmd = [sys.executable, os.path.join(ROOT, 'run.py'), 'train', '--config', os.path.join(ROOT, 'experiments', 'gpt.py')
-         + ':gpt:nano', f'--config.data.path={corpus}', '--config.data.tokenizer=sentencepiece',
-         '--config.model.vocab_size=8000', '--config.train.steps=2', '--workdir', workdir, *extra]
+def run(corpus: str, workdir: str, extra, kill_after: float = 0.0, experiment: str = 'gpt.py:gpt:nano') -> dict:
+  cmd = [sys.executable, os.path.join(ROOT, 'run.py'), 'train', '--config',
+         os.path.join(ROOT, 'experiments', experiment), f'--config.data.path={corpus}',
+         '--config.data.tokenizer=sentencepiece', '--config.model.vocab_size=8000', '--config.train.steps=2',
+         '--workdir', workdir, *extra]
   start, peak, loads = time.perf_counter(), 0, []
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
   killed = False
@@ -105,7 +108,7 @@ def run(corpus: str, workdir: str, extra, kill_after: float = 0.0) -> dict:
   wall = time.perf_counter() - start
   files = glob.glob(corpus)
   size = sum(os.path.getsize(p) for p in files)
-  caches = glob.glob(os.path.join(workdir, 'cache', 'tokens-*'))
+  caches = [c for kind in ('tokens', 'sentences') for c in glob.glob(os.path.join(workdir, 'cache', f'{kind}-*'))]
   shards = sum(len([n for n in os.listdir(c) if n.endswith('.json') and n.startswith('shard')]) for c in caches)
   tokens = 0
   for c in caches:
@@ -145,6 +148,7 @@ def main():
   p.add_argument('--corpus', help='glob of the corpus files to tokenise')
   p.add_argument('--workdir', default='/tmp/tokenize_speed_run')
   p.add_argument('--kill_after', type=float, default=0.0, help='kill the run after this many seconds, then rerun')
+  p.add_argument('--experiment', default='gpt.py:gpt:nano', help='e.g. bert.py:tiny (documents of sentences)')
   p.add_argument('--compare', default='', help='a workdir of an uninterrupted run: its shards must equal ours')
   p.add_argument('extra', nargs='*', help='more --config.KEY=VALUE flags for run.py train')
   args = p.parse_args()
@@ -152,9 +156,9 @@ def main():
     make(args.make, args.gb, args.files)
   if args.corpus:
     if args.kill_after:
-      first = run(args.corpus, args.workdir, args.extra, args.kill_after)
+      first = run(args.corpus, args.workdir, args.extra, args.kill_after, args.experiment)
       print(json.dumps({'killed_run': first}), flush=True)
-    result = run(args.corpus, args.workdir, args.extra)
+    result = run(args.corpus, args.workdir, args.extra, experiment=args.experiment)
     if args.compare:
       result['shards_identical_to'] = {args.compare: same_shards(args.workdir, args.compare)}
     print(json.dumps(result), flush=True)

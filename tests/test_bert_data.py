@@ -1,12 +1,15 @@
 """BERT pretraining data: readers, pair construction, masking statistics, determinism."""
 
+import hashlib
+import json
 import os
 
 import numpy as np
 import pytest
 
-from ssl_jax.data import documents, tokenizer as tokenizers
+from ssl_jax.data import documents, shards, tokenizer as tokenizers
 from ssl_jax.data.bert_examples import IS_NEXT, SPECIALS, PretrainingBatches
+from ssl_jax.data.wordpiece import SPECIAL_TOKENS as WORDPIECE_SPECIALS, WordPieceTokenizer
 from conftest import SHARED_DATA
 
 UD = os.path.join(SHARED_DATA, 'ud_ewt', 'en_ewt-ud-dev.conllu')
@@ -114,3 +117,76 @@ def test_whole_word_masking_masks_every_piece_of_a_chosen_word(corpus_docs, tok)
         assert i - 1 in chosen
       if i + 1 < n and not data.word_start[original[i + 1]] and original[i + 1] not in (2, 3):
         assert i + 1 in chosen
+
+
+# --- documents read memory-mapped from the token cache --------------------------------
+
+GREEK = 'alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho'.split()
+
+
+def write_three_formats(directory):
+  """60 documents: 20 as plain text (some lines of two sentences), 20 JSONL rows, 20 CoNLL-U."""
+  rng = np.random.default_rng(7)
+  docs = [[' '.join(rng.choice(GREEK, rng.integers(2, 12))) + rng.choice(['.', '!', '?'])
+           for _ in range(rng.integers(1, 7))] for _ in range(60)]
+  with open(os.path.join(directory, 'a.txt'), 'w') as f:
+    f.write('\n\n'.join(' '.join(doc[:2]) + '\n' + '\n'.join(doc[2:]) for doc in docs[:20]) + '\n')
+  with open(os.path.join(directory, 'b.jsonl'), 'w') as f:
+    f.writelines(json.dumps({'text': ' '.join(doc)}) + '\n' for doc in docs[20:40])
+  with open(os.path.join(directory, 'c.conllu'), 'w') as f:
+    for i, doc in enumerate(docs[40:]):
+      f.write(f'# newdoc id = d{i}\n' + ''.join(f'# text = {s}\n1\tx\n\n' for s in doc))
+  return [os.path.join(directory, n) for n in ('a.txt', 'b.jsonl', 'c.conllu')], docs
+
+
+def greek_wordpiece():
+  pieces = sorted({w[:k] for w in GREEK for k in (2, 3)} | {'##' + w[k:] for w in GREEK for k in (2, 3)})
+  return WordPieceTokenizer(list(WORDPIECE_SPECIALS) + ['.', '!', '?'] + pieces)
+
+
+def batches_digest(data, steps=3):
+  h = hashlib.sha256()
+  for b in [data.batch(s) for s in range(steps)] + [data.eval_batch(0)]:
+    for k in sorted(b):
+      h.update(k.encode())
+      h.update(np.ascontiguousarray(b[k]).tobytes())
+  return h.hexdigest()
+
+
+# Recorded from the in-memory path before documents came from the cache (commit 33b9ed3).
+RECORDED = {'plain': '9b80810d60b3ebff16548f0854aff38970fdc6cc7a352f21868e05794c7fb645',
+            'whole_word': 'f928b413b2f9c875c12bc6f189a6f828c80b44c56afb56d088891aa5f27b187c'}
+SETTINGS = {'plain': {}, 'whole_word': dict(whole_word=True, short_seq_prob=0.5)}
+
+
+def test_documents_from_the_cache_give_the_recorded_batches(tmp_path):
+  paths, written = write_three_formats(str(tmp_path))
+  tok = greek_wordpiece()
+  tokenizers.save(tok, str(tmp_path))
+  read = documents.read_documents(paths)
+  assert read == written[:20] + written[20:40] + written[40:]
+  fp = tokenizers.fingerprint(tok)
+  one = shards.build(paths, tok, str(tmp_path), fp, str(tmp_path / 'one'), workers=1, sentences=True)
+  two = shards.build(paths, tok, str(tmp_path), fp, str(tmp_path / 'two'), workers=2, unit_bytes=300,
+                     sentences=True)   # the JSONL file in several units; text files stay whole
+  index = json.load(open(os.path.join(two, shards.INDEX)))
+  assert len(index['shards']) > 5 and index['documents'] == 60 and index['sentences'] == sum(map(len, read))
+  encoded = [[tok.encode(s) for s in doc] for doc in read]
+  for directory in (one, two):
+    cached = shards.ShardedDocuments(directory)
+    assert cached.num_pairs() == sum(len(d) >= 2 for d in read)
+    for name, kw in SETTINGS.items():
+      assert batches_digest(PretrainingBatches(cached, tok, 32, 8, 3, 5, **kw)) == RECORDED[name], name
+      assert batches_digest(PretrainingBatches(encoded, tok, 32, 8, 3, 5, **kw)) == RECORDED[name], name
+  # A view of documents [a, b) (the held-out split) is those documents, pairs and all.
+  cached = shards.ShardedDocuments(two)
+  for a, b in ((0, 45), (13, 60), (21, 39)):
+    view = cached[a:b]
+    assert len(view) == b - a and view.num_pairs() == sum(len(d) >= 2 for d in read[a:b])
+    assert [len(read[a + view.pair_document(k)]) >= 2 for k in range(view.num_pairs())] == [True] * view.num_pairs()
+    for d in (0, b - a - 1):
+      doc = view.document(d)
+      assert doc.lengths == [len(s) for s in encoded[a + d]]
+      np.testing.assert_array_equal(doc.tokens(0, len(doc)), np.concatenate(encoded[a + d]))
+    np.testing.assert_array_equal(PretrainingBatches(view, tok, 32, 8, 1).batch(2)['inputs'],
+                                  PretrainingBatches(encoded[a:b], tok, 32, 8, 1).batch(2)['inputs'])

@@ -25,21 +25,42 @@ from typing import List, Sequence
 
 import numpy as np
 
+from ssl_jax.data import shards
 from ssl_jax.data.text import DataError
 
 SPECIALS = ('[UNK]', '[PAD]', '[CLS]', '[SEP]', '[MASK]')
 IS_NEXT, NOT_NEXT = 0, 1
 
 
-class PretrainingBatches:
-  """MLM + NSP batches from tokenised documents (a list of documents of sentence id arrays)."""
+class InMemoryDocuments:
+  """Documents given as lists of sentence id arrays, behind ShardedDocuments' interface."""
 
-  def __init__(self, documents: Sequence[Sequence[np.ndarray]], tokenizer, seq_len: int, global_batch: int,
+  def __init__(self, documents: Sequence[Sequence[np.ndarray]]):
+    self.documents = [shards.Document.of(list(d)) for d in documents if len(d)]
+    self.pairs = [i for i, d in enumerate(self.documents) if len(d) >= 2]
+
+  def __len__(self) -> int:
+    return len(self.documents)
+
+  def document(self, d: int) -> shards.Document:
+    return self.documents[d]
+
+  def num_pairs(self) -> int:
+    return len(self.pairs)
+
+  def pair_document(self, k: int) -> int:
+    return self.pairs[k]
+
+
+class PretrainingBatches:
+  """MLM + NSP batches from tokenised documents: a shards.ShardedDocuments (memory-mapped:
+  an example reads only its two documents), or a list of documents of sentence id arrays."""
+
+  def __init__(self, documents, tokenizer, seq_len: int, global_batch: int,
                seed: int, max_predictions: int = 20, short_seq_prob: float = 0.1, whole_word: bool = False,
                mask_prob: float = 0.15, process_index: int = 0, process_count: int = 1, name: str = 'data'):
-    self.documents = [list(d) for d in documents if len(d)]
-    self.pairs = [i for i, d in enumerate(self.documents) if len(d) >= 2]   # can give IsNext pairs
-    if len(self.documents) < 2 or not self.pairs:
+    self.documents = documents if hasattr(documents, 'pair_document') else InMemoryDocuments(documents)
+    if len(self.documents) < 2 or not self.documents.num_pairs():   # a pair is needed for IsNext
       raise DataError(f'{name}: BERT pretraining needs at least 2 documents, one of 2+ sentences '
                       f'(found {len(self.documents)} documents)')
     if global_batch % process_count:
@@ -66,37 +87,38 @@ class PretrainingBatches:
       target = int(rng.integers(2, max_tokens + 1))
     label = IS_NEXT if rng.random() < 0.5 else NOT_NEXT
     if label == IS_NEXT:
-      doc_id = self.pairs[int(rng.integers(len(self.pairs)))]
-      doc = self.documents[doc_id]
+      doc_id = self.documents.pair_document(int(rng.integers(self.documents.num_pairs())))
+      doc = self.documents.document(doc_id)
       start = int(rng.integers(len(doc) - 1))            # leave room for at least one B sentence
     else:
       doc_id = int(rng.integers(len(self.documents)))
-      doc = self.documents[doc_id]
+      doc = self.documents.document(doc_id)
       start = int(rng.integers(len(doc)))
+    lengths = doc.lengths
     end, length = start, 0
-    while end < len(doc) and length < target:
-      length += len(doc[end])
+    while end < len(lengths) and length < target:
+      length += lengths[end]
       end += 1
     if label == IS_NEXT and end - start < 2:
       end = start + 2                                     # grow a one-sentence chunk by its successor
     a_end = start + 1 if end - start < 2 else int(rng.integers(start + 1, end))
     a = list(range(start, a_end))
     if label == IS_NEXT:
-      b_doc, b = doc_id, list(range(a_end, end))
+      b_doc, other, b = doc_id, doc, list(range(a_end, end))
     else:
       b_doc = int(rng.integers(len(self.documents) - 1))
       b_doc += b_doc >= doc_id                            # any document but A's
-      other = self.documents[b_doc]
+      other = self.documents.document(b_doc)
       b_start = int(rng.integers(len(other)))
-      room = max(target - sum(len(doc[i]) for i in a), 1)
+      room = max(target - sum(lengths[start:a_end]), 1)
       b, length = [], 0
       for j in range(b_start, len(other)):
         if length >= room:
           break
         b.append(j)
-        length += len(other[j])
-    tokens_a = list(np.concatenate([doc[i] for i in a]))
-    tokens_b = list(np.concatenate([self.documents[b_doc][j] for j in b]))
+        length += other.lengths[j]
+    tokens_a = doc.tokens(start, a_end).tolist()         # sentences are consecutive: one slice each
+    tokens_b = other.tokens(b[0], b[-1] + 1).tolist()
     while len(tokens_a) + len(tokens_b) > max_tokens:     # truncate the longer one from a random end
       longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
       if rng.random() < 0.5:

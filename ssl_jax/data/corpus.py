@@ -40,7 +40,7 @@ class TextCorpus:
         self.train_tokens, self.eval_tokens = stream[:split], stream[split:]
     except (DataError, ConfigError):
       if jax.process_index() == 0:
-        _remove_new(workdir, before)
+        remove_new(workdir, before)
       raise
 
   def token_stream(self, config, workdir: str, paths) -> 'shards.ShardedTokens':
@@ -76,7 +76,7 @@ _DATA_FILES = ('cache', tokenizers.TOKENIZER_FILE, tokenizers.SPM_FILE, tokenize
                'vocab.txt')
 
 
-def _remove_new(workdir: str, before) -> None:
+def remove_new(workdir: str, before) -> None:
   for name in _DATA_FILES:
     path = os.path.join(workdir, name)
     if name not in before and os.path.exists(path):

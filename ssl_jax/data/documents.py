@@ -1,14 +1,18 @@
-"""Readers of document-structured text: lists of documents, each a list of sentences.
+"""Readers of document-structured text: documents, each a list of sentences, streamed.
 
   plain text  one sentence per line (longer lines are split after . ! ?), a blank line
               between documents (google-research/bert's pretraining input format)
   CoNLL-U     `# newdoc` starts a document, `# text = ...` is a sentence
+  JSONL, Parquet, Arrow   each row one document, its sentences read as plain text's
+
+A text file is read line by line (ssl_jax/data/sources.py), never whole: a document is the
+most that is held at once.
 """
 
 import re
-from typing import List, Sequence
+from typing import Iterable, Iterator, List, Sequence
 
-from ssl_jax.data.text import DataError, read_text
+from ssl_jax.data.text import DataError
 
 Document = List[str]
 _SENTENCE_END = re.compile(r'(?<=[.!?])\s+(?=\S)')
@@ -18,52 +22,67 @@ def split_sentences(line: str) -> List[str]:
   return [s.strip() for s in _SENTENCE_END.split(line) if s.strip()]
 
 
-def read_plain(text: str) -> List[Document]:
-  docs, current = [], []
-  for line in text.splitlines():
+def _plain(lines: Iterable[str]) -> Iterator[Document]:
+  current = []
+  for line in lines:
     if not line.strip():
       if current:
-        docs.append(current)
+        yield current
         current = []
       continue
     current.extend(split_sentences(line))
   if current:
-    docs.append(current)
-  return docs
+    yield current
 
 
-def read_conllu(text: str) -> List[Document]:
-  docs, current = [], []
-  for line in text.splitlines():
+def _conllu(lines: Iterable[str]) -> Iterator[Document]:
+  current = []
+  for line in lines:
     if line.startswith('# newdoc'):
       if current:
-        docs.append(current)
+        yield current
       current = []
     elif line.startswith('# text ='):
       sentence = line[len('# text ='):].strip()
       if sentence:
         current.append(sentence)
   if current:
-    docs.append(current)
-  return docs
+    yield current
+
+
+def read_plain(text: str) -> List[Document]:
+  return list(_plain(text.splitlines()))
+
+
+def read_conllu(text: str) -> List[Document]:
+  return list(_conllu(text.splitlines()))
+
+
+def unit_documents(unit, text_field: str = 'text') -> Iterator[Document]:
+  """The documents of one source unit (sources.Unit): a text unit must be a whole file (its
+  documents may span any byte range), a JSONL/Parquet/Arrow unit any range of rows."""
+  from ssl_jax.data import sources  # pylint: disable=import-outside-toplevel
+  if unit.format != 'text':
+    for row in sources.documents(unit, text_field):
+      doc = [s for d in _plain(row.splitlines()) for s in d]
+      if doc:
+        yield doc
+    return
+  # Pieces end at line ends, so splitting each piece's lines splits the file's (str.splitlines).
+  lines = (line for piece in sources.documents(unit, separator=False) for line in piece.splitlines())
+  yield from (_conllu(lines) if unit.path.endswith('.conllu') else _plain(lines))
+
+
+def iter_documents(paths: Sequence[str], fmt: str = '', text_field: str = 'text') -> Iterator[Document]:
+  from ssl_jax.data import sources  # pylint: disable=import-outside-toplevel
+  for unit in sources.units(paths, fmt, split_text=False):
+    yield from unit_documents(unit, text_field)
 
 
 def read_documents(paths: Sequence[str], fmt: str = '', text_field: str = 'text') -> List[Document]:
-  """All documents of `paths`: text files as above (by extension: .conllu or plain), and each
-  JSONL / Parquet / Arrow row (data.format, data.text_field; ssl_jax/data/sources.py) one
-  document, its sentences read as plain text's."""
-  from ssl_jax.data import sources  # pylint: disable=import-outside-toplevel
-  docs = []
-  for path in paths:
-    kind = sources.format_of(path, fmt)
-    if kind != 'text':
-      for row in sources.iter_documents([path], kind, text_field):
-        docs.extend(d for d in [sum(read_plain(row), [])] if d)
-      continue
-    text = read_text(path) if not sources.compression_of(path) and not sources.is_url(path) else \
-        ''.join(sources.iter_documents([path], kind))
-    found = read_conllu(text) if path.endswith('.conllu') else read_plain(text)
-    docs.extend(found)
+  """All documents of `paths` in memory (small corpora and tests; training reads them from
+  the token cache, ssl_jax/data/shards.py)."""
+  docs = list(iter_documents(paths, fmt, text_field))
   if not docs:
     raise DataError(f'empty corpus: no sentences in {", ".join(paths[:3])}')
   return docs

@@ -136,15 +136,16 @@ def stat(path: str) -> dict:
   return {'path': os.path.abspath(path), 'size': st.st_size, 'mtime': st.st_mtime_ns}
 
 
-def units(paths: Sequence[str], fmt: str = '', unit_bytes: int = 64 << 20) -> List[Unit]:
-  """The corpus cut into independently readable units, in corpus order."""
+def units(paths: Sequence[str], fmt: str = '', unit_bytes: int = 64 << 20, split_text: bool = True) -> List[Unit]:
+  """The corpus cut into independently readable units, in corpus order (a text file whole
+  unless `split_text`: BERT's documents in it may span any byte range)."""
   out = []
   for path in paths:
     kind = format_of(path, fmt)
     if kind == 'parquet':
       groups = _parquet(path).num_row_groups
       out.extend(Unit(path, kind, g, g + 1, g == groups - 1) for g in range(groups))
-    elif kind in ('text', 'jsonl') and not compression_of(path) and not is_url(path):
+    elif kind in ('text', 'jsonl') and not compression_of(path) and not is_url(path) and (split_text or kind != 'text'):
       size = os.path.getsize(path)
       starts = list(range(0, max(size, 1), unit_bytes))
       out.extend(Unit(path, kind, s, min(s + unit_bytes, size), s + unit_bytes >= size) for s in starts)

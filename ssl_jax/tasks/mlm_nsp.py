@@ -4,39 +4,81 @@ The MLM head runs only at the gathered masked positions (data.max_predictions pe
 sequence), which is where its vocabulary projection's FLOPs are counted too.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from ssl_jax import flops
 from ssl_jax.config import ConfigError
-from ssl_jax.data import documents as documents_lib, sources
+from ssl_jax.data import corpus, documents as documents_lib, shards, sources, tokenizer as tokenizers
 from ssl_jax.data.bert_examples import SPECIALS, PretrainingBatches
 from ssl_jax.data.corpus import run_tokenizer
+from ssl_jax.data.text import DataError
 from ssl_jax.tasks import Data
 
 
 def make_data(config, workdir: str) -> Data:
-  """Documents of data.path (held out: data.eval_path, else the last data.eval_fraction of documents)."""
+  """Documents of data.path (held out: data.eval_path, else the last data.eval_fraction of
+  documents), tokenised a sentence at a time into the workdir's cache and read memory-mapped
+  (ssl_jax/data/shards.py); bad input leaves the workdir as it was."""
   if config.data.tokenizer == 'char':
     raise ConfigError('BERT needs a sub-word vocabulary: data.tokenizer=sentencepiece (or a .model path)')
   d = config.data
-  train_docs = documents_lib.read_documents(sources.resolve(d.path, 'data.path'), d.format, d.text_field)
-  if config.data.eval_path:
-    eval_docs = documents_lib.read_documents(sources.resolve(d.eval_path, 'data.eval_path'), d.format, d.text_field)
-  else:
-    split = max(1, int(len(train_docs) * (1 - config.data.eval_fraction)))
-    train_docs, eval_docs = train_docs[:split], train_docs[split:]
-  tok = run_tokenizer(config, workdir, lambda: ['\n'.join(d) for d in train_docs + eval_docs], SPECIALS)
-  ids = [tok.piece_id(p) for p in SPECIALS]   # ours are 0-4; an imported BERT's vocab.txt has them elsewhere
-  if len(set(ids)) < len(SPECIALS) or min(ids) < 0:
-    raise ConfigError(f'data.tokenizer={config.data.tokenizer!r}: BERT needs the pieces {SPECIALS}, each its own id')
-  d, pi, pc = config.data, jax.process_index(), jax.process_count()
+  train_paths = sources.resolve(d.path, 'data.path')
+  eval_paths = sources.resolve(d.eval_path, 'data.eval_path') if d.eval_path else []
+  before = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
+  try:
+    tok = run_tokenizer(config, workdir, lambda: tokenizer_texts(config, train_paths + eval_paths), SPECIALS)
+    ids = [tok.piece_id(p) for p in SPECIALS]   # ours are 0-4; an imported BERT's vocab.txt has them elsewhere
+    if len(set(ids)) < len(SPECIALS) or min(ids) < 0:
+      raise ConfigError(f'data.tokenizer={config.data.tokenizer!r}: BERT needs the pieces {SPECIALS}, each its own id')
+    train_docs = document_cache(config, workdir, tok, train_paths)
+    if eval_paths:
+      eval_docs = document_cache(config, workdir, tok, eval_paths)
+    else:
+      split = max(1, int(len(train_docs) * (1 - d.eval_fraction)))
+      train_docs, eval_docs = train_docs[:split], train_docs[split:]
+  except (DataError, ConfigError):
+    if jax.process_index() == 0:
+      corpus.remove_new(workdir, before)
+    raise
+  pi, pc = jax.process_index(), jax.process_count()
   make = lambda docs, name: PretrainingBatches(
-      [[tok.encode(s) for s in doc] for doc in docs], tok, d.seq_len, config.train.batch_size, config.seed,
-      d.max_predictions, d.short_seq_prob, d.whole_word_masking, process_index=pi, process_count=pc, name=name)
+      docs, tok, d.seq_len, config.train.batch_size, config.seed, d.max_predictions, d.short_seq_prob,
+      d.whole_word_masking, process_index=pi, process_count=pc, name=name)
   return Data(make(train_docs, 'training documents'), make(eval_docs, 'held-out documents'), tok,
               units_per_example=d.seq_len)
+
+
+def tokenizer_texts(config, paths):
+  """A new tokenizer's training text: each document's sentences a line, the first
+  data.tokenizer_sample_mb of every file (whole documents; all of a smaller corpus)."""
+  d = config.data
+  per_file = max(1, int(d.tokenizer_sample_mb * (1 << 20)) // max(1, len(paths)))
+  seen = False
+  for path in paths:
+    taken = 0
+    for doc in documents_lib.iter_documents([path], d.format, d.text_field):
+      text = '\n'.join(doc)
+      seen = True
+      yield text
+      taken += len(text)
+      if taken >= per_file:
+        break
+  if not seen:
+    raise DataError(f'empty corpus: no sentences in {", ".join(paths[:3])}')
+
+
+def document_cache(config, workdir: str, tok, paths) -> shards.ShardedDocuments:
+  d = config.data
+  if d.shard_mb <= 0:
+    raise ConfigError(f'data.shard_mb={d.shard_mb}: expected a positive size in MB (e.g. 64)')
+  directory = shards.build(paths, tok, workdir, tokenizers.fingerprint(tok), os.path.join(workdir, 'cache'),
+                           fmt=d.format, text_field=d.text_field, workers=d.tokenize_workers,
+                           unit_bytes=max(1, int(d.shard_mb * (1 << 20))), sentences=True)
+  return shards.ShardedDocuments(directory)
 
 
 def model_inputs(batch) -> dict:
