@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import config as config_lib
-from ssl_jax.data import prepare
+from ssl_jax.data import prepare, shards, tokenizer as tokenizers
 from conftest import SHARED_DATA, read_metrics, run_cli
 
 LINES_PER_DOC = 40
@@ -152,3 +152,34 @@ def test_near_duplicates_at_jaccard_08_are_removed_and_at_05_kept_by_the_near_fi
   assert kept.count('original') == 60
   assert kept.count(0.8) == 0 and kept.count(0.5) == 20
   assert report['removed']['near'] == 20 and report['removed']['lines'] == 0   # the near filter's work
+
+
+def test_training_tokenises_the_kept_documents_from_the_sources(tmp_path, corpus):
+  """Training writes no copy of the corpus: keep.bin says which documents the filters kept, and
+  the token pipeline's workers read those from the sources. Its report is prepare's, and its
+  tokens are the prepared corpus.txt's, on 1 and 2 workers."""
+  with open(corpus) as f:
+    lines = [l for l in f.read().splitlines() if l.strip()]
+  docs = ['\n'.join(lines[i:i + 8]) for i in range(0, len(lines) - 8, 8)]
+  half = len(docs) // 2
+  (tmp_path / 'a.txt').write_text('\n\n'.join(docs[:half]) + '\n')
+  (tmp_path / 'b.txt').write_text('\n\n'.join(docs[half:] + docs[:20]) + '\n')   # copies of a's: removed only
+  paths = [str(tmp_path / 'a.txt'), str(tmp_path / 'b.txt')]                       # by state across files
+  p = settings()
+  full, report = prepare.prepared_corpus(paths, str(tmp_path / 'full'), p, progress=False)
+  keep, trained = prepare.prepared_corpus(paths, str(tmp_path / 'train'), p, progress=False, write_corpus=False)
+  assert not os.path.exists(tmp_path / 'train' / 'prepared' / 'corpus.txt')
+  counts = ('documents_in', 'documents_out', 'words_in', 'words_out', 'removed')
+  assert [trained[k] for k in counts] == [report[k] for k in counts] and report['removed']['exact'] >= 20
+  assert 0 < report['documents_out'] < report['documents_in']
+  with open(full) as f:
+    prepared = f.read()
+  tok = tokenizers.CharTokenizer.from_text([prepared, '\n'])
+  tokenizers.save(tok, str(tmp_path / 'train'))
+  select = prepare.selection(paths, keep, trained, p)
+  for workers in (1, 2):
+    out = shards.build(paths, tok, str(tmp_path / 'train'), tokenizers.fingerprint(tok), str(tmp_path / f'c{workers}'),
+                       workers=workers, select=select)
+    np.testing.assert_array_equal(shards.ShardedTokens(out).to_array(), tok.encode(prepared))
+    with open(os.path.join(out, shards.INDEX)) as f:
+      assert json.load(f)['documents'] == report['documents_out']

@@ -1,5 +1,6 @@
 """A run's text corpus: which files train, which are held out, and the run's tokenizer."""
 
+import json
 import os
 import shutil
 
@@ -24,14 +25,15 @@ class TextCorpus:
   def __init__(self, config, workdir: str, special=()):
     data = config.data
     self.train_paths = sources.resolve(data.path, 'data.path')
-    if data.prepare.enabled:      # cleaned and de-duplicated first (cached), on process 0
-      self.train_paths = [prepare_on_one_host(self.train_paths, workdir, data.prepare)]
+    # Cleaned and de-duplicated: which documents to keep is decided first (cached), on process 0;
+    # the token pipeline then reads only those.
+    self.select = prepare_on_one_host(self.train_paths, workdir, data.prepare) if data.prepare.enabled else None
     self.eval_paths = sources.resolve(data.eval_path, 'data.eval_path') if data.eval_path else []
     before = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
     try:
-      self.tokenizer = run_tokenizer(config, workdir, lambda: training_texts(config, self.train_paths + self.eval_paths),
-                                     special)
-      stream = self.token_stream(config, workdir, self.train_paths)
+      self.tokenizer = run_tokenizer(
+          config, workdir, lambda: training_texts(config, self.train_paths + self.eval_paths, self.select), special)
+      stream = self.token_stream(config, workdir, self.train_paths, self.select)
       if self.eval_paths:
         self.train_tokens = stream
         self.eval_tokens = self.token_stream(config, workdir, self.eval_paths)
@@ -43,22 +45,25 @@ class TextCorpus:
         remove_new(workdir, before)
       raise
 
-  def token_stream(self, config, workdir: str, paths) -> 'shards.ShardedTokens':
+  def token_stream(self, config, workdir: str, paths, select=None) -> 'shards.ShardedTokens':
     d = config.data
     cache = os.path.join(workdir, 'cache')
     tok_id = tokenizers.fingerprint(self.tokenizer)
     if d.shard_mb <= 0:
       raise ConfigError(f'data.shard_mb={d.shard_mb}: expected a positive size in MB (e.g. 64)')
     directory = shards.build(paths, self.tokenizer, workdir, tok_id, cache, fmt=d.format, text_field=d.text_field,
-                             workers=d.tokenize_workers, unit_bytes=max(1, int(d.shard_mb * (1 << 20))))
+                             workers=d.tokenize_workers, unit_bytes=max(1, int(d.shard_mb * (1 << 20))), select=select)
     return shards.ShardedTokens(directory)
 
 
-def training_texts(config, paths):
+def training_texts(config, paths, select=None):
   """What a new tokenizer learns from: every text for `char` (its alphabet must be whole), a
-  sample of data.tokenizer_sample_mb streamed from every file for sentencepiece."""
+  sample of data.tokenizer_sample_mb streamed from every file for sentencepiece. With
+  `select` (prepared), the kept documents, as one file: the prepared corpus's text."""
   d = config.data
-  if d.tokenizer == 'char':
+  if select is not None:
+    texts = _prepared_texts(paths, select, d.tokenizer != 'char', int(d.tokenizer_sample_mb * (1 << 20)))
+  elif d.tokenizer == 'char':
     texts = sources.iter_documents(paths, d.format, d.text_field)
   else:
     texts = sources.sample(paths, int(d.tokenizer_sample_mb * (1 << 20)), d.format, d.text_field)
@@ -69,6 +74,29 @@ def training_texts(config, paths):
     yield t
   if not seen:
     raise DataError(f'empty corpus: {", ".join(paths[:3])}{" ..." if len(paths) > 3 else ""} hold no text')
+
+
+def _prepared_texts(paths, select, bounded: bool, budget: int):
+  """The kept documents of the prepared `paths`, each followed by a blank line, as the text of
+  one file (the prepared corpus), then the other files (held out); with `bounded`, the sample
+  sources.sample would take of those files."""
+  from ssl_jax.data import prepare  # pylint: disable=import-outside-toplevel
+  others = [p for p in paths if p not in select['firsts']]
+  kept = (text + shards.SEPARATOR for p in paths if p in select['firsts']
+          for text in prepare.kept_texts(p, select['firsts'][p], select['keep'], select['documents'],
+                                         select['quality']))
+  if not bounded:
+    yield from kept
+    yield from sources.iter_documents(others)
+    return
+  budget //= 1 + len(others)     # shared as sources.sample shares it between files
+  taken = 0
+  for text in kept:
+    yield text[:budget - taken]
+    taken += len(text)
+    if taken >= budget:
+      break
+  yield from sources.sample(others, budget * len(others)) if others else ()
 
 
 # What a run writes into its workdir before its data is known to be good.
@@ -83,17 +111,19 @@ def remove_new(workdir: str, before) -> None:
       shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
-def prepare_on_one_host(paths, workdir: str, settings) -> str:
-  """The prepared corpus of `paths` (ssl_jax/data/prepare.py), made by process 0 while the
-  other hosts wait, so every host reads the same token stream."""
+def prepare_on_one_host(paths, workdir: str, settings) -> dict:
+  """Which documents of `paths` the filters keep (ssl_jax/data/prepare.py: shards.build's
+  `select`), decided by process 0 while the other hosts wait, so every host reads the same
+  token stream."""
   from ssl_jax.data import prepare  # pylint: disable=import-outside-toplevel
-  path = os.path.join(workdir, 'prepared', 'corpus.txt')
   if jax.process_index() == 0:
-    path, report = prepare.prepared_corpus(paths, workdir, settings)
+    _, report = prepare.prepared_corpus(paths, workdir, settings, write_corpus=False)
     print(prepare.table(report), flush=True)
   if jax.process_count() > 1:
     parallel.barrier('ssl_jax corpus prepared')
-  return path
+  with open(os.path.join(workdir, 'prepare_report.json')) as f:
+    report = json.load(f)
+  return prepare.selection(paths, os.path.join(workdir, 'prepared', prepare.KEEP_FILE), report, settings)
 
 
 def run_tokenizer(config, workdir: str, texts_fn, special=()):

@@ -16,9 +16,16 @@ meets the filters in a fixed order and is counted once, by the first that remove
                estimated Jaccard similarity of at least `near_threshold` with a kept one
 
 Only the hash sets and the LSH index grow with the corpus; the text itself streams. The
-kept documents go to `WORKDIR/prepared/corpus.txt` with their provenance (source file and
-line range) in `provenance.jsonl`; `prepare_report.json` and `prepare_lengths.png` say
-what went where. On several hosts each host prepares the files (or, with one file, the
+kept documents go to `WORKDIR/prepared/corpus.txt` (`run.py prepare`) with their provenance
+(source file and line range) in `provenance.jsonl`; `prepare_report.json` and
+`prepare_lengths.png` say what went where.
+
+Training (`data.prepare.enabled`) writes no copy of the corpus: the same pass records which
+documents it kept, a byte each (`keep.bin`), and the token pipeline's workers read the
+sources again, cut them into the same documents and tokenise the kept ones
+(`kept_texts`). The decisions need the whole stream in order (a near duplicate is one of a
+document kept earlier anywhere in the corpus), so they are one sequential pass; the
+tokenising, the costly part, runs on every core. On several hosts each host prepares the files (or, with one file, the
 documents) whose index is its process index modulo the host count.
 """
 
@@ -173,76 +180,129 @@ def _hash(text: str) -> bytes:
   return hashlib.blake2b(text.encode('utf-8', 'replace'), digest_size=12).digest()
 
 
+class Filters:
+  """The filters' state over one stream of documents, and the report's counts.
+
+  `judge(doc)` is the document's fate: its kept text (boilerplate lines removed), or None
+  if a filter removed it. The de-duplicating filters remember what was kept before, so
+  documents must be judged in corpus order, by one process."""
+
+  def __init__(self, p):
+    self.p = p
+    self.lsh = MinHashLSH(p.near_threshold, p.num_perm) if p.near else None
+    self.seen_docs, self.seen_lines = set(), set()
+    self.removed = {f: 0 for f in FILTERS}
+    self.examples = {f: [] for f in FILTERS}
+    self.lengths_in, self.lengths_out = [], []
+    self.words_in = self.words_out = 0
+
+  def judge(self, doc: Document):
+    p, lsh = self.p, self.lsh
+    words = len(doc.text.split())
+    self.words_in += words
+    self.lengths_in.append(words)
+    text = clean_lines(doc.text) if p.quality else doc.text
+    reason = ''
+    if p.quality and quality_problem(text, p):
+      reason = 'quality'
+    normalised = ' '.join(text.split())
+    if not reason and p.exact:
+      key = _hash(normalised)
+      if key in self.seen_docs:
+        reason = 'exact'
+      else:
+        self.seen_docs.add(key)
+    line_keys = [_hash(l.strip()) for l in text.split('\n') if len(l.strip()) >= p.min_line_chars]
+    if not reason and p.lines and line_keys and all(k in self.seen_lines for k in line_keys):
+      reason = 'lines'
+    signature = lsh.signature(normalised) if lsh is not None and not reason else None
+    if signature is not None and lsh.near_duplicate(signature):
+      reason = 'near'
+    if reason:
+      self.removed[reason] += 1
+      if len(self.examples[reason]) < 3:
+        self.examples[reason].append({'source': doc.source, 'lines': [doc.first_line, doc.last_line],
+                                      'text': doc.text[:300]})
+      return None
+    if signature is not None:
+      lsh.add(signature)
+    self.seen_lines.update(line_keys)
+    self.words_out += len(text.split())
+    self.lengths_out.append(len(text.split()))
+    return text
+
+  def report(self, total_bytes: int, seconds: float) -> dict:
+    p = self.p
+    report = {'documents_in': len(self.lengths_in), 'documents_out': len(self.lengths_out),
+              'words_in': self.words_in, 'words_out': self.words_out, 'removed': self.removed,
+              'examples': self.examples, 'bytes_in': total_bytes, 'seconds': seconds,
+              'mb_per_sec': total_bytes / 1e6 / max(seconds, 1e-9),
+              'lsh': {'bands': self.lsh.bands, 'rows': self.lsh.rows} if self.lsh else None,
+              'settings': p.to_dict() if hasattr(p, 'to_dict') else dict(p)}
+    assert report['documents_in'] == report['documents_out'] + sum(self.removed.values())
+    return report
+
+
+KEEP_FILE = 'keep.bin'          # one byte a document of the corpus (in prepare's order): 1 kept, 0 removed
+
+
 def prepare(paths: List[str], out_dir: str, p, process_index: int = 0, process_count: int = 1,
-            progress: bool = True, plot_path: str = '') -> dict:
-  """Filters and de-duplicates `paths` into out_dir/corpus.txt; returns the report (and plots
-  the document lengths before and after to plot_path, if given)."""
+            progress: bool = True, plot_path: str = '', write_corpus: bool = True) -> dict:
+  """Filters and de-duplicates `paths`; returns the report (and plots the document lengths
+  before and after to plot_path, if given).
+
+  Writes out_dir/provenance.jsonl, the kept text to out_dir/corpus.txt if `write_corpus`,
+  and, over the whole corpus (one process), out_dir/keep.bin: which documents were kept,
+  what training's token pipeline reads instead of a copy of the corpus (`kept_texts`)."""
   os.makedirs(out_dir, exist_ok=True)
   total_bytes = sum(os.path.getsize(x) for x in paths)
-  lsh = MinHashLSH(p.near_threshold, p.num_perm) if p.near else None
-  seen_docs, seen_lines = set(), set()
-  removed = {f: 0 for f in FILTERS}
-  examples = {f: [] for f in FILTERS}
-  lengths_in, lengths_out = [], []
-  words_in = words_out = 0
+  filters = Filters(p)
   start = time.perf_counter()
   bar = None
   if progress:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=total_bytes, unit='B', unit_scale=True, desc='prepare', leave=False)
-  corpus_tmp, provenance_tmp = os.path.join(out_dir, 'corpus.txt.tmp'), os.path.join(out_dir, 'provenance.jsonl.tmp')
-  with open(corpus_tmp, 'w', encoding='utf-8') as corpus, open(provenance_tmp, 'w') as provenance:
+  tmp = f'.tmp{os.getpid()}'
+  names = ['provenance.jsonl'] + (['corpus.txt'] if write_corpus else []) + ([KEEP_FILE] if process_count == 1 else [])
+  files = {n: open(os.path.join(out_dir, n + tmp), 'wb') if n == KEEP_FILE  # pylint: disable=consider-using-with
+           else open(os.path.join(out_dir, n + tmp), 'w', encoding='utf-8') for n in names}
+  documents_per_file = Counter()
+  try:
     for doc in documents(paths, p.documents, process_index, process_count):
       if bar is not None:
         bar.update(len(doc.text.encode('utf-8', 'replace')) + 2)
-      words = len(doc.text.split())
-      words_in += words
-      lengths_in.append(words)
-      text = clean_lines(doc.text) if p.quality else doc.text
-      reason = ''
-      if p.quality and quality_problem(text, p):
-        reason = 'quality'
-      normalised = ' '.join(text.split())
-      if not reason and p.exact:
-        key = _hash(normalised)
-        if key in seen_docs:
-          reason = 'exact'
-        else:
-          seen_docs.add(key)
-      line_keys = [_hash(l.strip()) for l in text.split('\n') if len(l.strip()) >= p.min_line_chars]
-      if not reason and p.lines and line_keys and all(k in seen_lines for k in line_keys):
-        reason = 'lines'
-      signature = lsh.signature(normalised) if lsh is not None and not reason else None
-      if signature is not None and lsh.near_duplicate(signature):
-        reason = 'near'
-      if reason:
-        removed[reason] += 1
-        if len(examples[reason]) < 3:
-          examples[reason].append({'source': doc.source, 'lines': [doc.first_line, doc.last_line],
-                                   'text': doc.text[:300]})
+      documents_per_file[doc.source] += 1
+      text = filters.judge(doc)
+      if KEEP_FILE in files:
+        files[KEEP_FILE].write(b'\0' if text is None else b'\1')
+      if text is None:
         continue
-      if signature is not None:
-        lsh.add(signature)
-      seen_lines.update(line_keys)
-      corpus.write(text + '\n\n')
-      provenance.write(json.dumps({'source': doc.source, 'first_line': doc.first_line,
-                                   'last_line': doc.last_line, 'words': len(text.split())}) + '\n')
-      words_out += len(text.split())
-      lengths_out.append(len(text.split()))
+      if write_corpus:
+        files['corpus.txt'].write(text + '\n\n')
+      files['provenance.jsonl'].write(json.dumps({'source': doc.source, 'first_line': doc.first_line,
+                                                  'last_line': doc.last_line, 'words': len(text.split())}) + '\n')
+  finally:
+    for f in files.values():
+      f.close()
   if bar is not None:
     bar.close()
-  os.replace(corpus_tmp, os.path.join(out_dir, 'corpus.txt'))
-  os.replace(provenance_tmp, os.path.join(out_dir, 'provenance.jsonl'))
-  seconds = time.perf_counter() - start
-  report = {'documents_in': len(lengths_in), 'documents_out': len(lengths_out), 'words_in': words_in,
-            'words_out': words_out, 'removed': removed, 'examples': examples, 'bytes_in': total_bytes,
-            'seconds': seconds, 'mb_per_sec': total_bytes / 1e6 / max(seconds, 1e-9),
-            'lsh': {'bands': lsh.bands, 'rows': lsh.rows} if lsh else None,
-            'settings': p.to_dict() if hasattr(p, 'to_dict') else dict(p)}
-  assert report['documents_in'] == report['documents_out'] + sum(removed.values())
+  for n in names:
+    os.replace(os.path.join(out_dir, n + tmp), os.path.join(out_dir, n))
+  report = filters.report(total_bytes, time.perf_counter() - start)
+  if process_count == 1:
+    report['documents_per_file'] = [documents_per_file[x] for x in paths]
   if plot_path:
-    _plot(lengths_in, lengths_out, plot_path)
+    _plot(filters.lengths_in, filters.lengths_out, plot_path)
   return report
+
+
+def kept_texts(path: str, first: int, keep_path: str, mode: str, quality: bool) -> Iterator[str]:
+  """The kept documents of one file, as `prepare` wrote them to corpus.txt (less the blank
+  line after each): `first` is the file's first document in keep.bin."""
+  keep = np.memmap(keep_path, np.uint8, 'r')
+  for k, doc in enumerate(documents([path], mode)):
+    if keep[first + k]:
+      yield clean_lines(doc.text) if quality else doc.text
 
 
 def _plot(before, after, path):
@@ -280,8 +340,10 @@ def cache_key(paths: List[str], p) -> str:
 
 
 def prepared_corpus(paths: List[str], workdir: str, p, process_index: int = 0, process_count: int = 1,
-                    progress: bool = True) -> Tuple[str, dict]:
+                    progress: bool = True, write_corpus: bool = True) -> Tuple[str, dict]:
   """(path of the cleaned corpus, report): prepared once per (files, settings), then cached.
+  Without `write_corpus` (training: its token pipeline reads the kept documents from the
+  sources, `kept_texts`), the path of keep.bin and no copy of the corpus.
 
   With process_count > 1 (`run.py prepare` on every host) each host writes its own shard
   under prepared/host_<i>; training prepares on one host, over every document.
@@ -292,17 +354,27 @@ def prepared_corpus(paths: List[str], workdir: str, p, process_index: int = 0, p
     out_dir = report_dir = os.path.join(out_dir, f'host_{process_index}')
   key = cache_key(paths, p)
   report_path = os.path.join(report_dir, 'prepare_report.json')
-  corpus = os.path.join(out_dir, 'corpus.txt')
-  if os.path.exists(report_path) and os.path.exists(corpus):
+  product = os.path.join(out_dir, 'corpus.txt' if write_corpus else KEEP_FILE)
+  if os.path.exists(report_path) and os.path.exists(product):
     with open(report_path) as f:
       report = json.load(f)
-    if report.get('key') == key:
-      return corpus, report
+    if report.get('key') == key and (write_corpus or 'documents_per_file' in report):
+      return product, report
+  if not write_corpus and os.path.exists(os.path.join(out_dir, 'corpus.txt')):
+    os.remove(os.path.join(out_dir, 'corpus.txt'))     # another corpus's, or settings'
   report = prepare(paths, out_dir, p, process_index, process_count, progress,
-                   os.path.join(report_dir, 'prepare_lengths.png'))
+                   os.path.join(report_dir, 'prepare_lengths.png'), write_corpus)
   report['key'] = key
   tmp = report_path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(report, f, indent=1)
   os.replace(tmp, report_path)
-  return corpus, report
+  return product, report
+
+
+def selection(paths: List[str], keep_path: str, report: dict, p) -> dict:
+  """What the token pipeline needs to read the kept documents of `paths` (shards.build's
+  `select`): keep.bin, each file's first document in it, how documents are cut, the key."""
+  firsts = np.concatenate([[0], np.cumsum(report['documents_per_file'])[:-1]]).astype(int).tolist()
+  return {'keep': keep_path, 'firsts': dict(zip(paths, firsts)), 'documents': p.documents,
+          'quality': bool(p.quality), 'key': report['key']}

@@ -62,8 +62,9 @@ def default_workers() -> int:
 
 
 def cache_dir_for(paths: Sequence[str], fingerprint: str, cache_dir: str, fmt: str = '', text_field: str = 'text',
-                  unit_bytes: int = 64 << 20, sentences: bool = False) -> str:
-  h = hashlib.sha1(json.dumps([fingerprint, fmt, text_field, unit_bytes]).encode())
+                  unit_bytes: int = 64 << 20, sentences: bool = False, select_key: str = '') -> str:
+  key = [fingerprint, fmt, text_field, unit_bytes] + ([select_key] if select_key else [])   # (old keys unchanged)
+  h = hashlib.sha1(json.dumps(key).encode())
   for p in paths:
     st = sources.stat(p)
     h.update(f'{st["path"]}|{st["size"]}|{st["mtime"]}\n'.encode())
@@ -84,16 +85,23 @@ def _pid_alive(pid: str) -> bool:
 
 
 def build(paths: Sequence[str], tokenizer, tokenizer_dir: str, fingerprint: str, cache_dir: str, *, fmt: str = '',
-          text_field: str = 'text', workers: int = 0, unit_bytes: int = 64 << 20, sentences: bool = False) -> str:
+          text_field: str = 'text', workers: int = 0, unit_bytes: int = 64 << 20, sentences: bool = False,
+          select: Optional[dict] = None) -> str:
   """The token cache of `paths` (built, or finished, here); returns its folder.
 
   `tokenizer` is the run's, saved in `tokenizer_dir` (workers load it from there; its
   `fingerprint` checks they did). With `sentences`, BERT's documents of sentences (above).
-  Bad input is a DataError; the partial cache is removed."""
-  out = cache_dir_for(paths, fingerprint, cache_dir, fmt, text_field, unit_bytes, sentences)
+  With `select` (prepare.selection), only the documents the cleaning filters kept, a file a
+  unit (a file's documents are numbered from its start). Bad input is a DataError; the
+  partial cache is removed."""
+  out = cache_dir_for(paths, fingerprint, cache_dir, fmt, text_field, unit_bytes, sentences,
+                      select['key'] if select else '')
   if os.path.exists(os.path.join(out, INDEX)):
     return out
-  units = sources.units(paths, fmt, unit_bytes, split_text=not sentences)
+  if select is not None:
+    units = [sources.Unit(p, 'prepared') for p in paths]
+  else:
+    units = sources.units(paths, fmt, unit_bytes, split_text=not sentences)
   os.makedirs(out, exist_ok=True)
   for name in os.listdir(out):      # what a killed build left half-written (not another live process's:
     if '.tmp' in name and not _pid_alive(name.rsplit('.tmp', 1)[1]):   # every host of a job builds it)
@@ -102,7 +110,8 @@ def build(paths: Sequence[str], tokenizer, tokenizer_dir: str, fingerprint: str,
   todo = [i for i in range(len(units)) if not os.path.exists(_meta_path(out, i))]
   dtype = np.dtype(token_dtype(tokenizer.vocab_size)).name
   build_unit = _build_sentence_unit if sentences else _build_unit
-  jobs = [(units[i], i, out, tokenizer_dir, fingerprint, text_field, dtype) for i in todo]
+  jobs = [(units[i], i, out, tokenizer_dir, fingerprint, text_field, dtype) + ((select,) if select else ())
+          for i in todo]
   workers = min(workers or default_workers(), max(1, len(jobs)))
   try:
     if workers <= 1:
@@ -157,13 +166,19 @@ def _worker_tokenizer(tokenizer_dir: str, fingerprint: str):
 
 
 def _build_unit(unit, i: int, out: str, tokenizer_dir: str, fingerprint: str, text_field: str, dtype: str,
-                tokenizer=None) -> dict:
+                select: Optional[dict] = None, tokenizer=None) -> dict:
   """Tokenises one unit into shard i: its .bin and .docs, then (last, atomically) its .json."""
   tok = tokenizer or _worker_tokenizer(tokenizer_dir, fingerprint)
   encode_batch = getattr(tok, 'encode_batch', None) or (lambda texts: [tok.encode(t) for t in texts])
   bin_path, tmp_suffix = _shard_path(out, i, 'bin'), f'.tmp{os.getpid()}'
   ends, total, pending, pending_chars = [], 0, [], 0
   doc_ends_each = unit.format != 'text'    # a text file is one document: it ends with the file
+  if select is not None:                   # prepared: the kept documents of the file
+    from ssl_jax.data import prepare  # pylint: disable=import-outside-toplevel
+    texts = prepare.kept_texts(unit.path, select['firsts'][unit.path], select['keep'], select['documents'],
+                               select['quality'])
+  else:
+    texts = sources.documents(unit, text_field)
   with open(bin_path + tmp_suffix, 'wb') as f:
     def flush():
       nonlocal total, pending, pending_chars
@@ -174,7 +189,7 @@ def _build_unit(unit, i: int, out: str, tokenizer_dir: str, fingerprint: str, te
           ends.append(total)
       pending, pending_chars = [], 0
 
-    for text in sources.documents(unit, text_field):
+    for text in texts:
       if doc_ends_each:
         text += SEPARATOR
       pending.append(text)
