@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
-CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 HELD_OUT_FRACTION = 0.2
 MAX_ITERATIONS = 1000
 TOLERANCE = 1e-5
