@@ -12,6 +12,7 @@ most that is held at once.
 import re
 from typing import Iterable, Iterator, List, Sequence
 
+from ssl_jax.data import sources
 from ssl_jax.data.text import DataError
 
 Document = List[str]
@@ -61,7 +62,6 @@ def read_conllu(text: str) -> List[Document]:
 def unit_documents(unit, text_field: str = 'text') -> Iterator[Document]:
   """The documents of one source unit (sources.Unit): a text unit must be a whole file (its
   documents may span any byte range), a JSONL/Parquet/Arrow unit any range of rows."""
-  from ssl_jax.data import sources  # pylint: disable=import-outside-toplevel
   if unit.format != 'text':
     for row in sources.documents(unit, text_field):
       doc = [s for d in _plain(row.splitlines()) for s in d]
@@ -74,7 +74,6 @@ def unit_documents(unit, text_field: str = 'text') -> Iterator[Document]:
 
 
 def iter_documents(paths: Sequence[str], fmt: str = '', text_field: str = 'text') -> Iterator[Document]:
-  from ssl_jax.data import sources  # pylint: disable=import-outside-toplevel
   for unit in sources.units(paths, fmt, split_text=False):
     yield from unit_documents(unit, text_field)
 

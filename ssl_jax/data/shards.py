@@ -42,7 +42,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ssl_jax.data import sources
+from ssl_jax.data import documents, prepare, sources
 from ssl_jax.data.text import DataError
 
 INDEX = 'index.json'
@@ -174,7 +174,6 @@ def _build_unit(unit, i: int, out: str, tokenizer_dir: str, fingerprint: str, te
   ends, total, pending, pending_chars = [], 0, [], 0
   doc_ends_each = unit.format != 'text'    # a text file is one document: it ends with the file
   if select is not None:                   # prepared: the kept documents of the file
-    from ssl_jax.data import prepare  # pylint: disable=import-outside-toplevel
     texts = prepare.kept_texts(unit.path, select['firsts'][unit.path], select['keep'], select['documents'],
                                select['quality'])
   else:
@@ -212,7 +211,6 @@ def _build_sentence_unit(unit, i: int, out: str, tokenizer_dir: str, fingerprint
                          tokenizer=None) -> dict:
   """Tokenises one unit's documents, a sentence at a time, into shard i: .bin, .sents, .docs,
   .pairs, then (last, atomically) its .json."""
-  from ssl_jax.data import documents  # pylint: disable=import-outside-toplevel
   tok = tokenizer or _worker_tokenizer(tokenizer_dir, fingerprint)
   encode_batch = getattr(tok, 'encode_batch', None) or (lambda texts: [tok.encode(t) for t in texts])
   tmp = f'.tmp{os.getpid()}'
