@@ -90,8 +90,8 @@ def resumed_at(log: str):
 
 def final_params(workdir: str):
   import jax  # pylint: disable=import-outside-toplevel
-  from ssl_jax import transfer  # pylint: disable=import-outside-toplevel
-  return jax.tree_util.tree_leaves(transfer.read_workdir_params(workdir))
+  from ssl_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  return jax.tree_util.tree_leaves(checkpoint.read_params(workdir))
 
 
 def inject(kills: int, seed: int, steps: int, checkpoint_every: int, directory: str, timeout: float = 300,

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax import cli, generate as generation, trainer
+from ssl_jax import cli, generate as generation, inference, trainer
 
 
 @dataclasses.dataclass
@@ -64,7 +64,7 @@ class Model:
 def load(workdir: str) -> Model:
   """The model of a training workdir (any family) or of a `run.py convert --from_hf` output."""
   config = cli.saved_config(workdir)
-  s, state, step = trainer.restore_for_inference(config, workdir, compile_steps=False)
+  s, state, step = inference.restore_for_inference(config, workdir, compile_steps=False)
   return Model(config=s.config, params=state.params, tokenizer=s.data.tokenizer, step=int(step), setup=s)
 
 

@@ -15,6 +15,7 @@ import shutil
 from typing import Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -186,3 +187,17 @@ def abstract(tree, shardings):
   """ShapeDtypeStructs of `tree` (itself abstract or concrete) carrying `shardings`."""
   return jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def read_params(workdir: str) -> dict:
+  """The parameters of a training workdir's newest checkpoint (numpy, on this host), read
+  without the trainer: no model, mesh or config needed."""
+  ckpt = Checkpointer(workdir, create=False)
+  try:
+    steps = ckpt.steps()
+    if not steps:
+      raise CheckpointError(f'{ckpt.directory} holds no checkpoint')
+    restored = ckpt.manager.restore(steps[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  finally:
+    ckpt.close()
+  return jax.tree_util.tree_map(np.asarray, restored['state']['params'])

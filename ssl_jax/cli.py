@@ -5,7 +5,7 @@ import os
 
 import ml_collections
 
-from ssl_jax import bench, checkpoint, config as config_lib, generate, tasks, trainer, workdirs
+from ssl_jax import bench, checkpoint, config as config_lib, generate, inference, tasks, trainer, workdirs
 from ssl_jax.data.text import DataError
 
 
@@ -24,8 +24,8 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
         stop=(), task_file=None, train_file=None, shots='0,1,4', input_file=None, devices=None,
         accelerator='', profile=None, topology='', slices=1):
   if command == 'convert':  # needs no experiment: the shapes come from the files
-    from ssl_jax import convert  # pylint: disable=import-outside-toplevel
-    convert.convert_command(from_hf, to_hf, workdir)
+    from ssl_jax.convert import command  # pylint: disable=import-outside-toplevel
+    command.convert_command(from_hf, to_hf, workdir)
     return
   if command in ('eval', 'generate', 'fewshot', 'summarize') and not config_given:
     if not workdir:
@@ -64,13 +64,13 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
       with open(best) as f:
         print(f'best: {f.read().strip()} (parameters in {os.path.dirname(best)})', flush=True)
   elif command == 'eval':
-    trainer.eval_command(config, workdir)
+    inference.eval_command(config, workdir)
   elif command == 'bench':
     if steps:
       config.bench.steps = steps
     bench.main(config, workdir or '', profile or '')
   elif command == 'generate':
-    s, state, _ = trainer.restore_for_inference(config, workdir, compile_steps=False)
+    s, state, _ = inference.restore_for_inference(config, workdir, compile_steps=False)
     prompts = [prompt]
     if prompt_file:
       with open(prompt_file) as f:
@@ -81,11 +81,11 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
       print(p + text, flush=True)
   elif command == 'fewshot':
     from ssl_jax import evaluate  # pylint: disable=import-outside-toplevel
-    s, state, _ = trainer.restore_for_inference(config, workdir, compile_steps=False)
+    s, state, _ = inference.restore_for_inference(config, workdir, compile_steps=False)
     evaluate.fewshot_command(s, state.params, task_file, train_file, shots, workdir)
   elif command == 'summarize':
     from ssl_jax import summarize  # pylint: disable=import-outside-toplevel
-    s, state, _ = trainer.restore_for_inference(config, workdir, compile_steps=False)
+    s, state, _ = inference.restore_for_inference(config, workdir, compile_steps=False)
     summarize.summarize_command(s, state.params, input_file, workdir)
 
 

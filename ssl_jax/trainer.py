@@ -12,7 +12,6 @@ randomness is `fold_in(key(seed), step)`; the objective comes from the task modu
 import dataclasses
 import contextlib
 import functools
-import json
 import os
 import signal
 import sys
@@ -25,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax import (checkpoint, compile_cache, config as config_lib, kernels, metrics as metrics_lib, models, optim,
-                     parallel, tasks, transfer, workdirs)
+from ssl_jax import (checkpoint, compile_cache, config as config_lib, finetune, kernels, metrics as metrics_lib, models,
+                     optim, parallel, tasks, workdirs)
 from ssl_jax.kernels import ops
 from ssl_jax.data import tokenizer as tokenizers
 from ssl_jax.workdirs import TrainingError
@@ -106,8 +105,7 @@ class Setup:
   compile_s: float
   num_params: int
   init_fn: Any = None       # rng -> a fresh state, created sharded
-  source: Any = None        # fine-tuning: the pretrained body (transfer.Source), if init_from names one
-  frozen: Any = None        # fine-tuning: a predicate on the paths of parameters that do not train
+  tuning: Any = None        # finetune.FineTuning of a fine-tuning task: its source, frozen parameters, best metric
 
   def meta(self) -> dict:
     """What a checkpoint must agree with to be restored into this run."""
@@ -136,14 +134,7 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   # Fine-tuning takes the shape and tokenizer of its pretrained body; then data and tokenizer
   # (the vocabulary size follows the tokenizer unless set).
   task = tasks.get(config.task)
-  source = None
-  if hasattr(task, 'HEADS'):
-    source = transfer.apply_source(config, workdir, task.HEADS)
-    if config.model.family not in task.HEADS.values():
-      raise config_lib.ConfigError(f'task {config.task} fine-tunes model.family {", ".join(task.HEADS.values())}; '
-                                   f'got {config.model.family!r}')
-  elif config.init_from:   # checked before anything is written (an import also gives the shape)
-    transfer.check_init_from(config)
+  tuning = finetune.prepare(config, workdir, task)   # before anything is written
   data = task.make_data(config, workdir)
   if data.tokenizer is not None:   # text; images have no vocabulary
     if config.model.vocab_size <= 0:
@@ -157,10 +148,7 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   if data.tokenizer is not None and config.data.seq_len > model_cfg.max_len:
     raise config_lib.ConfigError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
                                  f'{model_cfg.max_len} positions (model.max_len)')
-  if config.finetune.freeze > 0 and config.model.scan_layers:
-    raise config_lib.ConfigError('finetune.freeze freezes whole blocks, which scanned layers do not have: '
-                                 'set model.scan_layers=false')
-  frozen = transfer.frozen(config.finetune.freeze, config.model.family) if config.finetune.freeze else None
+  frozen = tuning.frozen if tuning else None
   tx = optim.make(config.train, frozen, choice.kernels)
 
   # State shapes and shardings, from the logical names the model's parameters carry.
@@ -180,7 +168,7 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   s = Setup(config=config, workdir=workdir, mesh=mesh, task=task, data=data, model=model,
             model_cfg=model_cfg, choice=choice, tx=tx, state_shardings=state_shardings,
             abstract_state=abstract_state, train_fn=None, eval_fn=None, compile_s=0.0,
-            num_params=num_params, source=source, frozen=frozen,
+            num_params=num_params, tuning=tuning,
             init_fn=jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings))
   if compile_steps:
     compile_steps_ahead(s)
@@ -198,7 +186,8 @@ def lower_steps(s: Setup, eval_step_too: bool = True):
   if hasattr(s.task, 'bind'):
     loss_fn = functools.partial(loss_fn, **s.task.bind(config))
   step = functools.partial(train_step, model=s.model, loss_fn=loss_fn, tx=s.tx, seed=config.seed,
-                           grad_accum=config.train.grad_accum, frozen=s.frozen, kernels=s.choice.kernels)
+                           grad_accum=config.train.grad_accum, frozen=s.tuning.frozen if s.tuning else None,
+                           kernels=s.choice.kernels)
   evaluate_step = functools.partial(eval_step, model=s.model, loss_fn=loss_fn)
   rep = parallel.replicated(s.mesh)
   with jax.set_mesh(s.mesh), nn.logical_axis_rules(parallel.logical_rules(s.choice.platform)):
@@ -223,18 +212,17 @@ def init_or_restore(s: Setup, ckpt: checkpoint.Checkpointer):
 
   A fresh state takes its parameters from `init_from` (another run's workdir) when set:
   e.g. BERT's phase 2 at length 512 starting from phase 1; a fine-tuning run takes only its
-  body from there (transfer.load_body) and its head fresh. The optimizer starts anew.
+  body from there (ssl_jax/finetune) and its head fresh. The optimizer starts anew.
   """
   restored = ckpt.restore(s.abstract_state, expect_meta=s.meta(), set_aside=True)
   if restored is not None:
     state, _, step = restored
     return state, step
   state = s.init_fn(jax.random.key(s.config.seed))
-  if s.source is not None:
-    family = transfer.BASE_FAMILY[s.config.model.family]
-    return state.replace(params=transfer.load_body(s.source, state.params, s.state_shardings.params, family)), 0
-  if s.config.init_from and transfer.has_imported_params(s.config.init_from):
-    return transfer.imported_state(s, s.config.init_from), 0
+  if s.tuning is not None:
+    return state.replace(params=s.tuning.initial_params(s.config, state.params, s.state_shardings.params)), 0
+  if s.config.init_from and finetune.sources.has_imported_params(s.config.init_from):
+    return finetune.sources.imported_state(s, s.config.init_from), 0
   if s.config.init_from:
     source = checkpoint.Checkpointer(s.config.init_from, create=False)
     found = source.restore(s.abstract_state, expect_meta=s.meta())
@@ -384,8 +372,8 @@ def _train_and_evaluate(config, workdir: str, started: float) -> dict:
         jax.block_until_ready(state)          # the steps queued so far count as training time
         t = time.perf_counter()
         eval_metrics = evaluate(s, state.params)
-        if hasattr(s.task, 'BEST_METRIC'):
-          transfer.keep_best(workdir, done, eval_metrics, s.task.BEST_METRIC, state.params, config.model.to_dict())
+        if s.tuning is not None:
+          s.tuning.after_eval(workdir, done, eval_metrics, state.params, config.model.to_dict())
         clock[0] += time.perf_counter() - t   # eval time is not training throughput
         flush(eval_metrics)
       if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:
@@ -438,8 +426,8 @@ def describe_start(s: Setup, start: int) -> str:
   """What the run starts from: a checkpoint of its own, a pretrained body, or nothing."""
   if start:
     return f'resumed from step {start} of {s.workdir}'
-  if s.source is not None:
-    return f'body loaded from init_from={s.config.init_from} ({s.source.family}); head fresh'
+  if s.tuning is not None and s.tuning.source is not None:
+    return f'body loaded from init_from={s.config.init_from} ({s.tuning.source.family}); head fresh'
   if s.config.init_from:
     return f'parameters loaded from init_from={s.config.init_from}; optimizer fresh'
   return f'fresh start (random init, seed {s.config.seed})'
@@ -451,37 +439,3 @@ def hparams_of(config) -> dict:
           'train.batch_size', 'train.lr', 'train.steps', 'train.weight_decay', 'seed')
   flat = config_lib.flatten(config)
   return {k: flat[k] for k in keys}
-
-
-def restore_for_inference(config, workdir: str, compile_steps: bool = True):
-  """(Setup, state) from the workdir's newest checkpoint; an error if there is none.
-  Commands that only sample or score pass compile_steps=False (no train or eval step)."""
-  s = setup(config, workdir, compile_steps)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  restored = ckpt.restore(s.abstract_state, expect_meta=s.meta())
-  ckpt.close()
-  if restored is None and transfer.has_imported_params(workdir):   # a `convert --from_hf` workdir
-    return s, transfer.imported_state(s, workdir), 0
-  if restored is None:
-    raise checkpoint.CheckpointError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}: train first')
-  state, _, step = restored
-  return s, state, step
-
-
-def eval_command(config, workdir: str) -> dict:
-  """Held-out metrics of the workdir's newest checkpoint (or, with init=random, of a fresh
-  init), plus the task's probe where it has one; printed as JSON and logged to metrics.jsonl."""
-  if config.init == 'random':
-    s = setup(config, workdir)
-    state, step = s.init_fn(jax.random.key(config.seed)), 0
-  else:
-    s, state, step = restore_for_inference(config, workdir)
-  result = {'step': int(step), **evaluate(s, state.params)}
-  if hasattr(s.task, 'probe'):
-    result.update(s.task.probe(s, state.params))
-  if config.init:
-    result['init'] = config.init
-  if jax.process_index() == 0:
-    metrics_lib.append(workdir, result)
-    print(json.dumps(result), flush=True)
-  return result

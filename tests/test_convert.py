@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import last_json_line, run_cli
-from ssl_jax import convert
+from ssl_jax.convert import bert as convert_bert, command as convert_command, files as convert_files
 from ssl_jax.data.wordpiece import WordPieceTokenizer
 from ssl_jax.models.bert import BERT
 
@@ -49,7 +49,7 @@ def transformers():
 
 @pytest.fixture(scope='module')
 def imported(minilm_dir):
-  return convert.load_hf_bert(minilm_dir)
+  return convert_bert.load_hf_bert(minilm_dir)
 
 
 @pytest.fixture(scope='module')
@@ -61,14 +61,14 @@ def batch(minilm_dir, transformers):
 
 
 def ours_apply(params, model_config, tokens, mask, hidden_only=True):
-  model = BERT(convert.transformer_config(model_config))
+  model = BERT(convert_files.transformer_config(model_config))
   return jax.tree_util.tree_map(np.asarray, model.apply(
       {'params': params}, jnp.asarray(tokens), jnp.zeros_like(tokens), jnp.asarray(mask),
       return_hidden=hidden_only))
 
 
 def assert_trees_identical(a, b):
-  flat_a, flat_b = convert._flatten(a), convert._flatten(b)  # pylint: disable=protected-access
+  flat_a, flat_b = convert_files.flatten_tree(a), convert_files.flatten_tree(b)  # pylint: disable=protected-access
   assert sorted(flat_a) == sorted(flat_b)
   for path, x in flat_a.items():
     y = flat_b[path]
@@ -116,11 +116,11 @@ def test_last_hidden_states_match_transformers(minilm_dir, transformers, importe
 
 def test_export_then_import_is_bit_identical(minilm_dir, imported, tmp_path):
   params, model_config, vocab = imported
-  files = convert.save_hf_bert(params, model_config, str(tmp_path), vocab)
+  files = convert_bert.save_hf_bert(params, model_config, str(tmp_path), vocab)
   assert sorted(files) == ['config.json', 'model.safetensors', 'vocab.txt']
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['architectures'] == ['BertForPreTraining']
-  again, config_again, vocab_again = convert.load_hf_bert(str(tmp_path))
+  again, config_again, vocab_again = convert_bert.load_hf_bert(str(tmp_path))
   assert_trees_identical(params, again)
   assert vocab_again == vocab and config_again['fresh_init'] == [] and config_again['unused_tensors'] == []
   # The exported body is the original checkpoint's tensors, bit for bit, under `bert.`.
@@ -135,7 +135,7 @@ def test_transformers_loads_the_export_with_its_heads(imported, batch, transform
   """BertForPreTraining reads our export with no tensor missing and computes our MLM and NSP logits."""
   import torch  # pylint: disable=import-outside-toplevel
   params, model_config, vocab = imported
-  convert.save_hf_bert(params, model_config, str(tmp_path), vocab)
+  convert_bert.save_hf_bert(params, model_config, str(tmp_path), vocab)
   model, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path), output_loading_info=True)
   assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys'], info
   tokens, mask = batch
@@ -148,8 +148,8 @@ def test_transformers_loads_the_export_with_its_heads(imported, batch, transform
 
 
 def tiny_params(model_config, seed=1):
-  cfg = convert.transformer_config(model_config)
-  return jax.tree_util.tree_map(np.asarray, convert._fresh_params(cfg, seed))  # pylint: disable=protected-access
+  cfg = convert_files.transformer_config(model_config)
+  return jax.tree_util.tree_map(np.asarray, convert_bert._fresh_params(cfg, seed))  # pylint: disable=protected-access
 
 
 TINY = dict(family='bert', num_layers=2, num_heads=2, d_model=16, d_ff=32, vocab_size=40, max_len=24,
@@ -158,54 +158,54 @@ TINY = dict(family='bert', num_layers=2, num_heads=2, d_model=16, d_ff=32, vocab
 
 def test_tiny_round_trip_without_torch(tmp_path):
   params = tiny_params(TINY)
-  convert.save_hf_bert(params, TINY, str(tmp_path / 'hf'))
-  again, config, vocab = convert.load_hf_bert(str(tmp_path / 'hf'))
+  convert_bert.save_hf_bert(params, TINY, str(tmp_path / 'hf'))
+  again, config, vocab = convert_bert.load_hf_bert(str(tmp_path / 'hf'))
   assert_trees_identical(params, again)
   assert {k: config[k] for k in TINY} == TINY and vocab is None
   # Our own plain format round-trips as exactly.
-  convert.save_params(again, config, str(tmp_path / 'ours'), ['[PAD]', '[UNK]'])
-  params_back, config_back, vocab_back = convert.load_params(str(tmp_path / 'ours'))
+  convert_files.save_params(again, config, str(tmp_path / 'ours'), ['[PAD]', '[UNK]'])
+  params_back, config_back, vocab_back = convert_files.load_params(str(tmp_path / 'ours'))
   assert_trees_identical(params, params_back)
   assert config_back == config and vocab_back == ['[PAD]', '[UNK]']
 
 
 def test_body_only_export_is_a_bert_model_and_imports_with_fresh_heads(tmp_path):
   params = tiny_params(TINY)
-  body = {k: v for k, v in params.items() if k not in convert.HEADS}
-  convert.save_hf_bert(body, TINY, str(tmp_path))
+  body = {k: v for k, v in params.items() if k not in convert_bert.HEADS}
+  convert_bert.save_hf_bert(body, TINY, str(tmp_path))
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['architectures'] == ['BertModel']
   assert not any(k.startswith(('bert.', 'cls.')) for k in load_file(str(tmp_path / 'model.safetensors')))
-  again, config, _ = convert.load_hf_bert(str(tmp_path), seed=3)
-  assert_trees_identical(body, {k: v for k, v in again.items() if k not in convert.HEADS})
+  again, config, _ = convert_bert.load_hf_bert(str(tmp_path), seed=3)
+  assert_trees_identical(body, {k: v for k, v in again.items() if k not in convert_bert.HEADS})
   assert sorted(config['fresh_init']) == sorted(['nsp/kernel', 'nsp/bias', 'mlm_transform/kernel', 'mlm_transform/bias',
                                                  'mlm_ln/LayerNorm_0/scale', 'mlm_ln/LayerNorm_0/bias', 'mlm_bias'])
 
 
 def test_a_missing_or_misshapen_tensor_is_an_error_naming_it(tmp_path):
   params = tiny_params(TINY)
-  convert.save_hf_bert(params, TINY, str(tmp_path))
+  convert_bert.save_hf_bert(params, TINY, str(tmp_path))
   tensors = load_file(str(tmp_path / 'model.safetensors'))
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   save_file({k: v for k, v in tensors.items() if 'layer.1.intermediate' not in k}, str(tmp_path / 'model.safetensors'),
             metadata={'format': 'pt'})
-  with pytest.raises(convert.ConversionError, match=r'encoder\.layer\.1\.intermediate\.dense'):
-    convert.load_hf_bert(str(tmp_path))
+  with pytest.raises(convert_files.ConversionError, match=r'encoder\.layer\.1\.intermediate\.dense'):
+    convert_bert.load_hf_bert(str(tmp_path))
   with open(tmp_path / 'config.json') as f:
     hf_config = json.load(f)
   save_file(tensors, str(tmp_path / 'model.safetensors'), metadata={'format': 'pt'})
   with open(tmp_path / 'config.json', 'w') as f:
     json.dump({**hf_config, 'intermediate_size': 48}, f)
-  with pytest.raises(convert.ConversionError, match='intermediate.dense.weight of shape'):
-    convert.load_hf_bert(str(tmp_path))
+  with pytest.raises(convert_files.ConversionError, match='intermediate.dense.weight of shape'):
+    convert_bert.load_hf_bert(str(tmp_path))
 
 
 def test_convert_command_both_ways(tmp_path):
   params = tiny_params(TINY)
-  convert.save_hf_bert(params, TINY, str(tmp_path / 'hf'), ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'])
+  convert_bert.save_hf_bert(params, TINY, str(tmp_path / 'hf'), ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'])
   workdir, out = str(tmp_path / 'work'), str(tmp_path / 'hf_again')
   report = last_json_line(run_cli('convert', '--from_hf', str(tmp_path / 'hf'), '--workdir', workdir).stdout)
-  assert report['fresh_init'] == [] and os.path.exists(os.path.join(workdir, convert.PARAMS_FILE))
+  assert report['fresh_init'] == [] and os.path.exists(os.path.join(workdir, convert_files.PARAMS_FILE))
   run_cli('convert', '--to_hf', out, '--workdir', workdir)
   for name in ('model.safetensors', 'config.json', 'vocab.txt'):
     with open(tmp_path / 'hf' / name, 'rb') as a, open(os.path.join(out, name), 'rb') as b:
@@ -222,10 +222,10 @@ def test_a_trained_workdir_exports_from_its_newest_checkpoint(tmp_path):
   config = tiny_config(corpus, 'bert.py', **{'train.steps': 2, 'train.eval_every': 2, 'train.checkpoint_every': 2})
   workdir, out = str(tmp_path / 'run'), str(tmp_path / 'hf')
   trainer.train_and_evaluate(config, workdir)
-  report = convert.convert_command(None, out, workdir)
+  report = convert_command.convert_command(None, out, workdir)
   assert 'vocab.txt' in report['note']   # a sentencepiece run has no WordPiece vocabulary to export
-  exported, model_config, _ = convert.load_hf_bert(out)
-  checkpointed, _, _ = convert.load_workdir_params(workdir)
+  exported, model_config, _ = convert_bert.load_hf_bert(out)
+  checkpointed, _, _ = convert_command.load_workdir_params(workdir)
   assert_trees_identical(checkpointed, exported)
   assert model_config['d_model'] == config.model.d_model and model_config['max_len'] == config.model.max_len
   # Trained, not a fresh initialisation: the export carries the checkpoint's weights.

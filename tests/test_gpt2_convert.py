@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from ssl_jax import convert, convert_gpt2
+from ssl_jax.convert import command as convert_command, files as convert_files, gpt2 as convert_gpt2
 from ssl_jax.models.gpt import GPT
 
 TINY = dict(family='gpt', num_layers=2, num_heads=4, d_model=32, d_ff=128, vocab_size=96, max_len=40,
@@ -28,7 +28,7 @@ def torch_and_transformers():
 
 
 def random_params(model_config, seed=0):
-  model = GPT(convert_gpt2.transformer_config(model_config))
+  model = GPT(convert_files.transformer_config(model_config))
   init = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, jnp.zeros((1, 1), jnp.int32))['params']))
   # Biases and LayerNorms start at zeros and ones; jitter them so every tensor's place is tested.
   params = init(jax.random.key(seed))
@@ -44,12 +44,12 @@ def tiny_params():
 
 
 def our_logits(params, model_config, tokens):
-  model = GPT(convert_gpt2.transformer_config(model_config))
+  model = GPT(convert_files.transformer_config(model_config))
   return np.asarray(jax.jit(model.apply)({'params': params}, jnp.asarray(tokens)))
 
 
 def assert_trees_identical(a, b):
-  flat_a, flat_b = convert._flatten(a), convert._flatten(b)  # pylint: disable=protected-access
+  flat_a, flat_b = convert_files.flatten_tree(a), convert_files.flatten_tree(b)  # pylint: disable=protected-access
   assert sorted(flat_a) == sorted(flat_b)
   for path, x in flat_a.items():
     assert x.dtype == flat_b[path].dtype and np.array_equal(x, flat_b[path]), path
@@ -115,19 +115,19 @@ def test_a_model_without_biases_exports_zero_biases_and_errors_name_the_tensor(t
   assert not tensors['h.1.mlp.c_fc.bias'].any() and not tensors['ln_f.bias'].any()
   del tensors['h.1.mlp.c_proj.weight']
   save_file(tensors, os.path.join(str(tmp_path), 'model.safetensors'))
-  with pytest.raises(convert.ConversionError, match=r'h\.1\.mlp\.c_proj\.weight'):
+  with pytest.raises(convert_files.ConversionError, match=r'h\.1\.mlp\.c_proj\.weight'):
     convert_gpt2.load_hf_gpt2(str(tmp_path))
 
 
 def test_convert_command_picks_the_family_from_the_files(tiny_params, tmp_path):
   params = tiny_params
   convert_gpt2.save_hf_gpt2(params, TINY, str(tmp_path / 'hf'))
-  report = convert.convert_command(str(tmp_path / 'hf'), None, str(tmp_path / 'ours'))
+  report = convert_command.convert_command(str(tmp_path / 'hf'), None, str(tmp_path / 'ours'))
   assert report['unused_tensors'] == []
-  back, model_config, _ = convert.load_params(str(tmp_path / 'ours'))
+  back, model_config, _ = convert_files.load_params(str(tmp_path / 'ours'))
   assert model_config['family'] == 'gpt'
   assert_trees_identical(params, back)
-  convert.convert_command(None, str(tmp_path / 'out'), str(tmp_path / 'ours'))
+  convert_command.convert_command(None, str(tmp_path / 'out'), str(tmp_path / 'ours'))
   out = load_file(os.path.join(str(tmp_path / 'out'), 'model.safetensors'))
   original = load_file(os.path.join(str(tmp_path / 'hf'), 'model.safetensors'))
   assert sorted(out) == sorted(original) and all(np.array_equal(out[k], original[k]) for k in out)

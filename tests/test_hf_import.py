@@ -16,7 +16,8 @@ import pytest
 
 from conftest import ROOT, run_cli
 import ssl_jax
-from ssl_jax import cli, convert, convert_gpt2
+from ssl_jax import cli
+from ssl_jax.convert import command as convert_command, files as convert_files
 from ssl_jax.data import tokenizer as tokenizers
 from ssl_jax.models.gpt import GPT
 
@@ -88,7 +89,7 @@ def test_gpt2_import_runs_every_command_with_transformers_logits(hf, gpt2_dir, t
   torch, transformers = hf
   corpus, tsv = texts
   work = str(tmp_path / 'gpt2')
-  report = convert.convert_command(gpt2_dir, None, work)
+  report = convert_command.convert_command(gpt2_dir, None, work)
   assert report['tokenizer'] == 'huggingface' and 'config.json' in report['files']
   config = cli.saved_config(work)
   assert (config.task, config.model.family, config.data.seq_len) == ('clm', 'gpt', 64)
@@ -102,8 +103,8 @@ def test_gpt2_import_runs_every_command_with_transformers_logits(hf, gpt2_dir, t
   assert ids[-1] == tok.piece_id('<|endoftext|>')
 
   # Logits on those ids equal GPT2LMHeadModel's.
-  params, model_config, _ = convert.load_params(work)
-  model = GPT(convert_gpt2.transformer_config(model_config))
+  params, model_config, _ = convert_files.load_params(work)
+  model = GPT(convert_files.transformer_config(model_config))
   ours = np.asarray(jax.jit(model.apply)({'params': params}, jnp.asarray(ids[None])))
   reference = transformers.GPT2LMHeadModel.from_pretrained(gpt2_dir, dtype=torch.float32).eval()
   with torch.no_grad():
@@ -114,7 +115,7 @@ def test_gpt2_import_runs_every_command_with_transformers_logits(hf, gpt2_dir, t
 
   # Exported back, it carries its tokenizer.json: transformers reads both again.
   out = str(tmp_path / 'exported')
-  assert 'tokenizer.json' in convert.convert_command(None, out, work)['files']
+  assert 'tokenizer.json' in convert_command.convert_command(None, out, work)['files']
   assert transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(out, 'tokenizer.json')).encode(text) == \
       ids.tolist()
 
@@ -142,7 +143,7 @@ def test_gpt2_import_runs_every_command_with_transformers_logits(hf, gpt2_dir, t
   more = str(tmp_path / 'more')
   run('train', more, f'init_from={work}', data, *small, 'train.lr=0.0', 'train.schedule=constant', 'train.sample_tokens=0',
       config=os.path.join(ROOT, 'experiments', 'gpt.py') + ':gpt:nano')
-  trained, trained_config, _ = convert.load_workdir_params(more)
+  trained, trained_config, _ = convert_command.load_workdir_params(more)
   assert trained_config['d_model'] == 32 and tokenizers.fingerprint(tokenizers.load(more)) == tokenizers.fingerprint(tok)
   assert np.array_equal(trained['wte'], params['wte'])
 
@@ -160,7 +161,7 @@ def test_bert_import_with_vocab_txt_evaluates_and_finetunes(hf, texts, tmp_path,
   with open(os.path.join(folder, 'vocab.txt'), 'w') as f:
     f.writelines(t + '\n' for t in vocab)
   work = str(tmp_path / 'bert')
-  report = convert.convert_command(folder, None, work)
+  report = convert_command.convert_command(folder, None, work)
   assert report['tokenizer'] == 'wordpiece' and cli.saved_config(work).task == 'mlm_nsp'
   run('eval', work, f'data.path={corpus}', 'data.seq_len=32', 'train.batch_size=4', 'train.eval_batches=1',
       'data.max_predictions=5')
@@ -183,7 +184,7 @@ def test_a_failing_init_from_leaves_the_workdir_as_it_was(gpt2_dir, tmp_path):
   gpt = os.path.join(ROOT, 'experiments', 'gpt.py') + ':gpt:nano'
   bert = os.path.join(ROOT, 'experiments', 'bert.py')
   imported = str(tmp_path / 'imported')
-  convert.convert_command(gpt2_dir, None, imported)
+  convert_command.convert_command(gpt2_dir, None, imported)
   for config, init_from, expected in ((gpt, str(tmp_path / 'nowhere'), 'is not a directory'),
                                       (gpt, str(empty), 'no checkpoint to start from'),
                                       (bert, imported, 'holds a gpt model')):
@@ -204,6 +205,6 @@ def test_convert_refuses_before_writing(gpt2_dir, tmp_path):
   with open(os.path.join(bad, 'tokenizer.json'), 'w') as f:
     f.write('{"version": "1.0", "model": {"type": "nothing"}}')
   work = tmp_path / 'work'
-  with pytest.raises(convert.ConversionError, match='tokenizer'):
-    convert.convert_command(bad, None, str(work))
+  with pytest.raises(convert_files.ConversionError, match='tokenizer'):
+    convert_command.convert_command(bad, None, str(work))
   assert not work.exists()

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -196,10 +197,13 @@ def test_the_api_gives_an_encoders_masked_lm_logits(tmp_path, corpus):
 
 
 def test_pip_install_gives_the_package_and_the_console_script(tmp_path):
-  wheels, venv, elsewhere = tmp_path / 'wheels', tmp_path / 'venv', tmp_path / 'elsewhere'
+  wheels, venv, elsewhere, source = (tmp_path / name for name in ('wheels', 'venv', 'elsewhere', 'source'))
   elsewhere.mkdir()
+  # Built from a copy: setuptools writes build/ and *.egg-info beside the sources it builds.
+  shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns('.git', 'runs', 'build', '*.egg-info', '__pycache__',
+                                                                '.whl', '.venv', '.nanogpt', '.pytest_cache'))
   subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(wheels),
-                  ROOT], check=True, capture_output=True)
+                  str(source)], check=True, capture_output=True)
   # The dependencies come from this environment (--system-site-packages); the package from the wheel.
   subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', str(venv)], check=True)
   [wheel] = glob.glob(str(wheels / '*.whl'))

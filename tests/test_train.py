@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssl_jax import trainer, transfer
+from ssl_jax import checkpoint, trainer
 from conftest import ROOT, TINY, read_metrics, tiny_config
 
 
@@ -216,7 +216,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, corpus,
   skipped = [r['train_skipped'] for r in records if 'train_skipped' in r]
   assert 0 < sum(skipped) < 12 and records[-1]['nonfinite_skipped'] == sum(skipped)
   assert all(np.isfinite(r['train_loss']) for r in records if 'train_loss' in r)   # the loss never told
-  params = transfer.read_workdir_params(workdir)                        # the newest checkpoint's
+  params = checkpoint.read_params(workdir)                        # the newest checkpoint's
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
   monkeypatch.setattr(clm, 'loss_fn', _poisoned(original, 1.0, np.inf))     # every step: stop after 3
   with pytest.raises(trainer.TrainingError, match='3 steps in a row'):
@@ -248,7 +248,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, corp
   workdir = str(tmp_path / corruption)
   config = tiny_config(corpus, **{'train.steps': 6, 'train.checkpoint_every': 3, 'train.eval_every': 0})
   trainer.train_and_evaluate(config, workdir)
-  reference = transfer.read_workdir_params(workdir)
+  reference = checkpoint.read_params(workdir)
   newest = os.path.join(workdir, 'checkpoints', '6', 'state')
   files = sorted((os.path.join(d, f) for d, _, fs in os.walk(newest) for f in fs), key=os.path.getsize)
   target = files[-1]                                     # the largest: array data
@@ -272,7 +272,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, corp
   trainer.train_and_evaluate(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   assert os.listdir(os.path.join(workdir, 'checkpoints_corrupt')) == ['6']
-  again = transfer.read_workdir_params(workdir)
+  again = checkpoint.read_params(workdir)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(again),
                                                   jax.tree_util.tree_leaves(reference)))
 

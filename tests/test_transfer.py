@@ -173,7 +173,7 @@ def test_frozen_parts_do_not_move_and_the_rest_does(tiny_bert, sst_tsv, tmp_path
   """freeze=-1: the whole body stays bit-identical, the head trains. freeze=1 (of 2 blocks): the
   embeddings and block 0 stay bit-identical; block 1, the pooler and the head all change."""
   import jax  # pylint: disable=import-outside-toplevel
-  from ssl_jax import config as config_lib, trainer, transfer  # pylint: disable=import-outside-toplevel
+  from ssl_jax import config as config_lib, finetune, trainer  # pylint: disable=import-outside-toplevel
   c = config_lib.load(os.path.join(ROOT, 'experiments', 'finetune_sst2.py'))
   for flag in FINETUNE_TINY + [f'--config.init_from={tiny_bert}', f'--config.data.path={sst_tsv}',
                                f'--config.finetune.freeze={freeze}', '--config.model.dropout=0.0']:
@@ -182,7 +182,7 @@ def test_frozen_parts_do_not_move_and_the_rest_does(tiny_bert, sst_tsv, tmp_path
   s = trainer.setup(c, str(tmp_path / 'frozen'))
   state, _ = trainer.init_or_restore(s, _NoCheckpoint())
   before = jax.device_get(state.params)
-  pretrained = transfer.read_source(os.path.abspath(tiny_bert)).params
+  pretrained = finetune.sources.read_source(os.path.abspath(tiny_bert)).params
   np.testing.assert_array_equal(before['bert']['word_embeddings'], pretrained['word_embeddings'])
   for step in range(3):
     state, _ = s.train_fn(state, s.put(s.data.train.batch(step)))

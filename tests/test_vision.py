@@ -101,15 +101,15 @@ def test_mae_run_resumes_exactly(tmp_path, capfd):
 
 
 def test_eval_fits_a_linear_probe_for_the_trained_and_the_random_encoder(tmp_path):
-  from ssl_jax import trainer
+  from ssl_jax import inference, trainer
   settings = {'train.steps': 2, 'train.checkpoint_every': 2, 'train.eval_every': 2, 'train.batch_size': 8,
               'train.eval_batches': 1, 'model.decoder_d_model': 16, 'model.decoder_heads': 2,
               'model.decoder_layers': 1, 'model.d_ff': 64}
   workdir = str(tmp_path / 'mae')
   trainer.train_and_evaluate(tiny_config('', 'vit_mae.py', **settings), workdir)
   assert os.path.getsize(os.path.join(workdir, 'reconstructions.png')) > 1000          # written at the end
-  trained = trainer.eval_command(tiny_config('', 'vit_mae.py', **settings), workdir)
-  random = trainer.eval_command(tiny_config('', 'vit_mae.py', **settings, init='random'), workdir)
+  trained = inference.eval_command(tiny_config('', 'vit_mae.py', **settings), workdir)
+  random = inference.eval_command(tiny_config('', 'vit_mae.py', **settings, init='random'), workdir)
   assert trained['step'] == 2 and random['step'] == 0 and random['init'] == 'random'
   from ssl_jax import probe
   for result in (trained, random):

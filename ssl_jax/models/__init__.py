@@ -1,37 +1,20 @@
-"""Model registry: one entry per family, built from the `model` block of a config."""
+"""Models built from the `model` block of a config; the families are ssl_jax/models/families.py."""
 
 import dataclasses
 
-from ssl_jax.models import bert, gpt, heads, vit
-from ssl_jax.models.layers import REMAT_POLICIES, TransformerConfig
 from ssl_jax.config import ConfigError
+from ssl_jax.models import families, vit
+from ssl_jax.models.families import FAMILIES
+from ssl_jax.models.layers import REMAT_POLICIES, TransformerConfig
 
-# family -> (module class, overrides of TransformerConfig that define the family)
-FAMILIES = {
-    'gpt': (gpt.GPT, dict(pre_norm=True, ln_eps=1e-5)),
-    'bert': (bert.BERT, dict(pre_norm=False, ln_eps=1e-12)),
-    'vit': (vit.ViT, dict(pre_norm=True, ln_eps=1e-6)),
-    'mae': (vit.MAE, dict(pre_norm=True, ln_eps=1e-6)),
-    'vit_classifier': (vit.ViTClassifier, dict(pre_norm=True, ln_eps=1e-6)),
-    'jigsaw': (vit.JigsawNet, dict(pre_norm=True, ln_eps=1e-6)),
-    # Fine-tuning heads on the bodies above (ssl_jax/models/heads.py).
-    'bert_classifier': (heads.BertClassifier, dict(pre_norm=False, ln_eps=1e-12)),
-    'bert_tagger': (heads.BertTagger, dict(pre_norm=False, ln_eps=1e-12)),
-    'bert_qa': (heads.BertSpanQA, dict(pre_norm=False, ln_eps=1e-12)),
-    'gpt_classifier': (heads.GPTClassifier, dict(pre_norm=True, ln_eps=1e-5)),
-}
-VISION = ('vit', 'mae', 'vit_classifier', 'jigsaw')
-
-
-def transformer_config(config, choice) -> TransformerConfig:
+def run_transformer_config(config, choice) -> TransformerConfig:
   """The TransformerConfig a run's config describes (vocab_size and max_len resolved), built
   from the kernels, attention and dtype of `choice` (ssl_jax.kernels.choose)."""
   m = config.model
-  if m.family not in FAMILIES:
-    raise ConfigError(f'unknown model.family {m.family!r}; known: {", ".join(FAMILIES)}')
+  family = families.get(m.family)
   if m.d_model % m.num_heads:
     raise ConfigError(f'model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}')
-  vision = m.family in VISION
+  vision = family.text is None
   if m.vocab_size <= 0 and not vision:
     raise ConfigError('model.vocab_size is unset: it comes from the tokenizer')
   if vision and (m.patch <= 0 or config.data.image_size % m.patch):
@@ -39,18 +22,17 @@ def transformer_config(config, choice) -> TransformerConfig:
   remat = {False: 'none', True: 'full'}.get(m.remat, m.remat)   # workdirs saved when it was a bool
   if remat not in REMAT_POLICIES:
     raise ConfigError(f'model.remat={m.remat!r}: expected one of {", ".join(REMAT_POLICIES)}')
-  _, family = FAMILIES[m.family]
-  return TransformerConfig(
-      num_layers=m.num_layers, num_heads=m.num_heads, d_model=m.d_model, d_ff=m.d_ff,
+  return families.transformer_config(
+      m.family, num_layers=m.num_layers, num_heads=m.num_heads, d_model=m.d_model, d_ff=m.d_ff,
       vocab_size=max(m.vocab_size, 0), max_len=m.max_len or config.data.seq_len, dropout=m.dropout,
       bias=m.bias, activation=m.activation, dtype=choice.dtype, kernels=choice.kernels,
-      attention=choice.attention, remat=remat, scan_layers=m.scan_layers, **family)
+      attention=choice.attention, remat=remat, scan_layers=m.scan_layers)
 
 
 def build(config, choice):
   """Returns (flax module, TransformerConfig) for the config's model family, its kernels as
   `choice` (ssl_jax.kernels.choose) says."""
-  cfg = transformer_config(config, choice)
+  cfg = run_transformer_config(config, choice)
   m, size = config.model, config.data.image_size
   if m.family == 'vit':
     return vit.ViT(cfg, m.patch, size), cfg
@@ -65,7 +47,7 @@ def build(config, choice):
     if m.tile_size % m.patch:
       raise ConfigError(f'model.tile_size={m.tile_size} is not a multiple of model.patch={m.patch}')
     return vit.JigsawNet(cfg, m.patch, size, m.tile_size, m.num_permutations, m.jigsaw_hidden), cfg
-  module, _ = FAMILIES[m.family]
+  module = FAMILIES[m.family].module
   if m.family in ('bert_classifier', 'bert_tagger', 'gpt_classifier'):
     if m.num_classes <= 0:
       raise ConfigError(f'model.num_classes={m.num_classes}: a classifier needs its number of classes')

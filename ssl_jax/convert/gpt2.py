@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 checkpoints in and out, exactly (BERT and the shared file helpers: convert.py).
+"""Hugging Face GPT-2 checkpoints in and out, exactly (BERT: bert.py; shared helpers: files.py).
 
 A GPT-2 directory holds `config.json` (a GPT2Config: n_layer, n_head, n_embd, n_inner,
 n_positions, vocab_size, activation_function, layer_norm_epsilon) and `model.safetensors`
@@ -30,14 +30,12 @@ import numpy as np
 from flax import linen as nn
 from safetensors.numpy import save_file
 
-from ssl_jax.convert import (FROM_HF_ACTIVATION, HF_CONFIG, HF_WEIGHTS, TO_HF_ACTIVATION, ConversionError, Pair,
-                             _atomic, _copy, _flatten, _get, _layer_norm, _read_hf_tensors, _read_json, _unflatten,
-                             _write_json)
+from ssl_jax.convert.files import (FROM_HF_ACTIVATION, HF_CONFIG, HF_WEIGHTS, TO_HF_ACTIVATION, ConversionError,
+                                   Pair, copy_tensor, flatten_tree, get_path, layer_norm_pair, read_hf_tensors,
+                                   read_json, transformer_config, unflatten_tree, write_atomically, write_json)
 from ssl_jax.models.gpt import GPT
 from ssl_jax.models.layers import TransformerConfig
 
-TRANSFORMER_KEYS = ('num_layers', 'num_heads', 'd_model', 'd_ff', 'vocab_size', 'max_len', 'activation',
-                    'ln_eps', 'dropout', 'bias')
 PREFIX = 'transformer.'
 # Tensors a checkpoint may hold that are not parameters: old causal-mask buffers, the tied head.
 NOT_PARAMETERS = (r'.attn.bias', r'.attn.masked_bias', 'lm_head.weight')
@@ -95,12 +93,6 @@ def hf_config_from_model(model_config: dict) -> dict:
   }
 
 
-def transformer_config(model_config: dict, **overrides) -> TransformerConfig:
-  """The TransformerConfig of our GPT that `model_config` describes (pre-LN, as GPT-2)."""
-  fields = {k: model_config[k] for k in TRANSFORMER_KEYS if k in model_config}
-  return TransformerConfig(pre_norm=True, **{**fields, **overrides})
-
-
 def _abstract_params(cfg: TransformerConfig) -> dict:
   """Shapes of every parameter of GPT(cfg), without computing any."""
   tokens = jnp.zeros((1, 1), jnp.int32)
@@ -111,7 +103,7 @@ def _conv1d(name, ours_shape=None, hf_shape=None):
   """Conv1D: weight (in, out) is our kernel, reshaped to ours_shape (and back to hf_shape)
   where ours splits an axis into heads; bias (out,) likewise."""
   if ours_shape is None:
-    return [('kernel', _copy(f'{name}.weight')), ('bias', _copy(f'{name}.bias'))]
+    return [('kernel', copy_tensor(f'{name}.weight')), ('bias', copy_tensor(f'{name}.bias'))]
   return [('kernel', dict(hf=(f'{name}.weight',), to_ours=lambda w: w.reshape(ours_shape),
                           to_hf=lambda k: (k.reshape(hf_shape),)))]
 
@@ -119,29 +111,29 @@ def _conv1d(name, ours_shape=None, hf_shape=None):
 def pairs(cfg: TransformerConfig) -> List[Pair]:
   """Every parameter of our GPT with its GPT2Model names and the reshapes between them."""
   c, nh, hs = cfg.d_model, cfg.num_heads, cfg.head_dim
-  table = [(('wte',), _copy('wte.weight')), (('wpe',), _copy('wpe.weight'))]
+  table = [(('wte',), copy_tensor('wte.weight')), (('wpe',), copy_tensor('wpe.weight'))]
   for i in range(cfg.num_layers):
     ours, hf = ('blocks', f'h_{i}'), f'h.{i}'
-    table += [(ours + ('ln1', 'LayerNorm_0', k), v) for k, v in _layer_norm(f'{hf}.ln_1')]
+    table += [(ours + ('ln1', 'LayerNorm_0', k), v) for k, v in layer_norm_pair(f'{hf}.ln_1')]
     # c_attn (C, 3C) -> (C, 3, heads, head_dim): query, key, value, each split into heads.
     table += [(ours + ('attn', 'qkv', 'kernel'), v) for _, v in _conv1d(f'{hf}.attn.c_attn', (c, 3, nh, hs), (c, 3 * c))]
     table += [(ours + ('attn', 'qkv', 'bias'), dict(hf=(f'{hf}.attn.c_attn.bias',), to_ours=lambda b: b.reshape(3, nh, hs),
                                                     to_hf=lambda b: (b.reshape(3 * c),)))]
     table += [(ours + ('attn', 'out', 'kernel'), v) for _, v in _conv1d(f'{hf}.attn.c_proj', (nh, hs, c), (c, c))]
-    table += [(ours + ('attn', 'out', 'bias'), _copy(f'{hf}.attn.c_proj.bias'))]
-    table += [(ours + ('ln2', 'LayerNorm_0', k), v) for k, v in _layer_norm(f'{hf}.ln_2')]
+    table += [(ours + ('attn', 'out', 'bias'), copy_tensor(f'{hf}.attn.c_proj.bias'))]
+    table += [(ours + ('ln2', 'LayerNorm_0', k), v) for k, v in layer_norm_pair(f'{hf}.ln_2')]
     table += [(ours + ('mlp', 'fc', k), v) for k, v in _conv1d(f'{hf}.mlp.c_fc')]
     table += [(ours + ('mlp', 'proj', k), v) for k, v in _conv1d(f'{hf}.mlp.c_proj')]
-  table += [(('ln_f', 'LayerNorm_0', k), v) for k, v in _layer_norm('ln_f')]
+  table += [(('ln_f', 'LayerNorm_0', k), v) for k, v in layer_norm_pair('ln_f')]
   return [Pair(path, **spec) for path, spec in table]
 
 
 def load_hf_gpt2(directory: str) -> Tuple[dict, dict]:
   """(params, model_config) of the Hugging Face GPT-2 checkpoint in `directory`: our GPT's
   full tree (numpy float32); model_config['unused_tensors'] lists what had no place in it."""
-  model_config = model_config_from_hf(_read_json(os.path.join(directory, HF_CONFIG)),
+  model_config = model_config_from_hf(read_json(os.path.join(directory, HF_CONFIG)),
                                       os.path.join(directory, HF_CONFIG))
-  tensors = _read_hf_tensors(directory)
+  tensors = read_hf_tensors(directory)
   tensors = {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in tensors.items()}
   cfg = transformer_config(model_config)
   abstract = _abstract_params(cfg)
@@ -151,7 +143,7 @@ def load_hf_gpt2(directory: str) -> Tuple[dict, dict]:
     raise ConversionError(f'{directory}: {len(missing)} tensors of GPT-2 are missing, e.g. {", ".join(missing[:3])}')
   for pair in pairs(cfg):
     value = np.asarray(pair.to_ours(*[tensors[n] for n in pair.hf]), np.float32)
-    want = _get(abstract, pair.path).shape
+    want = get_path(abstract, pair.path).shape
     if value.shape != want:
       raise ConversionError(f'{directory}: {pair.hf[0]} of shape {tensors[pair.hf[0]].shape} does not fit our '
                             f'{"/".join(pair.path)} of shape {want} (config.json says otherwise?)')
@@ -161,18 +153,18 @@ def load_hf_gpt2(directory: str) -> Tuple[dict, dict]:
   if head is not None and not np.array_equal(head, tensors['wte.weight']):
     raise ConversionError(f'{directory}: lm_head.weight is not tied to wte.weight; our GPT ties them')
   model_config['unused_tensors'] = sorted(k for k in tensors if k not in used and not k.endswith(NOT_PARAMETERS))
-  return _unflatten(flat), model_config
+  return unflatten_tree(flat), model_config
 
 
 def save_hf_gpt2(params: dict, model_config: dict, directory: str) -> List[str]:
   """Writes `directory`/config.json and model.safetensors (float32); returns the file names."""
   cfg = transformer_config(model_config)
-  flat = _flatten(jax.tree_util.tree_map(np.asarray, params))
+  flat = flatten_tree(jax.tree_util.tree_map(np.asarray, params))
   modules = {p[:-1] for p in flat}
   shapes = _abstract_params(transformer_config(model_config, bias=True))
   tensors = {}
   for pair in pairs(cfg):
-    want = _get(shapes, pair.path).shape
+    want = get_path(shapes, pair.path).shape
     value = flat.get(pair.path)
     if value is None and pair.path[-1] == 'bias' and pair.path[:-1] in modules:
       value = np.zeros(want, np.float32)    # a model without biases
@@ -183,6 +175,6 @@ def save_hf_gpt2(params: dict, model_config: dict, directory: str) -> List[str]:
     for name, x in zip(pair.hf, pair.to_hf(np.asarray(value, np.float32))):
       tensors[name] = np.ascontiguousarray(x)
   os.makedirs(directory, exist_ok=True)
-  _atomic(os.path.join(directory, HF_WEIGHTS), lambda p: save_file(tensors, p, metadata={'format': 'pt'}))
-  _write_json(os.path.join(directory, HF_CONFIG), hf_config_from_model(model_config))
+  write_atomically(os.path.join(directory, HF_WEIGHTS), lambda p: save_file(tensors, p, metadata={'format': 'pt'}))
+  write_json(os.path.join(directory, HF_CONFIG), hf_config_from_model(model_config))
   return [HF_CONFIG, HF_WEIGHTS]

@@ -1,0 +1,66 @@
+"""Every model family in one table: its module, its normalisation, the pretrained body a
+fine-tuning family builds on and where that body sits in its parameter tree, and what text
+(if any) it reads. Models, fine-tuning and both converters read this table; adding a family
+is one row here (and its module)."""
+
+import dataclasses
+from typing import Optional
+
+from ssl_jax.config import ConfigError
+from ssl_jax.models import bert, gpt, heads, vit
+from ssl_jax.models.layers import TransformerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  name: str
+  module: type              # the flax module (its arguments beyond cfg: models.build)
+  pre_norm: bool            # LayerNorm before each sub-layer (GPT-2, ViT) or after (BERT)
+  ln_eps: float
+  body: str                 # the pretrained family its parameters hold or build on: bert | gpt | vit
+  body_key: str             # where that body sits in this family's tree ('' = it is the whole tree)
+  text: Optional[str]       # 'bert' (needs [CLS] [SEP] [MASK] ...), 'any' (any tokenizer), None (images)
+
+
+FAMILIES = {f.name: f for f in (
+    Family('gpt', gpt.GPT, True, 1e-5, 'gpt', '', 'any'),
+    Family('bert', bert.BERT, False, 1e-12, 'bert', '', 'bert'),
+    Family('vit', vit.ViT, True, 1e-6, 'vit', '', None),
+    Family('mae', vit.MAE, True, 1e-6, 'vit', 'encoder', None),
+    Family('jigsaw', vit.JigsawNet, True, 1e-6, 'vit', 'encoder', None),
+    # Fine-tuning heads on the bodies above (ssl_jax/models/heads.py).
+    Family('vit_classifier', vit.ViTClassifier, True, 1e-6, 'vit', 'encoder', None),
+    Family('bert_classifier', heads.BertClassifier, False, 1e-12, 'bert', 'bert', 'bert'),
+    Family('bert_tagger', heads.BertTagger, False, 1e-12, 'bert', 'bert', 'bert'),
+    Family('bert_qa', heads.BertSpanQA, False, 1e-12, 'bert', 'bert', 'bert'),
+    Family('gpt_classifier', heads.GPTClassifier, True, 1e-5, 'gpt', 'gpt', 'any'),
+)}
+
+# A body's own top-level parameter: present when a tree is the body itself (a pretraining
+# run's), rather than a model holding the body under its body_key.
+BODY_MARKER = {'bert': 'word_embeddings', 'gpt': 'wte', 'vit': 'patch_embed'}
+# Where the families built on each body keep it (read off the table: they agree).
+BODY_KEY = {f.body: f.body_key for f in FAMILIES.values() if f.body_key}
+
+
+def get(name: str) -> Family:
+  if name not in FAMILIES:
+    raise ConfigError(f'unknown model.family {name!r}; known: {", ".join(FAMILIES)}')
+  return FAMILIES[name]
+
+
+# The TransformerConfig fields a model shape (a converter's model_config, a run's model block) carries.
+SHAPE_FIELDS = ('num_layers', 'num_heads', 'd_model', 'd_ff', 'vocab_size', 'max_len', 'activation', 'ln_eps',
+                'dropout', 'bias')
+
+
+def transformer_config(family: str, **fields) -> TransformerConfig:
+  """The TransformerConfig of `family` with these fields (an imported checkpoint's ln_eps
+  overrides the family's); unknown fields are an error, missing ones take their defaults."""
+  spec = get(family)
+  return TransformerConfig(**{'pre_norm': spec.pre_norm, 'ln_eps': spec.ln_eps, **fields})
+
+
+def shape_of(model_config: dict) -> dict:
+  """The SHAPE_FIELDS a converter's model_config holds."""
+  return {k: model_config[k] for k in SHAPE_FIELDS if k in model_config}
