@@ -261,7 +261,6 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, corp
     with open(target, 'r+b') as f:
       f.write(os.urandom(min(os.path.getsize(target), 4096)))
   s = trainer.setup(config, workdir)
-  from ssl_jax import checkpoint  # pylint: disable=import-outside-toplevel
   ckpt = checkpoint.Checkpointer(workdir)
   with caplog.at_level('WARNING'):
     restored = ckpt.restore(s.abstract_state, expect_meta=s.meta())
