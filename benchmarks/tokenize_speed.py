@@ -2,11 +2,11 @@
 into documents, then `run.py train` on it (sentencepiece) timed, with the peak resident
 memory of its whole process tree (the spawned tokenising workers included).
 
-  python benchmarks/tokenize_speed.py --make /tmp/corpus_2g --gb 2 --files 8
-  python benchmarks/tokenize_speed.py --corpus '/tmp/corpus_2g/*.jsonl' --workdir /tmp/tok_run
-  python benchmarks/tokenize_speed.py --corpus '/tmp/corpus_2g/*.jsonl' --workdir /tmp/tok_run --kill_after 60
+  python benchmarks/tokenize_speed.py --make runs/corpus_2g --gb 2 --files 8
+  python benchmarks/tokenize_speed.py --corpus 'runs/corpus_2g/*.jsonl' --workdir runs/tok_run
+  python benchmarks/tokenize_speed.py --corpus 'runs/corpus_2g/*.jsonl' --workdir runs/tok_run --kill_after 60
       (kills the run after 60 s, runs it again, and checks the shards against --compare DIR)
-  python benchmarks/tokenize_speed.py --corpus '/tmp/corpus_2g/*.jsonl' --experiment bert.py:tiny
+  python benchmarks/tokenize_speed.py --corpus 'runs/corpus_2g/*.jsonl' --experiment bert.py:tiny
       (BERT: documents of sentences, each sentence tokenised on its own)
 
 Prints one JSON line: corpus_mb, wall_s, mb_per_sec, peak_rss_mb (process tree), shards,
