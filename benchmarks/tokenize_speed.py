@@ -146,7 +146,7 @@ def main():
   p.add_argument('--gb', type=float, default=2.0)
   p.add_argument('--files', type=int, default=8)
   p.add_argument('--corpus', help='glob of the corpus files to tokenise')
-  p.add_argument('--workdir', default='/tmp/tokenize_speed_run')
+  p.add_argument('--workdir', default='runs/tokenize_speed')
   p.add_argument('--kill_after', type=float, default=0.0, help='kill the run after this many seconds, then rerun')
   p.add_argument('--experiment', default='gpt.py:gpt:nano', help='e.g. bert.py:tiny (documents of sentences)')
   p.add_argument('--compare', default='', help='a workdir of an uninterrupted run: its shards must equal ours')
