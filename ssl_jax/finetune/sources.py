@@ -54,7 +54,7 @@ def read_source(path: str) -> Source:
     params, model, _ = convert_bert.load_hf_bert(path)
     return Source(path, 'bert', model, params, _text_tokenizer(path))
   model = saved.get('model', {})
-  family = families.FAMILIES[model['family']].body if model.get('family') in families.FAMILIES else None
+  family = _body(model.get('family'))
   if family is None:
     raise ConfigError(f'{config_path}: model.family {model.get("family")!r} has no body to fine-tune')
   model = {k: model[k] for k in SHAPE_KEYS if k in model}
