@@ -14,6 +14,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from ssl_jax.errors import ConfigError
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -171,10 +173,6 @@ def describe(config) -> str:
   flat = flatten(config)
   width = max(len(f'{k} = {v!r}') for k, v in flat.items())
   return '\n'.join(f'{f"{k} = {v!r}":<{width}}  # {notes.get(k, "(undocumented)")}' for k, v in flat.items())
-
-
-class ConfigError(ValueError):
-  """A bad experiment spec or override; the message names the key or file."""
 
 
 def experiments_dir() -> str:

@@ -18,7 +18,7 @@ from typing import Dict, Optional
 import jax
 import numpy as np
 
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 
 METRICS_FILE = 'metrics.jsonl'
 

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 import optax
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.kernels import ops
 
 

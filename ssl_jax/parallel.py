@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 
 AXES = ('data', 'fsdp', 'tensor')
 

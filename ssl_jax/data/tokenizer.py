@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.data.text import DataError
 from ssl_jax.data.wordpiece import WordPieceTokenizer, read_vocab
 

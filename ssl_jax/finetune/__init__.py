@@ -9,7 +9,7 @@ builds data and model, and the FineTuning it returns the one object it asks afte
 import dataclasses
 from typing import Callable, Optional
 
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.finetune import best, body, sources
 from ssl_jax.models import families
 

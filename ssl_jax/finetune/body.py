@@ -6,7 +6,7 @@ import logging
 import jax
 import numpy as np
 
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.models.families import BODY_KEY, BODY_MARKER, FAMILIES
 
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from ssl_jax import checkpoint
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.convert import bert as convert_bert, files as convert_files
 from ssl_jax.data import tokenizer as tokenizers
 from ssl_jax.models import families

@@ -41,7 +41,7 @@ def platform_of(devices) -> str:
 
 def choose(model_config, platform: str) -> Choice:
   """Resolves model.kernels, model.attention and model.dtype for `platform`."""
-  from ssl_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+  from ssl_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   kernels, attention, dtype = (str(model_config.get(k, 'auto')) for k in ('kernels', 'attention', 'dtype'))
   for key, value, known in (('kernels', kernels, KERNELS), ('attention', attention, ATTENTION),
                             ('dtype', dtype, DTYPES)):

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.models import families, vit
 from ssl_jax.models.families import FAMILIES
 from ssl_jax.models.layers import REMAT_POLICIES, TransformerConfig

@@ -8,7 +8,7 @@ Sizes from the paper and google-research/bert's smaller models (Turc et al. 2019
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.kernels.ops import tied_logits
 from ssl_jax.models.layers import (Dense, Dropout, LayerNorm, Stack, TransformerConfig, activation_fn, check_length,
                                    param_init)

@@ -6,7 +6,7 @@ is one row here (and its module)."""
 import dataclasses
 from typing import Optional
 
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.models import bert, gpt, heads, vit
 from ssl_jax.models.layers import TransformerConfig
 

@@ -8,7 +8,7 @@ Parameter names follow GPT-2's layout (wte, wpe, h_i, ln_f) so its weights map a
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.kernels.ops import tied_cross_entropy, tied_logits
 from ssl_jax.models.layers import Dropout, LayerNorm, Stack, TransformerConfig, check_length, param_init
 

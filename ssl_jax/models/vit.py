@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.models.layers import Dense, Dropout, LayerNorm, Stack, TransformerConfig, activation_fn, param_init
 
 # name: (layers, heads, d_model); d_ff is 4 * d_model. The patch size follows the slash.

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from ssl_jax import flops
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.models import vit
 from ssl_jax.tasks import vision
 

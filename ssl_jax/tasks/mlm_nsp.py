@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from ssl_jax import flops
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.data import corpus, documents as documents_lib, shards, sources, tokenizer as tokenizers
 from ssl_jax.data.bert_examples import SPECIALS, PretrainingBatches
 from ssl_jax.data.corpus import run_tokenizer

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from ssl_jax import flops
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.data import labelled
 from ssl_jax.data.bert_examples import SPECIALS
 from ssl_jax.data.corpus import run_tokenizer

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from ssl_jax import probe as probe_lib
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.data import images as images_lib
 from ssl_jax.models.vit import ViT
 from ssl_jax.tasks import Data
