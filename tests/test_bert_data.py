@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from ssl_jax.data import documents, shards, tokenizer as tokenizers
+from ssl_jax.data import documents, shard_readers, shards, tokenizer as tokenizers
 from ssl_jax.data.bert_examples import IS_NEXT, SPECIALS, PretrainingBatches
 from ssl_jax.data.wordpiece import SPECIAL_TOKENS as WORDPIECE_SPECIALS, WordPieceTokenizer
 from conftest import SHARED_DATA
@@ -169,17 +169,17 @@ def test_documents_from_the_cache_give_the_recorded_batches(tmp_path):
   one = shards.build(paths, tok, str(tmp_path), fp, str(tmp_path / 'one'), workers=1, sentences=True)
   two = shards.build(paths, tok, str(tmp_path), fp, str(tmp_path / 'two'), workers=2, unit_bytes=300,
                      sentences=True)   # the JSONL file in several units; text files stay whole
-  index = json.load(open(os.path.join(two, shards.INDEX)))
+  index = json.load(open(os.path.join(two, shard_readers.INDEX)))
   assert len(index['shards']) > 5 and index['documents'] == 60 and index['sentences'] == sum(map(len, read))
   encoded = [[tok.encode(s) for s in doc] for doc in read]
   for directory in (one, two):
-    cached = shards.ShardedDocuments(directory)
+    cached = shard_readers.ShardedDocuments(directory)
     assert cached.num_pairs() == sum(len(d) >= 2 for d in read)
     for name, kw in SETTINGS.items():
       assert batches_digest(PretrainingBatches(cached, tok, 32, 8, 3, 5, **kw)) == RECORDED[name], name
       assert batches_digest(PretrainingBatches(encoded, tok, 32, 8, 3, 5, **kw)) == RECORDED[name], name
   # A view of documents [a, b) (the held-out split) is those documents, pairs and all.
-  cached = shards.ShardedDocuments(two)
+  cached = shard_readers.ShardedDocuments(two)
   for a, b in ((0, 45), (13, 60), (21, 39)):
     view = cached[a:b]
     assert len(view) == b - a and view.num_pairs() == sum(len(d) >= 2 for d in read[a:b])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
-from ssl_jax.data import documents, shards, sources, tokenizer as tokenizers
+from ssl_jax.data import documents, shard_readers, shards, sources, tokenizer as tokenizers
 from ssl_jax.data.text import DataError
 
 WORDS = 'the old river runs past green hills under a wide grey sky while seven wizards quietly hex jolly boxes'.split()
@@ -88,10 +88,10 @@ def test_shards_equal_one_pass_on_any_number_of_workers(docs, tmp_path):
   assert len(names) > 8 and names == sorted(n for n in os.listdir(two) if n.endswith(('.bin', '.docs')))
   for n in names:
     assert (open(os.path.join(one, n), 'rb').read() == open(os.path.join(two, n), 'rb').read()), n
-  stream = shards.ShardedTokens(one)
+  stream = shard_readers.ShardedTokens(one)
   expected = np.concatenate([tok.encode(d + '\n\n') for d in docs])
   assert stream.dtype == np.uint16 and np.array_equal(stream.to_array(), expected)
-  index = json.load(open(os.path.join(one, shards.INDEX)))
+  index = json.load(open(os.path.join(one, shard_readers.INDEX)))
   assert index['documents'] == len(docs) and index['tokenizer'] == fp and len(index['sources']) == 2
   # Windows across shard boundaries, and slices of slices, read the right tokens.
   rows = np.array([[0, 1, 2], [len(stream) - 3, len(stream) - 2, len(stream) - 1]])
@@ -132,13 +132,14 @@ def test_a_killed_build_resumes_to_identical_files(tmp_path):
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
   done_before = {n: os.path.getmtime(os.path.join(target, n)) for n in os.listdir(target) if n.endswith('.json')}
-  assert 5 <= len(done_before) < len(os.listdir(whole)) // 3 and not os.path.exists(os.path.join(target, shards.INDEX))
+  assert 5 <= len(done_before) < len(os.listdir(whole)) // 3
+  assert not os.path.exists(os.path.join(target, shard_readers.INDEX))
   resumed = shards.build([path], tok, work, fp, cache, workers=1, unit_bytes=4000)
   assert resumed == target
   for n, mtime in done_before.items():     # complete shards were not redone
     assert os.path.getmtime(os.path.join(target, n)) == mtime
   for n in os.listdir(whole):
-    if n != shards.INDEX:
+    if n != shard_readers.INDEX:
       assert open(os.path.join(whole, n), 'rb').read() == open(os.path.join(target, n), 'rb').read(), n
 
 

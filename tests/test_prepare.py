@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import config as config_lib
-from ssl_jax.data import prepare, shards, tokenizer as tokenizers
+from ssl_jax.data import prepare, shard_readers, shards, tokenizer as tokenizers
 from conftest import SHARED_DATA, read_metrics, run_cli
 
 LINES_PER_DOC = 40
@@ -180,6 +180,6 @@ def test_training_tokenises_the_kept_documents_from_the_sources(tmp_path, corpus
   for workers in (1, 2):
     out = shards.build(paths, tok, str(tmp_path / 'train'), tokenizers.fingerprint(tok), str(tmp_path / f'c{workers}'),
                        workers=workers, select=select)
-    np.testing.assert_array_equal(shards.ShardedTokens(out).to_array(), tok.encode(prepared))
-    with open(os.path.join(out, shards.INDEX)) as f:
+    np.testing.assert_array_equal(shard_readers.ShardedTokens(out).to_array(), tok.encode(prepared))
+    with open(os.path.join(out, shard_readers.INDEX)) as f:
       assert json.load(f)['documents'] == report['documents_out']

@@ -25,7 +25,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from ssl_jax.data import shards
+from ssl_jax.data import shard_readers
 from ssl_jax.data.text import DataError
 
 SPECIALS = ('[UNK]', '[PAD]', '[CLS]', '[SEP]', '[MASK]')
@@ -36,13 +36,13 @@ class InMemoryDocuments:
   """Documents given as lists of sentence id arrays, behind ShardedDocuments' interface."""
 
   def __init__(self, documents: Sequence[Sequence[np.ndarray]]):
-    self.documents = [shards.Document.of(list(d)) for d in documents if len(d)]
+    self.documents = [shard_readers.Document.of(list(d)) for d in documents if len(d)]
     self.pairs = [i for i, d in enumerate(self.documents) if len(d) >= 2]
 
   def __len__(self) -> int:
     return len(self.documents)
 
-  def document(self, d: int) -> shards.Document:
+  def document(self, d: int) -> shard_readers.Document:
     return self.documents[d]
 
   def num_pairs(self) -> int:
@@ -53,7 +53,7 @@ class InMemoryDocuments:
 
 
 class PretrainingBatches:
-  """MLM + NSP batches from tokenised documents: a shards.ShardedDocuments (memory-mapped:
+  """MLM + NSP batches from tokenised documents: a shard_readers.ShardedDocuments (memory-mapped:
   an example reads only its two documents), or a list of documents of sentence id arrays."""
 
   def __init__(self, documents, tokenizer, seq_len: int, global_batch: int,

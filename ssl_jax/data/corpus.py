@@ -8,13 +8,14 @@ import jax
 
 from ssl_jax import parallel
 from ssl_jax.config import ConfigError
-from ssl_jax.data import shards, sources, tokenizer as tokenizers
+from ssl_jax.data import shard_readers, shards, sources, tokenizer as tokenizers
 from ssl_jax.data.text import DataError
 
 
 class TextCorpus:
   """Training and held-out token streams of `data.path` / `data.eval_path`, tokenised once
-  into the workdir's sharded token cache (ssl_jax/data/shards.py) and read memory-mapped.
+  into the workdir's sharded token cache (ssl_jax/data/shards.py) and read memory-mapped
+  (ssl_jax/data/shard_readers.py).
 
   Without `data.eval_path` the last `data.eval_fraction` of the training stream is held out
   (nanoGPT's split of tinyshakespeare: first 90% train, last 10% val). Bad input (a corrupt
@@ -45,7 +46,7 @@ class TextCorpus:
         remove_new(workdir, before)
       raise
 
-  def token_stream(self, config, workdir: str, paths, select=None) -> 'shards.ShardedTokens':
+  def token_stream(self, config, workdir: str, paths, select=None) -> shard_readers.ShardedTokens:
     d = config.data
     cache = os.path.join(workdir, 'cache')
     tok_id = tokenizers.fingerprint(self.tokenizer)
@@ -53,7 +54,7 @@ class TextCorpus:
       raise ConfigError(f'data.shard_mb={d.shard_mb}: expected a positive size in MB (e.g. 64)')
     directory = shards.build(paths, self.tokenizer, workdir, tok_id, cache, fmt=d.format, text_field=d.text_field,
                              workers=d.tokenize_workers, unit_bytes=max(1, int(d.shard_mb * (1 << 20))), select=select)
-    return shards.ShardedTokens(directory)
+    return shard_readers.ShardedTokens(directory)
 
 
 def training_texts(config, paths, select=None):

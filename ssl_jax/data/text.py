@@ -1,4 +1,5 @@
-"""Text files, and the decoder's batch sampler (the token cache is shards.py; other formats sources.py).
+"""Text files, and the decoder's batch sampler (the token cache is shards.py and shard_readers.py;
+other formats sources.py).
 
 The batch at step s is a pure function of (seed, s): training windows are read in epochs,
 each a shuffled order of the stream's non-overlapping windows (a keyed permutation of
