@@ -3,8 +3,8 @@
   python run.py finetune --config experiments/finetune_qa.py --config.init_from=runs/minilm \
       --config.data.path=train-v1.1.json --config.data.eval_path=dev-v1.1.json --workdir runs/qa
 
-Long contexts are cut into windows of data.seq_len tokens, finetune.doc_stride apart;
-answers are decoded as the best span of at most finetune.max_answer_len tokens over all of
+Long contexts are cut into windows of data.seq_len tokens, span_qa.doc_stride apart;
+answers are decoded as the best span of at most span_qa.max_answer_len tokens over all of
 a question's windows, mapped back to the context's characters; metrics exact_match and f1.
 """
 

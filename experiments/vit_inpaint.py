@@ -15,10 +15,9 @@ def get_config(arg=None):
   c = vit_mae.get_config(arg)
   c.experiment = 'vit_inpaint' + (f'_{arg.replace("/", "_")}' if arg else '')
   c.task = 'inpaint'
-  c.model.mask_ratio = 0.0   # no patch is dropped: the encoder sees the whole filled image
-  c.model.hole = 0.5
-  c.model.overlap = 2
-  c.model.overlap_weight = 10.0
+  c.inpaint.hole = 0.5        # no patch is dropped: the encoder sees the whole image, its centre filled
+  c.inpaint.overlap = 2
+  c.inpaint.overlap_weight = 10.0
   c.train.batch_size = 64     # the encoder reads all 64 patches (MAE's: 16), so half MAE's batch
   c.train.steps = 700         # and fewer steps: 15 minutes on a 2-core CPU
   return c

@@ -8,7 +8,7 @@
       --config.init=random                                      # the same probe, untrained encoder
 
 Each image is cut into a 3x3 grid of 8x8 tiles (each at a random spot in its 10x10 cell),
-shuffled by one of model.num_permutations orders; one encoder reads every tile, an MLP on the
+shuffled by one of jigsaw.num_permutations orders; one encoder reads every tile, an MLP on the
 nine features names the order. jigsaw.png in the workdir shows puzzles and the model's solutions.
 """
 
@@ -23,9 +23,9 @@ def get_config(arg=None):
   if not arg:   # narrower and shallower than vit_mae's: nine tiles per image, and 15 minutes on a CPU
     c.model.size = 'vit:64 wide, 2 layers, /4'
     c.model.num_layers, c.model.num_heads, c.model.d_model, c.model.d_ff = 2, 2, 64, 256
-  c.model.tile_size = 2 * c.model.patch
-  c.model.num_permutations = 100
-  c.model.jigsaw_hidden = 1024
+  c.jigsaw.tile_size = 2 * c.model.patch
+  c.jigsaw.num_permutations = 100
+  c.jigsaw.hidden = 1024
   c.train.steps = 2500
   c.train.warmup_steps = 100
   c.train.lr = 1e-3

@@ -27,7 +27,7 @@ def get_config(arg=None):
   else:                      # a CPU-sized encoder: 4 layers, 192 wide, patches of 4 on 32x32 images
     c.model.size = 'vit:Ti/4 (4 layers)'
     c.model.num_layers, c.model.num_heads, c.model.d_model, c.model.d_ff, c.model.patch = 4, 3, 192, 768, 4
-  c.model.mask_ratio = 0.75
+  c.mae.mask_ratio = 0.75
   c.model.decoder_layers, c.model.decoder_heads, c.model.decoder_d_model = 2, 4, 128
   c.model.dropout = 0.0
   c.data.image_size = 32

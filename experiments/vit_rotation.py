@@ -18,7 +18,7 @@ def get_config(arg=None):
   c.task = 'rotation'
   c.model.family = 'vit_classifier'
   c.model.num_classes = 4
-  c.model.all_turns = True
+  c.rotation.all_turns = True
   if not arg:
     c.model.size = 'vit:128 wide, 4 layers, /4'
     c.model.num_heads, c.model.d_model, c.model.d_ff = 4, 128, 512

@@ -32,6 +32,7 @@ def input_rate(s, steps: int, start: int = 1000) -> float:
 def run(config, workdir: str = '', profile_dir: str = '') -> dict:
   workdir = workdir or tempfile.mkdtemp(prefix='ssl_jax_bench_')
   s = trainer.setup(config, workdir)
+  config = s.config   # resolved: the vocabulary and classes the data brought
   bc = config.bench
   n_batches = min(bc.warmup + bc.steps, 8)  # a few distinct batches, reused round robin
   batches = [s.put(s.data.train.batch(i)) for i in range(n_batches)]

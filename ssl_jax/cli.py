@@ -55,7 +55,7 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
   elif command == 'prepare':
     prepare_command(config, workdir)
   elif command == 'finetune':
-    if not hasattr(tasks.get(config.task), 'HEADS'):
+    if not tasks.get(config.task).fine_tuning:
       raise config_lib.ConfigError(f'task {config.task!r} is not a fine-tuning task; finetune takes '
                                    'experiments/finetune_*.py (or use train)')
     trainer.train_and_evaluate(config, workdir)
@@ -110,16 +110,15 @@ def saved_config(workdir: str):
   with open(path) as f:
     saved = json.load(f)
   config = config_lib.base_config()   # keys added since the run was saved keep their defaults
-
-  def merge(node, values):
-    for key, value in values.items():
-      if isinstance(value, dict) and key in node and isinstance(node[key], ml_collections.ConfigDict):
-        merge(node[key], value)
-      elif key == 'remat' and isinstance(value, bool):   # saved before remat named a policy
-        node[key] = 'full' if value else 'none'
-      else:
-        node[key] = value
-
-  merge(config, saved)
+  for key, value in config_lib.flatten(saved).items():
+    *parents, leaf = config_lib.renamed(key).split('.')   # keys that moved since, read where they are now
+    node = config
+    for part in parents:
+      if part not in node:
+        node[part] = ml_collections.ConfigDict()
+      node = node[part]
+    if leaf == 'remat' and isinstance(value, bool):   # saved before remat named a policy
+      value = 'full' if value else 'none'
+    node[leaf] = value
   config.lock()
   return config

@@ -10,10 +10,12 @@ import ast
 import difflib
 import importlib.util
 import os
+import sys
 
 import ml_collections
 from ml_collections import config_dict
 
+from ssl_jax import tasks
 from ssl_jax.errors import ConfigError
 
 
@@ -44,18 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.scan_layers = False   # scan one block over the layers: compile time independent of depth
   c.model.remat = 'none'        # none | dots (keep weight-matmul outputs) | full: recompute in the backward pass
   c.model.patch = 0             # vision: patch size in pixels
-  c.model.mask_ratio = 0.75     # MAE: share of patches hidden
-  c.model.hole = 0.5            # inpaint: side of the hidden central square, as a share of the image's side
-  c.model.overlap = 2           # inpaint: pixels of context around the hole that are reconstructed too
-  c.model.overlap_weight = 10.0 # inpaint: their weight in the loss (the hole's is 1)
   c.model.decoder_layers = 2    # MAE decoder
   c.model.decoder_heads = 4     # MAE decoder: attention heads
   c.model.decoder_d_model = 128  # MAE decoder: width
   c.model.num_classes = 0       # classifier heads (rotation: 4)
-  c.model.all_turns = False     # rotation: every image in all four turns (4x the batch), not one drawn turn
-  c.model.tile_size = 0         # jigsaw: side of each of the 3x3 tiles in pixels (a multiple of model.patch)
-  c.model.num_permutations = 100  # jigsaw: the tile orders to tell apart (at most 1000)
-  c.model.jigsaw_hidden = 1024  # jigsaw: hidden width of the MLP on the nine tiles' features
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ''              # file, glob or comma-separated list; '' = embedded corpus
@@ -118,10 +112,6 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.finetune = ml_collections.ConfigDict()
   c.finetune.freeze = 0         # -1: the whole body (a linear probe); k > 0: embeddings + the lowest k blocks
-  c.finetune.lm_weight = 0.5    # decoders: weight of the auxiliary language-modelling loss (GPT-1)
-  c.finetune.doc_stride = 128   # span QA: tokens between the starts of a long context's windows
-  c.finetune.max_query_len = 64 # span QA: question tokens kept
-  c.finetune.max_answer_len = 30  # span QA: longest answer decoded, in tokens
 
   c.log = ml_collections.ConfigDict()
   c.log.wandb = ''              # a Weights & Biases project to log to as well ('' = off; WANDB_MODE=offline works)
@@ -135,7 +125,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.bench.steps = 20            # bench: timed steps (after warm-up)
   c.bench.warmup = 3            # bench: untimed steps after compiling
   c.bench.peak_flops = 0.0      # per device; 0 = measured (CPU) or the datasheet table
+
+  for task in tasks.every():    # each task's own settings: jigsaw.tile_size, mae.mask_ratio, ...
+    if task.group:
+      c[task.group] = ml_collections.ConfigDict({key: default for key, (default, _) in task.settings.items()})
   return c
+
+
+# Keys that moved, as saved configs and old command lines still name them: read, with a notice.
+RENAMED = {
+    'model.mask_ratio': 'mae.mask_ratio', 'model.hole': 'inpaint.hole', 'model.overlap': 'inpaint.overlap',
+    'model.overlap_weight': 'inpaint.overlap_weight', 'model.all_turns': 'rotation.all_turns',
+    'model.tile_size': 'jigsaw.tile_size', 'model.num_permutations': 'jigsaw.num_permutations',
+    'model.jigsaw_hidden': 'jigsaw.hidden', 'finetune.lm_weight': 'classify.lm_weight',
+    'finetune.doc_stride': 'span_qa.doc_stride', 'finetune.max_query_len': 'span_qa.max_query_len',
+    'finetune.max_answer_len': 'span_qa.max_answer_len',
+}
+
+
+def renamed(key: str) -> str:
+  """The current name of `key`, saying so on stderr when it is an old one."""
+  if key not in RENAMED:
+    return key
+  print(f'config: {key} is now {RENAMED[key]}; read as that', file=sys.stderr, flush=True)
+  return RENAMED[key]
 
 
 def flatten(config) -> dict:
@@ -164,6 +177,8 @@ def docs() -> dict:
       key = None
     elif token.type == tokenize.NEWLINE:
       key = None
+  for task in tasks.every():
+    found.update({f'{task.group}.{key}': f'{task.name}: {doc}' for key, (_, doc) in task.settings.items()})
   return found
 
 
@@ -225,6 +240,7 @@ def parse_value(text: str, current):
 
 def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
   """Sets config.KEY from its text, refusing unknown keys and values of the wrong type."""
+  key = renamed(key)
   node = config
   *parents, leaf = key.split('.')
   for i, part in enumerate(parents + [leaf]):
@@ -247,4 +263,4 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     node[leaf] = value
 
 
-__all__ = ['base_config', 'experiments_dir', 'load', 'override', 'flatten', 'docs', 'describe', 'ConfigError', 'config_dict']
+__all__ = ['base_config', 'RENAMED', 'renamed', 'experiments_dir', 'load', 'override', 'flatten', 'docs', 'describe', 'ConfigError', 'config_dict']

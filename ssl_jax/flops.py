@@ -98,21 +98,20 @@ def vit_classifier_train_flops(config, batch: int):
 def jigsaw_train_flops(config, batch: int):
   """(model FLOPs, the same) of the jigsaw network: the encoder on nine tiles per image, and
   the MLP on their nine class tokens."""
-  m = config.model
-  n = (m.tile_size // m.patch) ** 2
+  m, j = config.model, config.jigsaw
+  n = (j.tile_size // m.patch) ** 2
   encoder = stack(m.num_layers, m.d_model, m.d_ff, n + 1) + 6 * n * m.patch * m.patch * 3 * m.d_model
-  head = 6 * (9 * m.d_model * m.jigsaw_hidden + m.jigsaw_hidden * m.num_permutations)
+  head = 6 * (9 * m.d_model * j.hidden + j.hidden * j.num_permutations)
   total = float(batch * (9 * encoder + head))
   return total, total
 
 
-def mae_train_flops(config, batch: int, all_patches: bool = False):
-  """(model FLOPs, the same) of an MAE step: the encoder on the visible patches only (every
-  score among them computed, so both conventions agree). all_patches: as if the encoder saw
-  every patch (work an MAE never executes; what a ViT classifier of that shape would do)."""
+def mae_train_flops(config, batch: int, mask_ratio: float):
+  """(model FLOPs, the same) of an MAE step hiding `mask_ratio` of the patches: the encoder on
+  the visible patches only (every score among them computed, so both conventions agree)."""
   m = config.model
   n = (config.data.image_size // m.patch) ** 2
-  visible = n + 1 if all_patches else int(round(n * (1 - m.mask_ratio))) + 1          # plus the class token
+  visible = int(round(n * (1 - mask_ratio))) + 1                                        # plus the class token
   pixels = m.patch * m.patch * 3
   dec = m.decoder_d_model
   common = 6 * batch * ((n + 1) * pixels * dec + visible * m.d_model * dec)                # decoder in and out

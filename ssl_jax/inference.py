@@ -34,7 +34,7 @@ def eval_command(config, workdir: str) -> dict:
   else:
     s, state, step = restore_for_inference(config, workdir)
   result = {'step': int(step), **evaluate(s, state.params)}
-  if hasattr(s.task, 'probe'):
+  if s.task.probe is not None:
     result.update(s.task.probe(s, state.params))
   if config.init:
     result['init'] = config.init

@@ -104,7 +104,7 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
          slices: int = 1) -> dict:
   """Compiles the train step for `topology` (a TPU slice) or `devices` virtual devices and
   reports per device what it holds, does and moves, and whether it fits `accelerator`."""
-  from ssl_jax import kernels, tasks, trainer  # pylint: disable=import-outside-toplevel
+  from ssl_jax import kernels, trainer  # pylint: disable=import-outside-toplevel
   if topology:
     targets = topology_devices(topology, slices)
     kind = targets[0].device_kind
@@ -125,6 +125,7 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
   name, capacity, bandwidth, peak = accelerator_spec(accelerator)
   t = time.perf_counter()
   s = trainer.setup(config, workdir or tempfile.mkdtemp(), compile_steps=False, devices=targets, choice=choice)
+  config = s.config   # resolved: a fine-tuning run's family and shape come from its source
   lowered, _ = trainer.lower_steps(s, eval_step_too=False)
   compiler_lines = []
   with jax.set_mesh(s.mesh), captured_stderr(compiler_lines):
@@ -135,7 +136,7 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
   optimizer = per_device_bytes(s.abstract_state.opt_state)
   temp = int(memory.temp_size_in_bytes)
   peak_bytes = int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes) + temp
-  flops_step = float(tasks.get(config.task).flops_per_step(config)[0])   # model FLOPs (what MFU counts)
+  flops_step = float(s.task.flops_per_step(s.config)[0])   # model FLOPs (what MFU counts)
   n = len(s.mesh.devices.flat)
   text = compiled.as_text()
   if workdir:   # the optimized per-device program, for reading what the numbers come from

@@ -9,11 +9,11 @@ compiled once ahead of time with explicit shardings and the state donated. Its o
 randomness is `fold_in(key(seed), step)`; the objective comes from the task module.
 """
 
-import dataclasses
 import contextlib
+import copy
+import dataclasses
 import functools
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from ssl_jax import (checkpoint, compile_cache, config as config_lib, finetune, kernels, metrics as metrics_lib, models,
-                     optim, parallel, tasks, workdirs)
+                     optim, parallel, progress, tasks, workdirs)
 from ssl_jax.kernels import ops
 from ssl_jax.data import tokenizer as tokenizers
 from ssl_jax.workdirs import TrainingError
@@ -86,16 +86,17 @@ def eval_step(params, batch, *, model, loss_fn):
   return step_metrics
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Setup:
-  """Everything a command needs, built once in `setup`."""
-  config: Any
+  """Everything a command needs, built once in `setup` (slots: nothing else is stored on it)."""
+  config: Any              # the run's own copy, resolved (the vocabulary and classes the data brought)
   workdir: str
   mesh: Any
-  task: Any
+  task: Any                # tasks.Task
   data: Any
   model: Any
   model_cfg: Any
+  loss_fn: Any             # the task's loss with its settings bound: (model, params, batch, rng, train)
   choice: Any               # kernels.Choice: the kernels, attention and dtype the program is built from
   tx: Any
   state_shardings: Any
@@ -121,7 +122,11 @@ class Setup:
 def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice=None) -> Setup:
   """`devices` (default: this job's) are those the program is built for: `run.py plan
   --topology` passes a TPU slice's, which this host need not have. `choice` (default: made
-  for the platform of those devices) says which kernels the program is built from."""
+  for the platform of those devices) says which kernels the program is built from.
+
+  `config` is left as it is: the run works on a copy (Setup.config), which fine-tuning fills
+  from its pretrained source and the trainer from the data (vocabulary size, classes)."""
+  config = copy.deepcopy(config)
   # Hosts, mesh, and the kernels for the platform of the mesh's devices. A program built for
   # devices other than this job's (plan's) is compiled to be read, not run: never cached.
   if devices is None:
@@ -132,16 +137,11 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   choice = choice or kernels.choose(config.model, kernels.platform_of(mesh.devices.flat))
 
   # Fine-tuning takes the shape and tokenizer of its pretrained body; then data and tokenizer
-  # (the vocabulary size follows the tokenizer unless set).
+  # (the vocabulary size follows the tokenizer, the number of classes the data, unless set).
   task = tasks.get(config.task)
   tuning = finetune.prepare(config, workdir, task)   # before anything is written
   data = task.make_data(config, workdir)
-  if data.tokenizer is not None:   # text; images have no vocabulary
-    if config.model.vocab_size <= 0:
-      config.model.vocab_size = data.tokenizer.vocab_size
-    if config.model.vocab_size < data.tokenizer.vocab_size:
-      raise config_lib.ConfigError(f'model.vocab_size={config.model.vocab_size} is smaller than the '
-                                   f'tokenizer\'s {data.tokenizer.vocab_size} tokens')
+  resolve_from_data(config, data)
 
   # Model and optimizer.
   model, model_cfg = models.build(config, choice)
@@ -166,13 +166,27 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract_state.params))
 
   s = Setup(config=config, workdir=workdir, mesh=mesh, task=task, data=data, model=model,
-            model_cfg=model_cfg, choice=choice, tx=tx, state_shardings=state_shardings,
+            model_cfg=model_cfg, loss_fn=functools.partial(task.loss_fn, **task.bind(config, data)), choice=choice,
+            tx=tx, state_shardings=state_shardings,
             abstract_state=abstract_state, train_fn=None, eval_fn=None, compile_s=0.0,
             num_params=num_params, tuning=tuning,
             init_fn=jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings))
   if compile_steps:
     compile_steps_ahead(s)
   return s
+
+
+def resolve_from_data(config, data) -> None:
+  """model.vocab_size from the tokenizer and model.num_classes from the data's classes, where unset."""
+  m = config.model
+  if data.tokenizer is not None:   # text; images have no vocabulary
+    if m.vocab_size <= 0:
+      m.vocab_size = data.tokenizer.vocab_size
+    if m.vocab_size < data.tokenizer.vocab_size:
+      raise config_lib.ConfigError(f'model.vocab_size={m.vocab_size} is smaller than the '
+                                   f'tokenizer\'s {data.tokenizer.vocab_size} tokens')
+  if m.num_classes <= 0 and data.classes:
+    m.num_classes = len(data.classes)
 
 
 def lower_steps(s: Setup, eval_step_too: bool = True):
@@ -182,13 +196,10 @@ def lower_steps(s: Setup, eval_step_too: bool = True):
   batch_abstract, eval_batch_abstract = (jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct((config.train.batch_size,) + x.shape[1:], x.dtype, sharding=bs), local)
       for local in (s.data.train.batch(0), s.data.eval.eval_batch(0)))
-  loss_fn = s.task.loss_fn
-  if hasattr(s.task, 'bind'):
-    loss_fn = functools.partial(loss_fn, **s.task.bind(config))
-  step = functools.partial(train_step, model=s.model, loss_fn=loss_fn, tx=s.tx, seed=config.seed,
+  step = functools.partial(train_step, model=s.model, loss_fn=s.loss_fn, tx=s.tx, seed=config.seed,
                            grad_accum=config.train.grad_accum, frozen=s.tuning.frozen if s.tuning else None,
                            kernels=s.choice.kernels)
-  evaluate_step = functools.partial(eval_step, model=s.model, loss_fn=loss_fn)
+  evaluate_step = functools.partial(eval_step, model=s.model, loss_fn=s.loss_fn)
   rep = parallel.replicated(s.mesh)
   with jax.set_mesh(s.mesh), nn.logical_axis_rules(parallel.logical_rules(s.choice.platform)):
     train_lowered = jax.jit(step, in_shardings=(s.state_shardings, bs), out_shardings=(s.state_shardings, rep),
@@ -241,7 +252,7 @@ def evaluate(s: Setup, params) -> dict:
   (`summarize`: e.g. accuracy over rows, F1 from a confusion matrix) or evaluates on the
   host (`evaluate`: e.g. decoding answer spans).
   """
-  if hasattr(s.task, 'evaluate'):
+  if s.task.evaluate is not None:
     return held_out_names(s.task.evaluate(s, params))
   batches = s.config.train.eval_batches or getattr(s.data.eval, 'num_batches', 0)
   if batches <= 0:
@@ -251,7 +262,7 @@ def evaluate(s: Setup, params) -> dict:
     m = s.eval_fn(params, s.put(s.data.eval.eval_batch(i)))
     totals = m if totals is None else jax.tree_util.tree_map(jnp.add, totals, m)
   totals = jax.device_get(totals)
-  if hasattr(s.task, 'summarize'):
+  if s.task.summarize is not None:
     return held_out_names(s.task.summarize(totals))
   return held_out_names({k: float(v) / batches for k, v in totals.items()})
 
@@ -259,27 +270,6 @@ def evaluate(s: Setup, params) -> dict:
 def held_out_names(metrics: dict) -> dict:
   """`loss` -> `eval_loss`, `accuracy` -> `eval_accuracy`: held-out figures beside `train_*` ones."""
   return {(k if k.startswith('eval_') else f'eval_{k}'): v for k, v in metrics.items()}
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks: save a checkpoint, then exit cleanly."""
-
-  def __init__(self):
-    self.requested = False
-    self.previous = None
-    try:
-      self.previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      pass
-
-  def _handle(self, *_):
-    self.requested = True
-
-  def restore(self):
-    """Gives SIGTERM back to whoever had it (a caller's handler, or the default: exit)."""
-    if self.previous is not None:
-      signal.signal(signal.SIGTERM, self.previous)
-      self.previous = None
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -297,11 +287,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train_and_evaluate(config, workdir: str, started: float) -> dict:
+  # Setup and resume (or init): a run already at train.steps neither compiles nor samples.
   s = setup(config, workdir, compile_steps=False)
+  config = s.config   # resolved: what is saved and what the run goes on from
   tc = config.train
   ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints, cleanup=True)
   state, start = init_or_restore(s, ckpt)
-  if start >= tc.steps:   # nothing to do: neither compile nor sample
+  if start >= tc.steps:
     ckpt.close()
     print(f'{workdir} is already at step {start} of train.steps={tc.steps}: nothing to train '
           f'(raise --config.train.steps to go on)', file=sys.stderr, flush=True)
@@ -309,82 +301,54 @@ def _train_and_evaluate(config, workdir: str, started: float) -> dict:
   compile_steps_ahead(s)
   if jax.process_index() == 0:   # once the checkpoint is known to fit this config
     changes = workdirs.save_config(workdir, config, start)
+
+  # What the run says of itself.
   logger = metrics_lib.MetricLogger(workdir, tc.steps, start, unit=s.data.unit, started=started,
                                     wandb_project=config.log.wandb, config=config)
-  logger.print(f'{config.experiment or "run"}: {s.num_params:,} parameters; {describe_target(s)}; '
+  logger.print(f'{config.experiment or "run"}: {s.num_params:,} parameters; {progress.describe_target(s)}; '
                f'train and eval steps compiled in {s.compile_s:.1f}s')
-  logger.print(describe_start(s, start))
+  logger.print(progress.describe_start(s, start))
   if jax.process_index() == 0 and changes:
     logger.print(f'config changed since the run saved in {workdir} (history in {workdirs.HISTORY}): '
                  + ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in changes.items()))
-  units_per_step = tc.batch_size * s.data.units_per_example
-  preemption = _Preemption()
-  last = {}
-  pending = None
-  clock = [time.perf_counter(), start]   # time and step of the last throughput reading
-  lr_at = optim.schedule(tc)
 
-  def flush(extra=None):
-    nonlocal pending, last
-    if pending is None and not extra:
-      return
-    step, m = pending if pending else (int(state.step), {})
-    record = {('train_loss' if k == 'loss' else f'train_{k}'): v for k, v in jax.device_get(m).items()}
-    now = time.perf_counter()
-    if step > clock[1]:
-      record[f'{s.data.unit}_per_sec'] = (step - clock[1]) * units_per_step / (now - clock[0])
-      clock[:] = [now, step]
-    record['lr'] = float(lr_at(step - 1))
-    if skips['total']:
-      record['nonfinite_skipped'] = skips['total']
-    record.update(extra or {})
-    logger.write(step, record)
-    logger.progress(step, record)
-    last = {'step': step, **record}
-    pending = None
-
+  # The loop: step, log, evaluate, checkpoint.
+  records = progress.StepRecords(logger, s.data.unit, tc.batch_size * s.data.units_per_example,
+                                 optim.schedule(tc), start)
+  skipped = progress.SkippedSteps(tc.max_bad_steps)
+  preemption = progress.Preemption()
   meta = s.meta()
-  skips = {'total': 0, 'streak': 0, 'flag': None}   # updates skipped for a non-finite loss or gradient
-
-  def count_skip():
-    """Reads the previous step's skip flag (done by now, or nearly: this step is queued)."""
-    if skips['flag'] is not None and float(skips['flag']):
-      skips['total'] += 1
-      skips['streak'] += 1
-    elif skips['flag'] is not None:
-      skips['streak'] = 0
-    return tc.max_bad_steps and skips['streak'] >= tc.max_bad_steps
-
   try:
     too_many = False
     for step in range(start, tc.steps):
       state, step_metrics = s.train_fn(state, s.put(s.data.train.batch(step)))
       done = step + 1
-      too_many = count_skip()
-      skips['flag'] = step_metrics['skipped']
+      too_many = skipped.count()          # the step before's flag: this one is queued by now
+      skipped.flag = step_metrics['skipped']
+      records.nonfinite_skipped = skipped.total
       if too_many:
         break
-      if pending is not None:       # fetch the previous step's metrics now that this one is queued
-        flush()
+      records.write()                     # the step before's record, for the same reason
       if done % tc.log_every == 0 or done == tc.steps:
-        pending = (done, step_metrics)
+        records.hold(done, step_metrics)
       if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
-        jax.block_until_ready(state)          # the steps queued so far count as training time
+        jax.block_until_ready(state)      # the steps queued so far count as training time
         t = time.perf_counter()
         eval_metrics = evaluate(s, state.params)
         if s.tuning is not None:
           s.tuning.after_eval(workdir, done, eval_metrics, state.params, config.model.to_dict())
-        clock[0] += time.perf_counter() - t   # eval time is not training throughput
-        flush(eval_metrics)
+        records.exclude(time.perf_counter() - t)
+        records.write(done, eval_metrics)
       if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:
         ckpt.save(done, state, meta)
       if preemption.requested:
-        flush()
+        records.write()
         ckpt.save(done, state, meta)
         logger.print(f'SIGTERM: saved the checkpoint of step {done}; exiting')
         break
-    too_many = too_many or count_skip()
-    flush()
+    too_many = too_many or skipped.count()
+    records.nonfinite_skipped = skipped.total
+    records.write()
     ckpt.close()
   except BaseException:
     with contextlib.suppress(Exception):
@@ -396,46 +360,19 @@ def _train_and_evaluate(config, workdir: str, started: float) -> dict:
     preemption.restore()
   if too_many:
     logger.close()
-    raise TrainingError(f'{skips["streak"]} steps in a row had a non-finite loss or gradient (updates skipped, '
-                        f'{skips["total"]} in all); stopping at step {done}. Lower train.lr, or raise '
+    raise TrainingError(f'{skipped.in_a_row} steps in a row had a non-finite loss or gradient (updates skipped, '
+                        f'{skipped.total} in all); stopping at step {done}. Lower train.lr, or raise '
                         f'train.max_bad_steps to wait longer')
 
+  # The end: the task's report (a sample, reconstructions, puzzles), hyperparameters.
   logger.end_progress()
-  if hasattr(s.task, 'report') and not preemption.requested and jax.process_index() == 0:
+  if s.task.report is not None and not preemption.requested and jax.process_index() == 0:
     text = s.task.report(s, state.params)
     if text:
       print(text, flush=True)
       logger.text('sample', text, done)
-  logger.hparams(hparams_of(config), last)
+  logger.hparams(progress.hparams_of(config), records.last)
   logger.close()
   if jax.process_index() == 0:
     print(f'workdir: {workdir} (metrics.jsonl, loss.png, checkpoints/, TensorBoard events)', flush=True)
-  return last
-
-
-def describe_target(s: Setup) -> str:
-  """Backend, devices, mesh and kernels, as a run's first line says them."""
-  mesh = ' '.join(f'{axis}={size}' for axis, size in s.mesh.shape.items())
-  hosts = f' on {jax.process_count()} hosts' if jax.process_count() > 1 else ''
-  count = s.mesh.devices.size
-  return (f'backend {s.choice.platform}, {count} {s.mesh.devices.flat[0].device_kind} device{"s" * (count > 1)}'
-          f'{hosts} (mesh {mesh}); {s.choice.describe()}')
-
-
-def describe_start(s: Setup, start: int) -> str:
-  """What the run starts from: a checkpoint of its own, a pretrained body, or nothing."""
-  if start:
-    return f'resumed from step {start} of {s.workdir}'
-  if s.tuning is not None and s.tuning.source is not None:
-    return f'body loaded from init_from={s.config.init_from} ({s.tuning.source.family}); head fresh'
-  if s.config.init_from:
-    return f'parameters loaded from init_from={s.config.init_from}; optimizer fresh'
-  return f'fresh start (random init, seed {s.config.seed})'
-
-
-def hparams_of(config) -> dict:
-  """The settings shown in TensorBoard's hyperparameter table."""
-  keys = ('model.family', 'model.num_layers', 'model.d_model', 'model.num_heads', 'model.dropout', 'data.seq_len',
-          'train.batch_size', 'train.lr', 'train.steps', 'train.weight_decay', 'seed')
-  flat = config_lib.flatten(config)
-  return {k: flat[k] for k in keys}
+  return records.last

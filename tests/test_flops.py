@@ -25,7 +25,7 @@ PLAIN = {'model.kernels': 'xla', 'model.attention': 'xla', 'model.d_model': 128,
 def test_flops_per_step_equal_the_compiled_programs_products(corpus, experiment, which, extra):
   config = tiny_config('' if experiment.startswith('vit') else corpus, experiment, **PLAIN, **extra)
   s = trainer.setup(config, tempfile.mkdtemp())
-  ours = s.task.flops_per_step(config)
+  ours = s.task.flops_per_step(s.config)
   # Every dot and convolution of the optimized program, counted from its text (2 x M x N x K).
   products = hlo.costs(s.train_fn.as_text())['flops']
   assert products == pytest.approx(ours[which], rel=0.005), (products, ours)

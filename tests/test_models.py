@@ -1,6 +1,5 @@
 """Model shapes, parameter counts and causal masking."""
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -180,9 +179,7 @@ def test_scanned_layers_give_the_unrolled_losses_and_gradients(corpus, experimen
     if not scan:
       params = jax.device_get(s.init_fn(jax.random.key(0)).params)
     batch = s.data.train.batch(0)
-    loss_fn = s.task.loss_fn
-    if hasattr(s.task, 'bind'):
-      loss_fn = functools.partial(loss_fn, **s.task.bind(config))
+    loss_fn = s.loss_fn
     p = _stack_blocks(params) if scan else params
     (loss, _), grads = jax.jit(jax.value_and_grad(
         lambda q, b: loss_fn(s.model, q, b, jax.random.key(1), True), has_aux=True))(p, batch)

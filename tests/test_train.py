@@ -1,5 +1,6 @@
 """The trainer: exact resume (also after kill -9), sharded equality, gradient accumulation."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -186,7 +187,7 @@ def _poisoned(loss_fn, share, value=None):
 @pytest.mark.parametrize('kernels', ['cpu', 'xla'])
 def test_a_non_finite_gradient_with_a_finite_loss_leaves_the_state_bit_identical(corpus, monkeypatch, kernels):
   from ssl_jax.tasks import clm  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(clm, 'loss_fn', _poisoned(clm.loss_fn, 0.6))
+  monkeypatch.setattr(clm, 'TASK', dataclasses.replace(clm.TASK, loss_fn=_poisoned(clm.loss_fn, 0.6)))
   s = trainer.setup(tiny_config(corpus, **{'model.kernels': kernels}), tempfile.mkdtemp())
   state = s.init_fn(jax.random.key(0))
   seen = set()
@@ -209,7 +210,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_leaves_the_state_bit_identical
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, corpus, monkeypatch):
   from ssl_jax.tasks import clm  # pylint: disable=import-outside-toplevel
   original = clm.loss_fn
-  monkeypatch.setattr(clm, 'loss_fn', _poisoned(original, 0.4, np.nan))
+  monkeypatch.setattr(clm, 'TASK', dataclasses.replace(clm.TASK, loss_fn=_poisoned(original, 0.4, np.nan)))
   workdir = str(tmp_path / 'some')
   trainer.train_and_evaluate(tiny_config(corpus, **{'train.steps': 12, 'train.max_bad_steps': 12}), workdir)
   records = read_metrics(workdir)
@@ -218,7 +219,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, corpus,
   assert all(np.isfinite(r['train_loss']) for r in records if 'train_loss' in r)   # the loss never told
   params = checkpoint.read_params(workdir)                        # the newest checkpoint's
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
-  monkeypatch.setattr(clm, 'loss_fn', _poisoned(original, 1.0, np.inf))     # every step: stop after 3
+  monkeypatch.setattr(clm, 'TASK', dataclasses.replace(clm.TASK, loss_fn=_poisoned(original, 1.0, np.inf)))  # stop after 3
   with pytest.raises(trainer.TrainingError, match='3 steps in a row'):
     trainer.train_and_evaluate(tiny_config(corpus, **{'train.steps': 12, 'train.max_bad_steps': 3}),
                              str(tmp_path / 'all'))

@@ -253,7 +253,7 @@ def test_pos_tagging_and_qa_from_the_real_minilm(tmp_path):
   path.write_text(json.dumps(data))
   workdir = str(tmp_path / 'qa')
   run_cli('finetune', '--config', 'experiments/finetune_qa.py', f'--config.init_from={minilm}',
-          f'--config.data.path={path}', '--workdir', workdir, *FINETUNE_TINY, '--config.finetune.doc_stride=8',
+          f'--config.data.path={path}', '--workdir', workdir, *FINETUNE_TINY, '--config.span_qa.doc_stride=8',
           '--config.data.eval_fraction=0.25')
   last = read_metrics(workdir)[-1]
   assert 0 <= last['eval_exact_match'] <= 100 and 0 <= last['eval_f1'] <= 100 and last["eval_examples"] == 28 - int(28 * 0.75)

@@ -213,7 +213,7 @@ def test_jigsaw_loss_falls_on_a_fixed_batch():
 def test_jigsaw_run_trains_and_reports_accuracy(tmp_path):
   from ssl_jax import trainer
   settings = {'train.steps': 2, 'train.checkpoint_every': 2, 'train.eval_every': 2, 'train.batch_size': 8,
-              'train.eval_batches': 1, 'model.d_ff': 64, 'model.jigsaw_hidden': 64}
+              'train.eval_batches': 1, 'model.d_ff': 64, 'jigsaw.hidden': 64}
   last = trainer.train_and_evaluate(tiny_config('', 'vit_jigsaw.py', **settings), str(tmp_path / 'jigsaw'))
   assert 0.0 <= last['eval_accuracy'] <= 1.0 and 'train_accuracy' in last
   assert os.path.getsize(tmp_path / 'jigsaw' / 'jigsaw.png') > 1000                   # puzzles and solutions

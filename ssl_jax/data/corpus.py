@@ -7,7 +7,7 @@ import shutil
 import jax
 
 from ssl_jax import parallel
-from ssl_jax.config import ConfigError
+from ssl_jax.errors import ConfigError
 from ssl_jax.data import shard_readers, shards, sources, tokenizer as tokenizers
 from ssl_jax.data.text import DataError
 

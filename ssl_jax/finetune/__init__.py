@@ -35,19 +35,19 @@ class FineTuning:
 def prepare(config, workdir: str, task) -> Optional[FineTuning]:
   """Before data and model: a fine-tuning task takes its source's family, shape and tokenizer
   into `config`; a pretraining run's `init_from` is checked before anything is written."""
-  if not hasattr(task, 'HEADS'):
+  if not task.fine_tuning:
     if config.init_from:
       sources.check_init_from(config)
     return None
-  source = sources.apply_source(config, workdir, task.HEADS)
-  if config.model.family not in task.HEADS.values():
-    raise ConfigError(f'task {config.task} fine-tunes model.family {", ".join(task.HEADS.values())}; '
+  source = sources.apply_source(config, workdir, task.heads)
+  if config.model.family not in task.heads.values():
+    raise ConfigError(f'task {config.task} fine-tunes model.family {", ".join(task.heads.values())}; '
                       f'got {config.model.family!r}')
   if config.finetune.freeze > 0 and config.model.scan_layers:
     raise ConfigError('finetune.freeze freezes whole blocks, which scanned layers do not have: '
                       'set model.scan_layers=false')
   frozen = body.frozen(config.finetune.freeze, config.model.family) if config.finetune.freeze else None
-  return FineTuning(source=source, frozen=frozen, best_metric=task.BEST_METRIC)
+  return FineTuning(source=source, frozen=frozen, best_metric=task.best_metric)
 
 
 __all__ = ['FineTuning', 'prepare', 'sources', 'body', 'best']

@@ -1,11 +1,9 @@
 """Models built from the `model` block of a config; the families are ssl_jax/models/families.py."""
 
-import dataclasses
-
 from ssl_jax.errors import ConfigError
-from ssl_jax.models import families, vit
-from ssl_jax.models.families import FAMILIES
+from ssl_jax.models import families
 from ssl_jax.models.layers import REMAT_POLICIES, TransformerConfig
+
 
 def run_transformer_config(config, choice) -> TransformerConfig:
   """The TransformerConfig a run's config describes (vocab_size and max_len resolved), built
@@ -33,23 +31,4 @@ def build(config, choice):
   """Returns (flax module, TransformerConfig) for the config's model family, its kernels as
   `choice` (ssl_jax.kernels.choose) says."""
   cfg = run_transformer_config(config, choice)
-  m, size = config.model, config.data.image_size
-  if m.family == 'vit':
-    return vit.ViT(cfg, m.patch, size), cfg
-  if m.family == 'mae':
-    decoder = dataclasses.replace(cfg, num_layers=m.decoder_layers, num_heads=m.decoder_heads,
-                                  d_model=m.decoder_d_model, d_ff=4 * m.decoder_d_model, dropout=0.0)
-    return vit.MAE(cfg, decoder, m.patch, size, m.mask_ratio), cfg
-  if m.family == 'vit_classifier':
-    return vit.ViTClassifier(cfg, m.patch, size, m.num_classes), cfg
-  if m.family == 'jigsaw':
-    vit.tile_geometry(size, m.tile_size)   # the tiles fit their cells
-    if m.tile_size % m.patch:
-      raise ConfigError(f'model.tile_size={m.tile_size} is not a multiple of model.patch={m.patch}')
-    return vit.JigsawNet(cfg, m.patch, size, m.tile_size, m.num_permutations, m.jigsaw_hidden), cfg
-  module = FAMILIES[m.family].module
-  if m.family in ('bert_classifier', 'bert_tagger', 'gpt_classifier'):
-    if m.num_classes <= 0:
-      raise ConfigError(f'model.num_classes={m.num_classes}: a classifier needs its number of classes')
-    return module(cfg, m.num_classes), cfg
-  return module(cfg), cfg
+  return families.get(config.model.family).build(config, cfg), cfg

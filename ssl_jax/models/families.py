@@ -4,17 +4,59 @@ fine-tuning family builds on and where that body sits in its parameter tree, and
 is one row here (and its module)."""
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 from ssl_jax.errors import ConfigError
 from ssl_jax.models import bert, gpt, heads, vit
 from ssl_jax.models.layers import TransformerConfig
 
 
+# How a family's module is made from a run's config and its TransformerConfig (`cfg`).
+
+def plain(module):
+  return lambda config, cfg: module(cfg)
+
+
+def with_classes(module):
+  """A text head over model.num_classes classes."""
+  return lambda config, cfg: module(cfg, _num_classes(config))
+
+
+def image(module):
+  """A ViT-based module over data.image_size images in patches of model.patch."""
+  return lambda config, cfg: module(cfg, config.model.patch, config.data.image_size)
+
+
+def image_with_classes(module):
+  """A ViT-based head over model.num_classes classes."""
+  return lambda config, cfg: module(cfg, config.model.patch, config.data.image_size, _num_classes(config))
+
+
+def _num_classes(config) -> int:
+  if config.model.num_classes <= 0:
+    raise ConfigError(f'model.num_classes={config.model.num_classes}: a classifier needs its number of classes')
+  return config.model.num_classes
+
+
+def _mae(config, cfg):
+  m = config.model
+  decoder = dataclasses.replace(cfg, num_layers=m.decoder_layers, num_heads=m.decoder_heads,
+                                d_model=m.decoder_d_model, d_ff=4 * m.decoder_d_model, dropout=0.0)
+  return vit.MAE(cfg, decoder, m.patch, config.data.image_size)
+
+
+def _jigsaw(config, cfg):
+  m, j, size = config.model, config.jigsaw, config.data.image_size
+  vit.tile_geometry(size, j.tile_size)   # the tiles fit their cells
+  if j.tile_size % m.patch:
+    raise ConfigError(f'jigsaw.tile_size={j.tile_size} is not a multiple of model.patch={m.patch}')
+  return vit.JigsawNet(cfg, m.patch, size, j.tile_size, j.num_permutations, j.hidden)
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
   name: str
-  module: type              # the flax module (its arguments beyond cfg: models.build)
+  build: Callable           # (config, cfg) -> the flax module
   pre_norm: bool            # LayerNorm before each sub-layer (GPT-2, ViT) or after (BERT)
   ln_eps: float
   body: str                 # the pretrained family its parameters hold or build on: bert | gpt | vit
@@ -23,17 +65,17 @@ class Family:
 
 
 FAMILIES = {f.name: f for f in (
-    Family('gpt', gpt.GPT, True, 1e-5, 'gpt', '', 'any'),
-    Family('bert', bert.BERT, False, 1e-12, 'bert', '', 'bert'),
-    Family('vit', vit.ViT, True, 1e-6, 'vit', '', None),
-    Family('mae', vit.MAE, True, 1e-6, 'vit', 'encoder', None),
-    Family('jigsaw', vit.JigsawNet, True, 1e-6, 'vit', 'encoder', None),
+    Family('gpt', plain(gpt.GPT), True, 1e-5, 'gpt', '', 'any'),
+    Family('bert', plain(bert.BERT), False, 1e-12, 'bert', '', 'bert'),
+    Family('vit', image(vit.ViT), True, 1e-6, 'vit', '', None),
+    Family('mae', _mae, True, 1e-6, 'vit', 'encoder', None),
+    Family('jigsaw', _jigsaw, True, 1e-6, 'vit', 'encoder', None),
     # Fine-tuning heads on the bodies above (ssl_jax/models/heads.py).
-    Family('vit_classifier', vit.ViTClassifier, True, 1e-6, 'vit', 'encoder', None),
-    Family('bert_classifier', heads.BertClassifier, False, 1e-12, 'bert', 'bert', 'bert'),
-    Family('bert_tagger', heads.BertTagger, False, 1e-12, 'bert', 'bert', 'bert'),
-    Family('bert_qa', heads.BertSpanQA, False, 1e-12, 'bert', 'bert', 'bert'),
-    Family('gpt_classifier', heads.GPTClassifier, True, 1e-5, 'gpt', 'gpt', 'any'),
+    Family('vit_classifier', image_with_classes(vit.ViTClassifier), True, 1e-6, 'vit', 'encoder', None),
+    Family('bert_classifier', with_classes(heads.BertClassifier), False, 1e-12, 'bert', 'bert', 'bert'),
+    Family('bert_tagger', with_classes(heads.BertTagger), False, 1e-12, 'bert', 'bert', 'bert'),
+    Family('bert_qa', plain(heads.BertSpanQA), False, 1e-12, 'bert', 'bert', 'bert'),
+    Family('gpt_classifier', with_classes(heads.GPTClassifier), True, 1e-5, 'gpt', 'gpt', 'any'),
 )}
 
 # A body's own top-level parameter: present when a tree is the body itself (a pretraining

@@ -103,7 +103,6 @@ class MAE(nn.Module):
   decoder_cfg: TransformerConfig       # the decoder (narrower, fewer layers)
   patch: int
   image_size: int
-  mask_ratio: float = 0.75             # read by the objective: how many patches hide
 
   def setup(self):
     self.encoder = ViT(self.cfg, self.patch, self.image_size, class_token=True)
@@ -161,7 +160,7 @@ def tile_geometry(image_size: int, tile_size: int):
   random gap between neighbours (so the edges do not simply continue)."""
   cell = image_size // GRID
   if not 0 < tile_size <= cell:
-    raise ConfigError(f'model.tile_size={tile_size} must be at least 1 and fit a cell of {cell} pixels '
+    raise ConfigError(f'jigsaw.tile_size={tile_size} must be at least 1 and fit a cell of {cell} pixels '
                       f'(data.image_size={image_size} // {GRID})')
   return cell, (image_size - GRID * cell) // 2, cell - tile_size
 

@@ -1,25 +1,20 @@
-"""Objectives, one module each. A task module provides:
+"""Objectives, one module each: a module of this package is a task when it defines `TASK`, a
+`Task` (so a new pretext task is a new file here, and nothing else). Helpers shared by
+several tasks (vision.py) define none.
 
-  make_data(config, workdir) -> Data           (train/eval batches, tokenizer, units)
-  model_inputs(batch) -> dict                  (the model's keyword arguments)
-  loss_fn(model, params, batch, rng, train) -> (loss, metrics)
-  flops_per_step(config) -> (model FLOPs of one training step, Megatron-convention FLOPs)
-
-and optionally
-  probe(setup, params) -> dict                 (run.py eval: a linear probe of the encoder)
-  report(setup, params) -> str                 (the end of training: figures, plots)
-  bind(config) -> dict                         (keyword arguments of loss_fn from the config)
-  summarize(sums) -> dict                      (held-out metrics from loss_fn's per-batch sums,
-                                                which it returns when train is False)
-  evaluate(setup, params) -> dict              (held-out metrics computed on the host instead)
-  HEADS, BEST_METRIC                           (fine-tuning: body family -> model family, and
-                                                the held-out metric whose best is kept)
+A task owns its settings: they are its own config group (`jigsaw.tile_size`, `mae.mask_ratio`,
+...), declared in `Task.settings` and read from the config; a task never writes into the
+config. What the trainer, `eval` and fine-tuning ask of a task is the `Task` below; every
+field past `flops_per_step` is optional.
 """
 
 import dataclasses
+import functools
 import importlib
+import pkgutil
+from typing import Callable, Optional
 
-TASKS = ('clm', 'mlm_nsp', 'masked_image', 'rotation', 'jigsaw', 'inpaint', 'classify', 'tag', 'span_qa')
+from ssl_jax.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -30,10 +25,65 @@ class Data:
   tokenizer: object
   unit: str = 'tokens'           # what throughput counts
   units_per_example: int = 0
-  classes: tuple = ()            # label names, where the data has labels
+  classes: tuple = ()            # label names where the data has labels: model.num_classes follows them unless set
 
 
-def get(name: str):
-  if name not in TASKS:
-    raise ValueError(f'unknown task {name!r}; known: {", ".join(TASKS)}')
-  return importlib.import_module(f'ssl_jax.tasks.{name}')
+def no_arguments(config, data) -> dict:
+  del config, data
+  return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """An objective. `loss_fn(model, params, batch, rng, train, **bind(config, data))` returns
+  (loss, metrics); with train False its metrics are summed over the held-out batches and
+  handed to `summarize` (else averaged), unless the task `evaluate`s on the host itself."""
+  name: str
+  make_data: Callable                      # (config, workdir) -> Data
+  model_inputs: Callable                   # batch -> the model's keyword arguments (init and loss)
+  loss_fn: Callable
+  flops_per_step: Callable                 # config -> (model FLOPs of a step, Megatron-convention FLOPs)
+  group: str = ''                          # the config group of its settings ('' = no settings)
+  settings: dict = dataclasses.field(default_factory=dict)   # {key: (default, what it does)}
+  bind: Callable = no_arguments            # (config, data) -> keyword arguments of loss_fn
+  summarize: Optional[Callable] = None     # summed held-out metrics -> metrics
+  evaluate: Optional[Callable] = None      # (setup, params) -> held-out metrics computed on the host
+  probe: Optional[Callable] = None         # (setup, params) -> run.py eval's linear probe of the encoder
+  report: Optional[Callable] = None        # (setup, params) -> text, at the end of training (figures, plots)
+  heads: Optional[dict] = None             # fine-tuning: pretrained body family -> the model family it becomes
+  best_metric: str = ''                    # fine-tuning: the held-out metric whose best checkpoint is kept
+
+  @property
+  def fine_tuning(self) -> bool:
+    return self.heads is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _modules() -> dict:
+  """{task name: its module}, of the modules here that define TASK."""
+  found = {}
+  for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    module = importlib.import_module(f'{__name__}.{info.name}')
+    if hasattr(module, 'TASK'):
+      found[module.TASK.name] = module
+  return found
+
+
+def _all() -> dict:
+  return {name: module.TASK for name, module in _modules().items()}
+
+
+def names() -> tuple:
+  return tuple(_all())
+
+
+def every() -> tuple:
+  """Every task, in name order."""
+  return tuple(_all().values())
+
+
+def get(name: str) -> Task:
+  tasks = _all()
+  if name not in tasks:
+    raise ConfigError(f'unknown task {name!r}; known: {", ".join(tasks)}')
+  return tasks[name]

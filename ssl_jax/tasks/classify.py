@@ -2,7 +2,7 @@
 
 Text comes from a TSV (`text[, text_b], label`); an encoder reads `[CLS] A [SEP] B [SEP]`
 and classifies its pooled [CLS] vector; a decoder (GPT-1's recipe) reads A, a newline and
-B, classifies its last token, and adds `finetune.lm_weight` x its language-modelling loss.
+B, classifies its last token, and adds `classify.lm_weight` x its language-modelling loss.
 Images come from the vision data sources and a ViT classifies its class token. Metric:
 `accuracy` on the held-out split (every row of it, once).
 """
@@ -17,17 +17,12 @@ from ssl_jax.errors import ConfigError
 from ssl_jax.data import labelled
 from ssl_jax.data.bert_examples import SPECIALS
 from ssl_jax.data.corpus import run_tokenizer
-from ssl_jax.tasks import Data, vision
-
-HEADS = {'bert': 'bert_classifier', 'gpt': 'gpt_classifier', 'vit': 'vit_classifier'}
-BEST_METRIC = 'eval_accuracy'
+from ssl_jax.tasks import Data, Task, vision
 
 
 def make_data(config, workdir: str) -> Data:
   if config.model.family == 'vit_classifier':
     data = vision.make_data(config, workdir)
-    if config.model.num_classes <= 0:
-      config.model.num_classes = len(data.classes)
     data.eval = HeldOutImages(data.eval)
     return data
   if not config.data.path:
@@ -40,8 +35,6 @@ def make_data(config, workdir: str) -> Data:
                       () if config.model.family == 'gpt_classifier' else SPECIALS)
   labels, classes = labelled.label_ids(names)
   eval_labels, _ = labelled.label_ids(eval_names, classes)
-  if config.model.num_classes <= 0:
-    config.model.num_classes = len(classes)
   decoder = config.model.family == 'gpt_classifier'
   encode = labelled.encode_plain if decoder else labelled.encode_pairs
   d, pi, pc = config.data, jax.process_index(), jax.process_count()
@@ -92,9 +85,10 @@ def summarize(totals: dict) -> dict:
           'eval_examples': int(totals['count'])}
 
 
-def bind(config) -> dict:
+def bind(config, data) -> dict:
   """Keyword arguments of loss_fn that come from the config."""
-  return {'lm_weight': config.finetune.lm_weight} if config.model.family == 'gpt_classifier' else {}
+  del data
+  return {'lm_weight': config.classify.lm_weight} if config.model.family == 'gpt_classifier' else {}
 
 
 def flops_per_step(config):
@@ -117,3 +111,10 @@ class HeldOutImages:
     batch = self.batches.eval_batch(i)
     positions = i * self.batches.global_batch + self.batches.rows
     return {**batch, 'weight': (positions < len(self.batches.images)).astype(np.float32)}
+
+
+TASK = Task('classify', make_data, model_inputs, loss_fn, flops_per_step, group='classify',
+            settings={'lm_weight': (0.5, 'decoders: weight of the auxiliary language-modelling loss (GPT-1)')},
+            bind=bind, summarize=summarize,
+            heads={'bert': 'bert_classifier', 'gpt': 'gpt_classifier', 'vit': 'vit_classifier'},
+            best_metric='eval_accuracy')

@@ -5,7 +5,7 @@ import jax
 from ssl_jax import flops, generate
 from ssl_jax.data.corpus import TextCorpus
 from ssl_jax.data.text import LMBatches
-from ssl_jax.tasks import Data
+from ssl_jax.tasks import Data, Task
 
 
 def make_data(config, workdir: str) -> Data:
@@ -44,3 +44,6 @@ def report(setup, params) -> str:
   [text] = generate.complete(setup.model, jax.device_get(params), tok, [prompt], n, temperature=0.8, top_k=200,
                              seed=setup.config.seed)
   return f'--- sample ({n} tokens after {prompt!r}) ---\n{prompt}{text}\n---'
+
+
+TASK = Task('clm', make_data, model_inputs, loss_fn, flops_per_step, report=report)

@@ -1,9 +1,9 @@
 """Context encoder (Pathak et al. 2016): hide the centre of each image, reconstruct its pixels.
 
-The central square (model.hole of the side: half) is filled with the mean pixel; the ViT
+The central square (inpaint.hole of the side: half) is filled with the mean pixel; the ViT
 encoder sees the whole image so filled, MAE's light decoder (vit.MAE, every patch kept)
-predicts every patch. The L2 loss counts only the hole and a border of model.overlap pixels
-of context around it, the border weighted model.overlap_weight times (Pathak et al.'s 10x),
+predicts every patch. The L2 loss counts only the hole and a border of inpaint.overlap pixels
+of context around it, the border weighted inpaint.overlap_weight times (Pathak et al.'s 10x),
 which ties the fill to what surrounds it. Pixels are compared standardised by the ImageNet
 mean and deviation, so the hole's fill is zero there.
 """
@@ -16,25 +16,17 @@ import numpy as np
 
 from ssl_jax import flops
 from ssl_jax.models.vit import unpatchify
-from ssl_jax.tasks import masked_image, vision
+from ssl_jax.tasks import Task, masked_image, vision
 
-make_data = vision.make_data   # the task interface's image data and linear probe
-probe = vision.probe
-model_inputs = masked_image.model_inputs
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)   # what the hole is filled with
 STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def bind(config) -> dict:
-  m = config.model
-  return dict(hole=m.hole, overlap=m.overlap, overlap_weight=m.overlap_weight)
 
 
 def hole_box(image_size: int, hole: float):
   """(start, side) of the hidden central square."""
   side = int(round(image_size * hole))
   if not 0 < side < image_size:
-    raise ValueError(f'model.hole={hole} hides {side} of {image_size} pixels: it must hide some, not all')
+    raise ValueError(f'inpaint.hole={hole} hides {side} of {image_size} pixels: it must hide some, not all')
   return (image_size - side) // 2, side
 
 
@@ -81,13 +73,13 @@ def loss_fn(model, params, batch, rng, train: bool, hole: float = 0.5, overlap: 
 
 
 def flops_per_step(config):
-  return flops.mae_train_flops(config, config.train.batch_size)   # the encoder sees every patch: mask_ratio 0
+  return flops.mae_train_flops(config, config.train.batch_size, mask_ratio=0.0)   # the encoder sees every patch
 
 
 def report(setup, params) -> str:
   """reconstructions.png: held-out images, with the centre hidden, and repainted (the hole
   and its border taken from the model)."""
-  model, images, m = setup.model, vision.held_out_images(setup), setup.config.model
+  model, images, m = setup.model, vision.held_out_images(setup), setup.config.inpaint
   pred = jax.jit(lambda p, x: reconstruct(model, p, x, m.hole))(params, images)     # (B, H, W, 3)
   painted = loss_weights(images.shape[1], m.hole, m.overlap, 1.0) > 0
   repainted = jnp.where(painted[None, :, :, None], pred * STD + MEAN, images)
@@ -95,3 +87,13 @@ def report(setup, params) -> str:
   path = vision.save_grid(os.path.join(setup.workdir, 'reconstructions.png'), rows,
                           f'context encoder: centre {m.hole:.0%} of the side hidden, {m.overlap}-pixel border')
   return f'reconstructions: {path}'
+
+
+SETTINGS = {
+    'hole': (0.5, 'side of the hidden central square, as a share of the image\'s side'),
+    'overlap': (2, 'pixels of context around the hole that are reconstructed too'),
+    'overlap_weight': (10.0, 'their weight in the loss (the hole\'s is 1)'),
+}
+TASK = Task('inpaint', vision.make_data, masked_image.model_inputs, loss_fn, flops_per_step,
+            group='inpaint', settings=SETTINGS, bind=lambda config, data: config.inpaint.to_dict(),
+            probe=vision.probe, report=report)

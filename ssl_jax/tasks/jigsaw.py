@@ -20,9 +20,8 @@ import optax
 from ssl_jax import flops
 from ssl_jax.errors import ConfigError
 from ssl_jax.models import vit
-from ssl_jax.tasks import vision
+from ssl_jax.tasks import Task, vision
 
-make_data = vision.make_data   # the task interface's image data
 TILES = vit.GRID * vit.GRID
 MAX_PERMUTATIONS = 1000
 
@@ -39,7 +38,7 @@ def permutations(count: int) -> np.ndarray:
   whose smallest Hamming distance to those chosen is largest (the first such, so the set is
   the same on every run and host). Read-only: the cache hands out the one array."""
   if not 1 <= count <= MAX_PERMUTATIONS:
-    raise ConfigError(f'model.num_permutations={count} must be in 1..{MAX_PERMUTATIONS}')
+    raise ConfigError(f'jigsaw.num_permutations={count} must be in 1..{MAX_PERMUTATIONS}')
   orders = _all_orders()
   nearest = np.full(orders.shape[1], TILES, np.int8)   # Hamming distance to the nearest chosen
   chosen = [0]
@@ -129,3 +128,12 @@ def report(setup, params) -> str:
                           [('shuffled', mosaic(shuffled)), ("model's order", mosaic(solved))],
                           f'jigsaw, {model.num_permutations} permutations: {right} of {len(images)} solved')
   return f'jigsaw puzzles: {path}'
+
+
+SETTINGS = {
+    'tile_size': (0, 'side of each of the 3x3 tiles in pixels (a multiple of model.patch)'),
+    'num_permutations': (100, 'the tile orders to tell apart (at most 1000)'),
+    'hidden': (1024, 'hidden width of the MLP on the nine tiles\' features'),
+}
+TASK = Task('jigsaw', vision.make_data, model_inputs, loss_fn, flops_per_step, group='jigsaw', settings=SETTINGS,
+            probe=probe, report=report)

@@ -13,10 +13,7 @@ import jax.numpy as jnp
 
 from ssl_jax import flops
 from ssl_jax.models.vit import patchify, unpatchify
-from ssl_jax.tasks import vision
-
-make_data = vision.make_data   # the task interface's image data and linear probe
-probe = vision.probe
+from ssl_jax.tasks import Task, vision
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
@@ -63,9 +60,9 @@ def model_inputs(batch, keep=None) -> dict:
   return dict(images=batch['images'], keep=keep)
 
 
-def loss_fn(model, params, batch, rng, train: bool):
+def loss_fn(model, params, batch, rng, train: bool, mask_ratio: float = 0.75):
   n = (model.image_size // model.patch) ** 2
-  keep, hidden = random_keep(jax.random.fold_in(rng, 1), batch['index'], n, num_visible(n, model.mask_ratio))
+  keep, hidden = random_keep(jax.random.fold_in(rng, 1), batch['index'], n, num_visible(n, mask_ratio))
   pred = model.apply({'params': params}, batch['images'], keep, deterministic=not train,
                      rngs={'dropout': rng})                                          # (B, N, p*p*3)
   loss = reconstruction_loss(pred.astype(jnp.float32), normalized_patches(batch['images'], model.patch), hidden)
@@ -73,16 +70,15 @@ def loss_fn(model, params, batch, rng, train: bool):
 
 
 def flops_per_step(config):
-  return flops.mae_train_flops(config, config.train.batch_size)
-
+  return flops.mae_train_flops(config, config.train.batch_size, config.mae.mask_ratio)
 
 
 def report(setup, params) -> str:
   """reconstructions.png: held-out images, their visible patches, and the model's repainting."""
-  model, images = setup.model, vision.held_out_images(setup)
+  model, images, mask_ratio = setup.model, vision.held_out_images(setup), setup.config.mae.mask_ratio
   n = (model.image_size // model.patch) ** 2
   keep, hidden = random_keep(jax.random.key(setup.config.seed), jnp.arange(len(images)), n,
-                             num_visible(n, model.mask_ratio))
+                             num_visible(n, mask_ratio))
   pred = jax.jit(lambda p, x, k: model.apply({'params': p}, x, k))(params, images, keep)   # (B, N, p*p*3)
   size = model.image_size
   hidden_pixels = unpatchify(jnp.broadcast_to(hidden[..., None], pred.shape).astype(jnp.float32),
@@ -91,5 +87,11 @@ def report(setup, params) -> str:
   rows = [('original', images), ('visible', jnp.where(hidden_pixels, 0.5, images)),
           ('repainted', repainted)]
   path = vision.save_grid(os.path.join(setup.workdir, 'reconstructions.png'), rows,
-                          f'MAE: {model.mask_ratio:.0%} of the patches hidden')
+                          f'MAE: {mask_ratio:.0%} of the patches hidden')
   return f'reconstructions: {path}'
+
+
+TASK = Task('masked_image', vision.make_data, model_inputs, loss_fn, flops_per_step,
+            group='mae', settings={'mask_ratio': (0.75, 'share of each image\'s patches hidden from the encoder')},
+            bind=lambda config, data: {'mask_ratio': config.mae.mask_ratio},
+            probe=vision.probe, report=report)

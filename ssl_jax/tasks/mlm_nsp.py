@@ -16,7 +16,7 @@ from ssl_jax.data import corpus, documents as documents_lib, shards, sources, to
 from ssl_jax.data.bert_examples import SPECIALS, PretrainingBatches
 from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.data.text import DataError
-from ssl_jax.tasks import Data
+from ssl_jax.tasks import Data, Task
 
 
 def make_data(config, workdir: str) -> Data:
@@ -118,3 +118,6 @@ def loss_fn(model, params, batch, rng, train: bool):
 def flops_per_step(config):
   return flops.encoder_train_flops(config, config.train.batch_size, config.data.seq_len,
                                    config.data.max_predictions)
+
+
+TASK = Task('mlm_nsp', make_data, model_inputs, loss_fn, flops_per_step)

@@ -1,6 +1,6 @@
 """Rotation prediction (Gidaris et al. 2018): turn each image by 0, 90, 180 or 270 degrees; predict which.
 
-With `model.all_turns` (the paper's way, and the default of experiments/vit_rotation.py)
+With `rotation.all_turns` (the paper's way, and the default of experiments/vit_rotation.py)
 every image of the batch appears in all four turns, so telling them apart takes the image's
 orientation, not its content; otherwise each image gets one turn, drawn inside the step from
 the step's key folded with the example's global index (a resumed run turns the same images
@@ -12,10 +12,8 @@ import jax.numpy as jnp
 import optax
 
 from ssl_jax import flops
-from ssl_jax.tasks import vision
+from ssl_jax.tasks import Task, vision
 
-make_data = vision.make_data   # the task interface's image data and linear probe
-probe = vision.probe
 TURNS = 4
 
 
@@ -27,10 +25,6 @@ def rotate(images, turns):
 
 def model_inputs(batch) -> dict:
   return dict(images=batch['images'])
-
-
-def bind(config) -> dict:
-  return dict(every_turn=config.model.all_turns)
 
 
 def all_turns(images):
@@ -54,5 +48,10 @@ def loss_fn(model, params, batch, rng, train: bool, every_turn: bool = False):
 
 
 def flops_per_step(config):
-  turns = TURNS if config.model.all_turns else 1
+  turns = TURNS if config.rotation.all_turns else 1
   return flops.vit_classifier_train_flops(config, config.train.batch_size * turns)
+
+
+TASK = Task('rotation', vision.make_data, model_inputs, loss_fn, flops_per_step, group='rotation',
+            settings={'all_turns': (False, 'every image in all four turns (4x the batch), not one drawn turn')},
+            bind=lambda config, data: {'every_turn': config.rotation.all_turns}, probe=vision.probe)

@@ -6,6 +6,8 @@ of the context and scores `exact_match` and `f1` (SQuAD's official normalisation
 v2.0 file (any unanswerable question) lets the model answer '' when [CLS] scores best.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,14 +18,11 @@ from ssl_jax.errors import ConfigError
 from ssl_jax.data import labelled, squad
 from ssl_jax.data.bert_examples import SPECIALS
 from ssl_jax.data.corpus import run_tokenizer
-from ssl_jax.tasks import Data
-
-HEADS = {'bert': 'bert_qa'}
-BEST_METRIC = 'eval_f1'
+from ssl_jax.tasks import Data, Task
 
 
 def make_data(config, workdir: str) -> Data:
-  d, f = config.data, config.finetune
+  d, f = config.data, config.span_qa
   if not d.path:
     raise ConfigError('span_qa needs data.path: a SQuAD-style JSON file')
   examples, held_out = labelled.split(config, squad.read_squad)
@@ -57,11 +56,9 @@ def loss_fn(model, params, batch, rng, train: bool):
 def evaluate(s, params) -> dict:
   """Held-out loss, exact_match and f1 over every held-out question."""
   held_out = s.data.eval
-  if not hasattr(s, '_qa_forward'):
-    s._qa_forward = jax.jit(lambda p, b: s.model.apply({'params': p}, **model_inputs(b)))  # pylint: disable=protected-access
   starts, ends = [], []
   for i in range(held_out.num_batches):
-    out = s._qa_forward(params, s.put(held_out.eval_batch(i)))   # pylint: disable=protected-access
+    out = _forward(s.model, params, s.put(held_out.eval_batch(i)))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       out = multihost_utils.process_allgather(out, tiled=True)
@@ -73,8 +70,13 @@ def evaluate(s, params) -> dict:
   rows = np.arange(n)
   loss = float(np.mean((_ce(start_logits, a['start_positions'], rows) + _ce(end_logits, a['end_positions'], rows)) / 2))
   predictions = squad.decode(held_out.examples, held_out.features, start_logits, end_logits,
-                             s.config.finetune.max_answer_len, squad.version_2(held_out.examples))
+                             s.config.span_qa.max_answer_len, squad.version_2(held_out.examples))
   return {'eval_loss': loss, **squad.score(held_out.examples, predictions), 'eval_examples': len(predictions)}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(model, params, batch):
+  return model.apply({'params': params}, **model_inputs(batch))
 
 
 def _ce(logits, positions, rows):
@@ -84,3 +86,12 @@ def _ce(logits, positions, rows):
 
 def flops_per_step(config):
   return flops.encoder_finetune_flops(config, config.train.batch_size, config.data.seq_len, 2, per_token=True)
+
+
+SETTINGS = {
+    'doc_stride': (128, 'tokens between the starts of a long context\'s windows'),
+    'max_query_len': (64, 'question tokens kept'),
+    'max_answer_len': (30, 'longest answer decoded, in tokens'),
+}
+TASK = Task('span_qa', make_data, model_inputs, loss_fn, flops_per_step, group='span_qa', settings=SETTINGS,
+            evaluate=evaluate, heads={'bert': 'bert_qa'}, best_metric='eval_f1')

@@ -15,10 +15,7 @@ from ssl_jax.errors import ConfigError
 from ssl_jax.data import labelled
 from ssl_jax.data.bert_examples import SPECIALS
 from ssl_jax.data.corpus import run_tokenizer
-from ssl_jax.tasks import Data
-
-HEADS = {'bert': 'bert_tagger'}
-BEST_METRIC = 'eval_token_accuracy'
+from ssl_jax.tasks import Data, Task
 
 
 def make_data(config, workdir: str) -> Data:
@@ -32,8 +29,6 @@ def make_data(config, workdir: str) -> Data:
   _, classes = labelled.label_ids([t for _, ts in sentences + held_out for t in ts])
   tags, _ = labelled.label_ids([t for _, ts in sentences for t in ts], classes)
   held_out_tags, _ = labelled.label_ids([t for _, ts in held_out for t in ts], classes)
-  if config.model.num_classes <= 0:
-    config.model.num_classes = len(classes)
   pi, pc = jax.process_index(), jax.process_count()
 
   def make(rows, tag_ids, name):
@@ -84,3 +79,7 @@ def summarize(totals: dict) -> dict:
 def flops_per_step(config):
   return flops.encoder_finetune_flops(config, config.train.batch_size, config.data.seq_len,
                                       config.model.num_classes, per_token=True)
+
+
+TASK = Task('tag', make_data, model_inputs, loss_fn, flops_per_step, summarize=summarize, heads={'bert': 'bert_tagger'},
+            best_metric='eval_token_accuracy')

@@ -1,0 +1,84 @@
+"""Tasks own their settings: each is a `Task` with its own config group; old keys still read;
+a run never writes into the config it was given."""
+
+import json
+import tempfile
+
+import pytest
+
+from conftest import tiny_config
+from ssl_jax import cli, config as config_lib, tasks, trainer
+from ssl_jax.errors import ConfigError
+
+GROUPS = {'masked_image': 'mae', 'inpaint': 'inpaint', 'jigsaw': 'jigsaw', 'rotation': 'rotation',
+          'classify': 'classify', 'span_qa': 'span_qa'}
+
+
+def test_every_task_is_found_and_its_settings_are_a_config_group_of_its_own():
+  found = tasks.names()
+  assert {'clm', 'mlm_nsp', 'masked_image', 'inpaint', 'jigsaw', 'rotation', 'classify', 'tag', 'span_qa'} <= set(found)
+  base, docs = config_lib.base_config(), config_lib.docs()
+  for task in tasks.every():
+    assert callable(task.make_data) and callable(task.loss_fn) and callable(task.flops_per_step)
+    assert task.fine_tuning == bool(task.best_metric)
+    if task.name in GROUPS:
+      assert task.group == GROUPS[task.name] and task.settings
+    for key, (default, doc) in task.settings.items():
+      assert base[task.group][key] == default and docs[f'{task.group}.{key}'].endswith(doc)
+  with pytest.raises(ConfigError, match="unknown task 'colour'.*clm"):
+    tasks.get('colour')
+
+
+def test_no_task_setting_is_left_in_the_model_block():
+  model = config_lib.base_config().model
+  for old, new in config_lib.RENAMED.items():
+    group, key = new.split('.')
+    assert old.split('.')[1] not in model or old.startswith('finetune.'), old
+    assert key in config_lib.base_config()[group]
+
+
+def test_an_old_key_on_the_command_line_sets_the_new_one_with_a_notice(capsys):
+  config = config_lib.load('experiments/vit_jigsaw.py')
+  config_lib.override(config, 'model.tile_size', '12')
+  config_lib.override(config, 'finetune.doc_stride', '7')
+  assert config.jigsaw.tile_size == 12 and config.span_qa.doc_stride == 7
+  err = capsys.readouterr().err
+  assert 'model.tile_size is now jigsaw.tile_size' in err and 'finetune.doc_stride is now span_qa.doc_stride' in err
+
+
+def test_a_config_saved_with_the_old_keys_reads_them_where_they_are_now(tmp_path, capsys):
+  saved = json.loads(config_lib.load('experiments/vit_inpaint.py').to_json())
+  for group in ('inpaint', 'mae', 'rotation'):
+    saved.pop(group)
+  saved['model'].update({'hole': 0.25, 'overlap': 3, 'overlap_weight': 5.0, 'mask_ratio': 0.5, 'all_turns': True})
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(saved, f)
+  config = cli.saved_config(str(tmp_path))
+  assert (config.inpaint.hole, config.inpaint.overlap, config.inpaint.overlap_weight) == (0.25, 3, 5.0)
+  assert config.mae.mask_ratio == 0.5 and config.rotation.all_turns is True
+  assert 'hole' not in config.model and 'model.hole is now inpaint.hole' in capsys.readouterr().err
+
+
+def test_a_run_leaves_the_config_it_was_given_as_it_was(corpus):
+  config = tiny_config(corpus, 'default.py', **{'model.vocab_size': 0})
+  before = config.to_json()
+  s = trainer.setup(config, tempfile.mkdtemp(), compile_steps=False)
+  assert config.to_json() == before and config.model.vocab_size == 0
+  assert s.config.model.vocab_size == s.data.tokenizer.vocab_size > 0
+
+
+def test_classes_come_from_the_data_into_the_runs_own_config(tmp_path):
+  path = tmp_path / 'train.tsv'
+  rows = [('good fun', 'pos'), ('dull and slow', 'neg'), ('a delight', 'pos'), ('tedious', 'neg'), ('meh', 'mid')] * 8
+  path.write_text('sentence\tlabel\n' + ''.join(f'{t}\t{y}\n' for t, y in rows))
+  config = tiny_config('', 'finetune_sst2.py', **{'data.path': str(path), 'data.tokenizer': 'char', 'model.family': 'gpt_classifier',
+                                                  'model.vocab_size': 0, 'data.seq_len': 16})
+  s = trainer.setup(config, str(tmp_path / 'run'), compile_steps=False)
+  assert config.model.num_classes == 0 and s.config.model.num_classes == 3 == len(s.data.classes)
+  assert s.model.num_classes == 3
+
+
+def test_nothing_task_specific_can_be_stored_on_the_setup(corpus):
+  s = trainer.setup(tiny_config(corpus), tempfile.mkdtemp(), compile_steps=False)
+  with pytest.raises(AttributeError):
+    s._qa_forward = None   # pylint: disable=protected-access  (span_qa once cached its forward function here)
