@@ -70,3 +70,29 @@ def test_no_import_circle_in_the_package():
 
 def test_the_cycle_finder_finds_a_circle():
   assert cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == [['a', 'b', 'c']]
+
+
+def test_no_file_of_the_package_is_over_400_lines():
+  long = {}
+  for folder, _, names in os.walk(os.path.join(ROOT, 'ssl_jax')):
+    for name in names:
+      if name.endswith('.py'):
+        with open(os.path.join(folder, name)) as f:
+          lines = sum(1 for _ in f)
+        if lines > 410:   # ~400: a docstring's worth of slack
+          long[os.path.relpath(os.path.join(folder, name), ROOT)] = lines
+  assert long == {}
+
+
+def test_the_readmes_layout_names_every_module_and_experiment():
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    readme = f.read()
+  layout = readme[readme.index('## Layout'):]
+  layout = layout[:layout.index('```', layout.index('```') + 3)]
+  missing = []
+  for top in ('ssl_jax', 'experiments'):
+    for folder, _, names in os.walk(os.path.join(ROOT, top)):
+      for name in names:
+        if name.endswith('.py') and name != '__init__.py' and name not in layout:
+          missing.append(os.path.relpath(os.path.join(folder, name), ROOT))
+  assert missing == []

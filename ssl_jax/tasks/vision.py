@@ -35,7 +35,8 @@ def probe(setup, params, encode=None) -> dict:
   encoder's mean patch features of the whole image. encode: images (B, H, W, 3) -> (B, F)
   replaces them (jigsaw: its encoder was trained on tiles, and sees tiles).
 
-  Every vision model keeps its ViT under params['encoder'].
+  Every vision model keeps its ViT under params['encoder']. The images' labels say how many
+  classes there are (a task's data.classes may be what its model predicts instead).
   """
   model = setup.model
   if encode is None:
@@ -44,7 +45,7 @@ def probe(setup, params, encode=None) -> dict:
   train, held_out = setup.data.train, setup.data.eval
   result = probe_lib.linear_probe(probe_lib.features(encode, train.images), train.labels,
                                   probe_lib.features(encode, held_out.images), held_out.labels,
-                                  max(len(setup.data.classes), int(train.labels.max()) + 1), seed=setup.config.seed)
+                                  int(max(train.labels.max(), held_out.labels.max())) + 1, seed=setup.config.seed)
   # The sweep: held-out accuracy (20% of the training images) of each C tried.
   return {'probe_accuracy': result['accuracy'], 'probe_C': result['C'],
           'probe_sweep': {f'{c:g}': a for c, a in result['sweep'].items()}}
