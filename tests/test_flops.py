@@ -21,6 +21,8 @@ PLAIN = {'model.kernels': 'xla', 'model.attention': 'xla', 'model.d_model': 128,
     ('bert.py:tiny', 0, {'data.seq_len': 64, 'data.max_predictions': 5}),
     # MAE: the encoder sees only the visible quarter of the patches: the model count.
     ('vit_mae.py', 0, {'model.decoder_d_model': 64, 'model.decoder_heads': 2, 'model.decoder_layers': 1}),
+    # Colorization: the encoder on every patch and the colour head at each of them.
+    ('vit_colorize.py', 0, {}),
 ])
 def test_flops_per_step_equal_the_compiled_programs_products(corpus, experiment, which, extra):
   config = tiny_config('' if experiment.startswith('vit') else corpus, experiment, **PLAIN, **extra)

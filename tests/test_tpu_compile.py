@@ -24,6 +24,7 @@ CASES = {
                                  '--config.jigsaw.hidden=64']),
     'rotation': ('vit_rotation.py', VISION),
     'inpaint': ('vit_inpaint.py', VISION),
+    'colorize': ('vit_colorize.py', VISION),
     'finetune_sst2': ('finetune_sst2.py', TEXT + ['--config.model.vocab_size=600', '--config.data.max_examples=400']),
 }
 

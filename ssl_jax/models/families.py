@@ -70,6 +70,7 @@ FAMILIES = {f.name: f for f in (
     Family('vit', image(vit.ViT), True, 1e-6, 'vit', '', None),
     Family('mae', _mae, True, 1e-6, 'vit', 'encoder', None),
     Family('jigsaw', _jigsaw, True, 1e-6, 'vit', 'encoder', None),
+    Family('colorizer', image_with_classes(vit.ViTCellClassifier), True, 1e-6, 'vit', 'encoder', None),
     # Fine-tuning heads on the bodies above (ssl_jax/models/heads.py).
     Family('vit_classifier', image_with_classes(vit.ViTClassifier), True, 1e-6, 'vit', 'encoder', None),
     Family('bert_classifier', with_classes(heads.BertClassifier), False, 1e-12, 'bert', 'bert', 'bert'),

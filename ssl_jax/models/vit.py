@@ -1,5 +1,6 @@
-"""Vision transformer (Dosovitskiy et al. 2021), the masked autoencoder around it (He et al. 2022)
-and the jigsaw puzzle solver around it (Noroozi & Favaro 2016).
+"""Vision transformer (Dosovitskiy et al. 2021), the masked autoencoder around it (He et al. 2022),
+the jigsaw puzzle solver around it (Noroozi & Favaro 2016) and a per-cell classifier on it
+(colorization, Zhang et al. 2016).
 
 Images are cut into patches, each patch is a token; the blocks are the text models' own
 (pre-LN, `layers.Stack`). The MAE encoder sees only the visible patches; a light decoder
@@ -149,6 +150,30 @@ class ViTClassifier(nn.Module):
     logits = Dense((self.num_classes,), ('embed', None), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels,
                    name='head')(x[:, 0])
     return logits.astype(jnp.float32)                                          # (B, classes)
+
+
+class ViTCellClassifier(nn.Module):
+  """A ViT with a linear head on every patch state, scoring `num_classes` classes for each of
+  the patch's cells_per_side x cells_per_side cells (colorization: the colour of each cell)."""
+  cfg: TransformerConfig
+  patch: int
+  image_size: int
+  num_classes: int
+  cells_per_side: int = 2
+
+  def setup(self):
+    self.encoder = ViT(self.cfg, self.patch, self.image_size, class_token=True)
+
+  @nn.compact
+  def __call__(self, images, deterministic: bool = True):
+    """images (B, H, W, C) -> logits (B, G, G, num_classes), G = H / patch * cells_per_side."""
+    x = self.encoder(images, None, deterministic)[:, 1:]                        # (B, N, D)
+    cfg, k = self.cfg, self.cells_per_side
+    logits = Dense((k * k * self.num_classes,), ('embed', None), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels,
+                   name='head')(x)                                              # (B, N, k*k*Q)
+    side = self.image_size // self.patch
+    logits = logits.reshape(x.shape[0], side, side, k, k, self.num_classes).transpose(0, 1, 3, 2, 4, 5)
+    return logits.reshape(x.shape[0], side * k, side * k, self.num_classes).astype(jnp.float32)
 
 
 GRID = 3   # jigsaw: tiles per side
