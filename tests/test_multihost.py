@@ -41,9 +41,12 @@ def start(corpus, workdir, processes):
 
 
 def finish(procs):
+  """Process 0's output, once every process has exited 0. A failure shows every process's
+  output: the one that died first is often not process 0, which only reports a lost peer."""
   outputs = [p.communicate(timeout=300)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
+  failed = [f'process {i} exited {p.returncode}:\n{out[-3000:]}' for i, (p, out) in enumerate(zip(procs, outputs))
+            if p.returncode != 0]
+  assert not failed, '\n'.join(failed)
   return outputs[0]
 
 
