@@ -64,8 +64,8 @@ class Model:
 def load(workdir: str) -> Model:
   """The model of a training workdir (any family) or of a `run.py convert --from_hf` output."""
   config = cli.saved_config(workdir)
-  s, state, step = inference.restore_for_inference(config, workdir, compile_steps=False)
-  return Model(config=s.config, params=state.params, tokenizer=s.data.tokenizer, step=int(step), setup=s)
+  run, state, step = inference.restore_for_inference(config, workdir, compile_steps=False)
+  return Model(config=run.config, params=state.params, tokenizer=run.data.tokenizer, step=int(step), setup=run)
 
 
 def train(config, workdir: str) -> dict:

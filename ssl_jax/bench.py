@@ -19,30 +19,30 @@ import jax
 from ssl_jax import flops, trainer
 
 
-def input_rate(s, steps: int, start: int = 1000) -> float:
+def input_rate(run, steps: int, start: int = 1000) -> float:
   """Batches/s the input pipeline delivers on its own: batches not made before, put on the devices."""
-  jax.block_until_ready(s.put(s.data.train.batch(start)))
+  jax.block_until_ready(run.global_batch(run.data.train.batch(start)))
   t = time.perf_counter()
   for i in range(steps):
-    batch = s.put(s.data.train.batch(start + 1 + i))
+    batch = run.global_batch(run.data.train.batch(start + 1 + i))
   jax.block_until_ready(batch)
   return steps / (time.perf_counter() - t)
 
 
 def run(config, workdir: str = '', profile_dir: str = '') -> dict:
   workdir = workdir or tempfile.mkdtemp(prefix='ssl_jax_bench_')
-  s = trainer.setup(config, workdir)
-  config = s.config   # resolved: the vocabulary and classes the data brought
+  run = trainer.setup(config, workdir)
+  config = run.config   # resolved: the vocabulary and classes the data brought
   bc = config.bench
   n_batches = min(bc.warmup + bc.steps, 8)  # a few distinct batches, reused round robin
-  batches = [s.put(s.data.train.batch(i)) for i in range(n_batches)]
-  state = s.init_fn(jax.random.key(config.seed))
+  batches = [run.global_batch(run.data.train.batch(i)) for i in range(n_batches)]
+  state = run.init_fn(jax.random.key(config.seed))
   for i in range(bc.warmup):
-    state, step_metrics = s.train_fn(state, batches[i % n_batches])
+    state, step_metrics = run.train_fn(state, batches[i % n_batches])
   jax.block_until_ready(state)
   t = time.perf_counter()
   for i in range(bc.steps):
-    state, step_metrics = s.train_fn(state, batches[i % n_batches])
+    state, step_metrics = run.train_fn(state, batches[i % n_batches])
   jax.block_until_ready((state, step_metrics))
   step_s = (time.perf_counter() - t) / bc.steps
   if profile_dir:
@@ -50,28 +50,28 @@ def run(config, workdir: str = '', profile_dir: str = '') -> dict:
     with jax.profiler.trace(profile_dir):
       for i in range(3):
         with jax.profiler.StepTraceAnnotation('train', step_num=i):
-          state, step_metrics = s.train_fn(state, batches[i % n_batches])
+          state, step_metrics = run.train_fn(state, batches[i % n_batches])
           jax.block_until_ready(state)
-  batches_per_sec = input_rate(s, bc.steps)
+  batches_per_sec = input_rate(run, bc.steps)
 
-  model_flops, megatron_flops = s.task.flops_per_step(config)
+  model_flops, megatron_flops = run.task.flops_per_step(config)
   devices = jax.device_count()
-  peak = flops.peak_flops(bc.peak_flops, jax.numpy.dtype(s.choice.dtype)) * devices
-  unit = s.data.unit
+  peak = flops.peak_flops(bc.peak_flops, jax.numpy.dtype(run.choice.dtype)) * devices
+  unit = run.data.unit
   mc = config.model
   return {
       'model': mc.size or f'{mc.family} {mc.num_layers}x{mc.d_model}',
-      'params': s.num_params,
+      'params': run.num_params,
       'devices': devices,
       'batch': config.train.batch_size,
       'seq_len': config.data.seq_len,
-      f'{unit}_per_sec': config.train.batch_size * s.data.units_per_example / step_s,
+      f'{unit}_per_sec': config.train.batch_size * run.data.units_per_example / step_s,
       'step_ms': step_s * 1e3,
-      'compile_s': s.compile_s,
+      'compile_s': run.compile_s,
       'flops_per_step': model_flops,
       'peak_flops': peak,
       'mfu': model_flops / step_s / peak,
-      'kernels': s.choice.kernels, 'attention': s.choice.attention, 'dtype': s.choice.dtype,
+      'kernels': run.choice.kernels, 'attention': run.choice.attention, 'dtype': run.choice.dtype,
       'mfu_megatron': megatron_flops / step_s / peak,
       'loss': float(step_metrics['loss']),
       'input_batches_per_sec': batches_per_sec,

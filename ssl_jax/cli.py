@@ -70,23 +70,23 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
       config.bench.steps = steps
     bench.main(config, workdir or '', profile or '')
   elif command == 'generate':
-    s, state, _ = inference.restore_for_inference(config, workdir, compile_steps=False)
+    restored, state, _ = inference.restore_for_inference(config, workdir, compile_steps=False)
     prompts = [prompt]
     if prompt_file:
       with open(prompt_file) as f:
         prompts = [line.rstrip('\n').replace('\\n', '\n') for line in f if line.strip()]
-    texts = generate.complete(s.model, state.params, s.data.tokenizer, prompts, max_new_tokens, stop,
+    texts = generate.complete(restored.model, state.params, restored.data.tokenizer, prompts, max_new_tokens, stop,
                               temperature=temperature, top_k=top_k, top_p=top_p, seed=config.seed)
     for p, text in zip(prompts, texts):
       print(p + text, flush=True)
   elif command == 'fewshot':
     from ssl_jax import evaluate  # pylint: disable=import-outside-toplevel
-    s, state, _ = inference.restore_for_inference(config, workdir, compile_steps=False)
-    evaluate.fewshot_command(s, state.params, task_file, train_file, shots, workdir)
+    restored, state, _ = inference.restore_for_inference(config, workdir, compile_steps=False)
+    evaluate.fewshot_command(restored, state.params, task_file, train_file, shots, workdir)
   elif command == 'summarize':
     from ssl_jax import summarize  # pylint: disable=import-outside-toplevel
-    s, state, _ = inference.restore_for_inference(config, workdir, compile_steps=False)
-    summarize.summarize_command(s, state.params, input_file, workdir)
+    restored, state, _ = inference.restore_for_inference(config, workdir, compile_steps=False)
+    summarize.summarize_command(restored, state.params, input_file, workdir)
 
 
 def prepare_command(config, workdir: str) -> dict:

@@ -124,20 +124,20 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
     target = f'{devices} virtual devices (an XLA:CPU estimate{" of the GPU program" if on_gpu else ""})'
   name, capacity, bandwidth, peak = accelerator_spec(accelerator)
   t = time.perf_counter()
-  s = trainer.setup(config, workdir or tempfile.mkdtemp(), compile_steps=False, devices=targets, choice=choice)
-  config = s.config   # resolved: a fine-tuning run's family and shape come from its source
-  lowered, _ = trainer.lower_steps(s, eval_step_too=False)
+  run = trainer.setup(config, workdir or tempfile.mkdtemp(), compile_steps=False, devices=targets, choice=choice)
+  config = run.config   # resolved: a fine-tuning run's family and shape come from its source
+  lowered, _ = trainer.lower_steps(run, eval_step_too=False)
   compiler_lines = []
-  with jax.set_mesh(s.mesh), captured_stderr(compiler_lines):
+  with jax.set_mesh(run.mesh), captured_stderr(compiler_lines):
     compiled = lowered.compile()
   compile_s = time.perf_counter() - t
   memory = compiled.memory_analysis()
-  params = per_device_bytes(s.abstract_state.params)
-  optimizer = per_device_bytes(s.abstract_state.opt_state)
+  params = per_device_bytes(run.abstract_state.params)
+  optimizer = per_device_bytes(run.abstract_state.opt_state)
   temp = int(memory.temp_size_in_bytes)
   peak_bytes = int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes) + temp
-  flops_step = float(s.task.flops_per_step(s.config)[0])   # model FLOPs (what MFU counts)
-  n = len(s.mesh.devices.flat)
+  flops_step = float(run.task.flops_per_step(run.config)[0])   # model FLOPs (what MFU counts)
+  n = len(run.mesh.devices.flat)
   text = compiled.as_text()
   if workdir:   # the optimized per-device program, for reading what the numbers come from
     os.makedirs(workdir, exist_ok=True)
@@ -145,7 +145,7 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
       f.write(text)
   program = hlo.costs(text, causal=config.model.family.startswith('gpt'))
   remats = sum('Involuntary full rematerialization' in line for line in compiler_lines)
-  m = s.mesh.shape
+  m = run.mesh.shape
   roofline = None
   if bandwidth and peak:
     compute_s, memory_s = program['flops'] / peak, program['hbm_bytes'] / bandwidth
@@ -154,13 +154,13 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
                 'bound_by': 'compute' if compute_s >= memory_s else 'memory',
                 'mfu_bound': flops_step / n / (bound * peak) if bound else None}
   return {
-      'model': config.model.size or config.model.family, 'params': int(s.num_params), 'devices': n,
+      'model': config.model.size or config.model.family, 'params': int(run.num_params), 'devices': n,
       'target': target, 'mesh': [m['data'], m['fsdp'], m['tensor']], 'batch_size': int(config.train.batch_size),
-      'seq_len': int(config.data.seq_len) if s.data.tokenizer is not None else None,
-      'image_size': None if s.data.tokenizer is not None else int(config.data.image_size),
+      'seq_len': int(config.data.seq_len) if run.data.tokenizer is not None else None,
+      'image_size': None if run.data.tokenizer is not None else int(config.data.image_size),
       'remat': config.model.remat, 'scan_layers': bool(config.model.scan_layers),
-      'kernels': s.choice.kernels, 'dtype': s.choice.dtype,
-      'attention': hlo.attention_kernel(program['custom_calls']), 'attention_configured': s.choice.attention,
+      'kernels': run.choice.kernels, 'dtype': run.choice.dtype,
+      'attention': hlo.attention_kernel(program['custom_calls']), 'attention_configured': run.choice.attention,
       'bytes_per_device': {'params': params, 'optimizer_state': optimizer, 'activations_and_temporaries': temp,
                            'generated_code': int(memory.generated_code_size_in_bytes), 'peak': peak_bytes},
       'flops_per_step': flops_step, 'flops_per_device': flops_step / n,

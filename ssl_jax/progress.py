@@ -96,24 +96,24 @@ class Preemption:
       self.previous = None
 
 
-def describe_target(s) -> str:
+def describe_target(run) -> str:
   """Backend, devices, mesh and kernels, as a run's first line says them."""
-  mesh = ' '.join(f'{axis}={size}' for axis, size in s.mesh.shape.items())
+  mesh = ' '.join(f'{axis}={size}' for axis, size in run.mesh.shape.items())
   hosts = f' on {jax.process_count()} hosts' if jax.process_count() > 1 else ''
-  count = s.mesh.devices.size
-  return (f'backend {s.choice.platform}, {count} {s.mesh.devices.flat[0].device_kind} device{"s" * (count > 1)}'
-          f'{hosts} (mesh {mesh}); {s.choice.describe()}')
+  count = run.mesh.devices.size
+  return (f'backend {run.choice.platform}, {count} {run.mesh.devices.flat[0].device_kind} device{"s" * (count > 1)}'
+          f'{hosts} (mesh {mesh}); {run.choice.describe()}')
 
 
-def describe_start(s, start: int) -> str:
+def describe_start(run, start: int) -> str:
   """What the run starts from: a checkpoint of its own, a pretrained body, or nothing."""
   if start:
-    return f'resumed from step {start} of {s.workdir}'
-  if s.tuning is not None and s.tuning.source is not None:
-    return f'body loaded from init_from={s.config.init_from} ({s.tuning.source.family}); head fresh'
-  if s.config.init_from:
-    return f'parameters loaded from init_from={s.config.init_from}; optimizer fresh'
-  return f'fresh start (random init, seed {s.config.seed})'
+    return f'resumed from step {start} of {run.workdir}'
+  if run.tuning is not None and run.tuning.source is not None:
+    return f'body loaded from init_from={run.config.init_from} ({run.tuning.source.family}); head fresh'
+  if run.config.init_from:
+    return f'parameters loaded from init_from={run.config.init_from}; optimizer fresh'
+  return f'fresh start (random init, seed {run.config.seed})'
 
 
 def hparams_of(config) -> dict:

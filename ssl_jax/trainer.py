@@ -62,7 +62,7 @@ def train_step(state: TrainState, batch, *, model, loss_fn, tx, seed: int, grad_
       return jax.tree_util.tree_map(jnp.add, carry, (g, m)), None
 
     shapes = jax.eval_shape(grad_fn, state.params, jax.tree_util.tree_map(lambda x: x[0], micro), rng)
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[1], shapes[0][1]))
+    zeros = jax.tree_util.tree_map(lambda shape: jnp.zeros(shape.shape, shape.dtype), (shapes[1], shapes[0][1]))
     (grads, step_metrics), _ = jax.lax.scan(accumulate, zeros, jnp.arange(grad_accum))
     grads, step_metrics = jax.tree_util.tree_map(lambda x: x / grad_accum, (grads, step_metrics))
   if frozen is not None:
@@ -115,7 +115,8 @@ class Setup:
     tokenizer = self.data.tokenizer
     return {'model': shape, 'tokenizer': tokenizers.fingerprint(tokenizer) if tokenizer else 'none'}
 
-  def put(self, local_batch: dict) -> dict:
+  def global_batch(self, local_batch: dict) -> dict:
+    """This host's part of a batch -> the global batch, one array over the mesh."""
     return parallel.global_batch(local_batch, self.mesh)
 
 
@@ -165,15 +166,15 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   abstract_state = checkpoint.abstract(nn.meta.unbox(boxed), state_shardings)
   num_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract_state.params))
 
-  s = Setup(config=config, workdir=workdir, mesh=mesh, task=task, data=data, model=model,
-            model_cfg=model_cfg, loss_fn=functools.partial(task.loss_fn, **task.bind(config, data)), choice=choice,
-            tx=tx, state_shardings=state_shardings,
+  loss_fn = functools.partial(task.loss_fn, **task.loss_arguments(config, data))
+  run = Setup(config=config, workdir=workdir, mesh=mesh, task=task, data=data, model=model,
+            model_cfg=model_cfg, loss_fn=loss_fn, choice=choice, tx=tx, state_shardings=state_shardings,
             abstract_state=abstract_state, train_fn=None, eval_fn=None, compile_s=0.0,
             num_params=num_params, tuning=tuning,
             init_fn=jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings))
   if compile_steps:
-    compile_steps_ahead(s)
-  return s
+    compile_steps_ahead(run)
+  return run
 
 
 def resolve_from_data(config, data) -> None:
@@ -189,62 +190,62 @@ def resolve_from_data(config, data) -> None:
     m.num_classes = len(data.classes)
 
 
-def lower_steps(s: Setup, eval_step_too: bool = True):
+def lower_steps(run: Setup, eval_step_too: bool = True):
   """(train step, eval step or None) jitted and lowered from abstract shapes: nothing is allocated."""
-  config = s.config
-  bs = parallel.batch_sharding(s.mesh)
+  config = run.config
+  bs = parallel.batch_sharding(run.mesh)
   batch_abstract, eval_batch_abstract = (jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct((config.train.batch_size,) + x.shape[1:], x.dtype, sharding=bs), local)
-      for local in (s.data.train.batch(0), s.data.eval.eval_batch(0)))
-  step = functools.partial(train_step, model=s.model, loss_fn=s.loss_fn, tx=s.tx, seed=config.seed,
-                           grad_accum=config.train.grad_accum, frozen=s.tuning.frozen if s.tuning else None,
-                           kernels=s.choice.kernels)
-  evaluate_step = functools.partial(eval_step, model=s.model, loss_fn=s.loss_fn)
-  rep = parallel.replicated(s.mesh)
-  with jax.set_mesh(s.mesh), nn.logical_axis_rules(parallel.logical_rules(s.choice.platform)):
-    train_lowered = jax.jit(step, in_shardings=(s.state_shardings, bs), out_shardings=(s.state_shardings, rep),
-                            donate_argnums=0).lower(s.abstract_state, batch_abstract)
-    eval_lowered = jax.jit(evaluate_step, in_shardings=(s.state_shardings.params, bs), out_shardings=rep
-                           ).lower(s.abstract_state.params, eval_batch_abstract) if eval_step_too else None
+      for local in (run.data.train.batch(0), run.data.eval.eval_batch(0)))
+  step = functools.partial(train_step, model=run.model, loss_fn=run.loss_fn, tx=run.tx, seed=config.seed,
+                           grad_accum=config.train.grad_accum, frozen=run.tuning.frozen if run.tuning else None,
+                           kernels=run.choice.kernels)
+  evaluate_step = functools.partial(eval_step, model=run.model, loss_fn=run.loss_fn)
+  rep = parallel.replicated(run.mesh)
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(parallel.logical_rules(run.choice.platform)):
+    train_lowered = jax.jit(step, in_shardings=(run.state_shardings, bs), out_shardings=(run.state_shardings, rep),
+                            donate_argnums=0).lower(run.abstract_state, batch_abstract)
+    eval_lowered = jax.jit(evaluate_step, in_shardings=(run.state_shardings.params, bs), out_shardings=rep
+                           ).lower(run.abstract_state.params, eval_batch_abstract) if eval_step_too else None
   return train_lowered, eval_lowered
 
 
-def compile_steps_ahead(s: Setup) -> None:
+def compile_steps_ahead(run: Setup) -> None:
   """Lowers and compiles the train and eval steps once, from abstract shapes."""
   t = time.perf_counter()
-  train_lowered, eval_lowered = lower_steps(s)
-  with jax.set_mesh(s.mesh):
-    s.train_fn, s.eval_fn = train_lowered.compile(), eval_lowered.compile()
-  s.compile_s = time.perf_counter() - t
+  train_lowered, eval_lowered = lower_steps(run)
+  with jax.set_mesh(run.mesh):
+    run.train_fn, run.eval_fn = train_lowered.compile(), eval_lowered.compile()
+  run.compile_s = time.perf_counter() - t
 
 
-def init_or_restore(s: Setup, ckpt: checkpoint.Checkpointer):
+def init_or_restore(run: Setup, ckpt: checkpoint.Checkpointer):
   """(state, start step): the newest valid checkpoint in the workdir, else a fresh state.
 
   A fresh state takes its parameters from `init_from` (another run's workdir) when set:
   e.g. BERT's phase 2 at length 512 starting from phase 1; a fine-tuning run takes only its
   body from there (ssl_jax/finetune) and its head fresh. The optimizer starts anew.
   """
-  restored = ckpt.restore(s.abstract_state, expect_meta=s.meta(), set_aside=True)
+  restored = ckpt.restore(run.abstract_state, expect_meta=run.meta(), set_aside=True)
   if restored is not None:
     state, _, step = restored
     return state, step
-  state = s.init_fn(jax.random.key(s.config.seed))
-  if s.tuning is not None:
-    return state.replace(params=s.tuning.initial_params(s.config, state.params, s.state_shardings.params)), 0
-  if s.config.init_from and finetune.sources.has_imported_params(s.config.init_from):
-    return finetune.sources.imported_state(s, s.config.init_from), 0
-  if s.config.init_from:
-    source = checkpoint.Checkpointer(s.config.init_from, create=False)
-    found = source.restore(s.abstract_state, expect_meta=s.meta())
+  state = run.init_fn(jax.random.key(run.config.seed))
+  if run.tuning is not None:
+    return state.replace(params=run.tuning.initial_params(run.config, state.params, run.state_shardings.params)), 0
+  if run.config.init_from and finetune.sources.has_imported_params(run.config.init_from):
+    return finetune.sources.imported_state(run, run.config.init_from), 0
+  if run.config.init_from:
+    source = checkpoint.Checkpointer(run.config.init_from, create=False)
+    found = source.restore(run.abstract_state, expect_meta=run.meta())
     source.close()
     if found is None:
-      raise checkpoint.CheckpointError(f'init_from={s.config.init_from}: no checkpoint to start from')
+      raise checkpoint.CheckpointError(f'init_from={run.config.init_from}: no checkpoint to start from')
     state = state.replace(params=found[0].params)
   return state, 0
 
 
-def evaluate(s: Setup, params) -> dict:
+def evaluate(run: Setup, params) -> dict:
   """Held-out metrics over `train.eval_batches` fixed held-out batches (0: all of the split),
   each named `eval_<metric>`.
 
@@ -252,18 +253,18 @@ def evaluate(s: Setup, params) -> dict:
   (`summarize`: e.g. accuracy over rows, F1 from a confusion matrix) or evaluates on the
   host (`evaluate`: e.g. decoding answer spans).
   """
-  if s.task.evaluate is not None:
-    return held_out_names(s.task.evaluate(s, params))
-  batches = s.config.train.eval_batches or getattr(s.data.eval, 'num_batches', 0)
+  if run.task.evaluate is not None:
+    return held_out_names(run.task.evaluate(run, params))
+  batches = run.config.train.eval_batches or getattr(run.data.eval, 'num_batches', 0)
   if batches <= 0:
     raise config_lib.ConfigError('train.eval_batches=0 (all) needs held-out data of known size')
   totals = None
   for i in range(batches):
-    m = s.eval_fn(params, s.put(s.data.eval.eval_batch(i)))
+    m = run.eval_fn(params, run.global_batch(run.data.eval.eval_batch(i)))
     totals = m if totals is None else jax.tree_util.tree_map(jnp.add, totals, m)
   totals = jax.device_get(totals)
-  if s.task.summarize is not None:
-    return held_out_names(s.task.summarize(totals))
+  if run.task.summarize is not None:
+    return held_out_names(run.task.summarize(totals))
   return held_out_names({k: float(v) / batches for k, v in totals.items()})
 
 
@@ -288,40 +289,40 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _train_and_evaluate(config, workdir: str, started: float) -> dict:
   # Setup and resume (or init): a run already at train.steps neither compiles nor samples.
-  s = setup(config, workdir, compile_steps=False)
-  config = s.config   # resolved: what is saved and what the run goes on from
+  run = setup(config, workdir, compile_steps=False)
+  config = run.config   # resolved: what is saved and what the run goes on from
   tc = config.train
   ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints, cleanup=True)
-  state, start = init_or_restore(s, ckpt)
+  state, start = init_or_restore(run, ckpt)
   if start >= tc.steps:
     ckpt.close()
     print(f'{workdir} is already at step {start} of train.steps={tc.steps}: nothing to train '
           f'(raise --config.train.steps to go on)', file=sys.stderr, flush=True)
     return {'step': start, **next((r for r in reversed(metrics_lib.read(workdir)) if r.get('step') == start), {})}
-  compile_steps_ahead(s)
+  compile_steps_ahead(run)
   if jax.process_index() == 0:   # once the checkpoint is known to fit this config
     changes = workdirs.save_config(workdir, config, start)
 
   # What the run says of itself.
-  logger = metrics_lib.MetricLogger(workdir, tc.steps, start, unit=s.data.unit, started=started,
+  logger = metrics_lib.MetricLogger(workdir, tc.steps, start, unit=run.data.unit, started=started,
                                     wandb_project=config.log.wandb, config=config)
-  logger.print(f'{config.experiment or "run"}: {s.num_params:,} parameters; {progress.describe_target(s)}; '
-               f'train and eval steps compiled in {s.compile_s:.1f}s')
-  logger.print(progress.describe_start(s, start))
+  logger.print(f'{config.experiment or "run"}: {run.num_params:,} parameters; {progress.describe_target(run)}; '
+               f'train and eval steps compiled in {run.compile_s:.1f}s')
+  logger.print(progress.describe_start(run, start))
   if jax.process_index() == 0 and changes:
     logger.print(f'config changed since the run saved in {workdir} (history in {workdirs.HISTORY}): '
                  + ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in changes.items()))
 
   # The loop: step, log, evaluate, checkpoint.
-  records = progress.StepRecords(logger, s.data.unit, tc.batch_size * s.data.units_per_example,
+  records = progress.StepRecords(logger, run.data.unit, tc.batch_size * run.data.units_per_example,
                                  optim.schedule(tc), start)
   skipped = progress.SkippedSteps(tc.max_bad_steps)
   preemption = progress.Preemption()
-  meta = s.meta()
+  meta = run.meta()
   try:
     too_many = False
     for step in range(start, tc.steps):
-      state, step_metrics = s.train_fn(state, s.put(s.data.train.batch(step)))
+      state, step_metrics = run.train_fn(state, run.global_batch(run.data.train.batch(step)))
       done = step + 1
       too_many = skipped.count()          # the step before's flag: this one is queued by now
       skipped.flag = step_metrics['skipped']
@@ -334,9 +335,9 @@ def _train_and_evaluate(config, workdir: str, started: float) -> dict:
       if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
         jax.block_until_ready(state)      # the steps queued so far count as training time
         t = time.perf_counter()
-        eval_metrics = evaluate(s, state.params)
-        if s.tuning is not None:
-          s.tuning.after_eval(workdir, done, eval_metrics, state.params, config.model.to_dict())
+        eval_metrics = evaluate(run, state.params)
+        if run.tuning is not None:
+          run.tuning.after_eval(workdir, done, eval_metrics, state.params, config.model.to_dict())
         records.exclude(time.perf_counter() - t)
         records.write(done, eval_metrics)
       if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:
@@ -366,8 +367,8 @@ def _train_and_evaluate(config, workdir: str, started: float) -> dict:
 
   # The end: the task's report (a sample, reconstructions, puzzles), hyperparameters.
   logger.end_progress()
-  if s.task.report is not None and not preemption.requested and jax.process_index() == 0:
-    text = s.task.report(s, state.params)
+  if run.task.report is not None and not preemption.requested and jax.process_index() == 0:
+    text = run.task.report(run, state.params)
     if text:
       print(text, flush=True)
       logger.text('sample', text, done)

@@ -34,7 +34,7 @@ def run(config, steps):
   state = s.init_fn(jax.random.key(config.seed))
   losses = []
   for step in range(int(steps)):
-    state, m = s.train_fn(state, s.put(s.data.train.batch(step)))
+    state, m = s.train_fn(state, s.global_batch(s.data.train.batch(step)))
     losses.append(float(m['loss']))
   return state, losses, s.choice.describe()
 

@@ -120,7 +120,7 @@ def test_remat_policies_give_the_same_gradients(corpus, tmp_path, experiment):
     s = trainer.setup(tiny_config(data, experiment, **{'model.remat': policy}), str(tmp_path / policy),
                     compile_steps=False)
     params = s.init_fn(jax.random.key(0)).params
-    batch = s.put(s.data.train.batch(0))
+    batch = s.global_batch(s.data.train.batch(0))
     loss = lambda p, b: s.task.loss_fn(s.model, p, b, jax.random.key(1), True)[0]  # pylint: disable=cell-var-from-loop
     grads[policy] = jax.tree_util.tree_leaves(jax.jit(jax.grad(loss))(params, batch))
     rematerialised = 'remat' in str(jax.make_jaxpr(jax.grad(loss))(params, batch))

@@ -71,8 +71,8 @@ def test_classes_come_from_the_data_into_the_runs_own_config(tmp_path):
   path = tmp_path / 'train.tsv'
   rows = [('good fun', 'pos'), ('dull and slow', 'neg'), ('a delight', 'pos'), ('tedious', 'neg'), ('meh', 'mid')] * 8
   path.write_text('sentence\tlabel\n' + ''.join(f'{t}\t{y}\n' for t, y in rows))
-  config = tiny_config('', 'finetune_sst2.py', **{'data.path': str(path), 'data.tokenizer': 'char', 'model.family': 'gpt_classifier',
-                                                  'model.vocab_size': 0, 'data.seq_len': 16})
+  config = tiny_config('', 'finetune_sst2.py', **{'data.path': str(path), 'data.tokenizer': 'char', 'data.seq_len': 16,
+                                                  'model.family': 'gpt_classifier', 'model.vocab_size': 0})
   s = trainer.setup(config, str(tmp_path / 'run'), compile_steps=False)
   assert config.model.num_classes == 0 and s.config.model.num_classes == 3 == len(s.data.classes)
   assert s.model.num_classes == 3

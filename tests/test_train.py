@@ -30,7 +30,7 @@ def fresh_losses_from(config, step, steps):
   state = state.replace(step=state.step + step)
   out = []
   for i in range(step, step + steps):
-    state, m = s.train_fn(state, s.put(s.data.train.batch(i)))
+    state, m = s.train_fn(state, s.global_batch(s.data.train.batch(i)))
     out.append(float(m['loss']))
   return out
 
@@ -193,7 +193,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_leaves_the_state_bit_identical
   seen = set()
   for step in range(10):
     before = jax.device_get((state.params, state.opt_state))
-    state, m = s.train_fn(state, s.put(s.data.train.batch(step)))      # donates the old state
+    state, m = s.train_fn(state, s.global_batch(s.data.train.batch(step)))      # donates the old state
     after = jax.device_get((state.params, state.opt_state))
     same = [np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after))]
     assert np.isfinite(float(m['loss'])) and int(state.step) == step + 1
@@ -219,7 +219,8 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path, corpus,
   assert all(np.isfinite(r['train_loss']) for r in records if 'train_loss' in r)   # the loss never told
   params = checkpoint.read_params(workdir)                        # the newest checkpoint's
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
-  monkeypatch.setattr(clm, 'TASK', dataclasses.replace(clm.TASK, loss_fn=_poisoned(original, 1.0, np.inf)))  # stop after 3
+  every_step = _poisoned(original, 1.0, np.inf)     # stops after 3
+  monkeypatch.setattr(clm, 'TASK', dataclasses.replace(clm.TASK, loss_fn=every_step))
   with pytest.raises(trainer.TrainingError, match='3 steps in a row'):
     trainer.train_and_evaluate(tiny_config(corpus, **{'train.steps': 12, 'train.max_bad_steps': 3}),
                              str(tmp_path / 'all'))

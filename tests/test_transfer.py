@@ -185,7 +185,7 @@ def test_frozen_parts_do_not_move_and_the_rest_does(tiny_bert, sst_tsv, tmp_path
   pretrained = finetune.sources.read_source(os.path.abspath(tiny_bert)).params
   np.testing.assert_array_equal(before['bert']['word_embeddings'], pretrained['word_embeddings'])
   for step in range(3):
-    state, _ = s.train_fn(state, s.put(s.data.train.batch(step)))
+    state, _ = s.train_fn(state, s.global_batch(s.data.train.batch(step)))
   after = jax.device_get(state.params)
   moved = {jax.tree_util.keystr(path): not np.array_equal(a, b) for (path, a), b in
            zip(jax.tree_util.tree_flatten_with_path(before)[0], jax.tree_util.tree_leaves(after))}

@@ -43,18 +43,18 @@ def test_vit_and_mae_shapes():
 
 def test_mask_ratio_is_exact_and_masks_follow_the_example_index():
   rng = jax.random.key(3)
-  keep, hidden = masked_image.random_keep(rng, jnp.arange(16), 64, masked_image.num_visible(64, 0.75))
+  keep, hidden = masked_image.draw_visible(rng, jnp.arange(16), 64, masked_image.num_visible(64, 0.75))
   assert keep.shape == (16, 16)
   np.testing.assert_array_equal(hidden.sum(1), np.full(16, 48))                    # exactly 75% hidden
   assert not np.asarray(hidden)[np.arange(16)[:, None], np.asarray(keep)].any()    # kept ones are not hidden
-  again, _ = masked_image.random_keep(rng, jnp.arange(8, 24), 64, 16)
+  again, _ = masked_image.draw_visible(rng, jnp.arange(8, 24), 64, 16)
   np.testing.assert_array_equal(again[:8], keep[8:])                               # same index, same mask
 
 
 def test_reconstruction_loss_ignores_predictions_for_visible_patches():
   target = jax.random.normal(jax.random.key(0), (2, 64, 48))
   pred = jax.random.normal(jax.random.key(1), (2, 64, 48))
-  _, hidden = masked_image.random_keep(jax.random.key(2), jnp.arange(2), 64, 16)
+  _, hidden = masked_image.draw_visible(jax.random.key(2), jnp.arange(2), 64, 16)
   changed = jnp.where(hidden[..., None], pred, pred + 100.0)                       # only visible ones move
   assert masked_image.reconstruction_loss(changed, target, hidden) == pytest.approx(
       float(masked_image.reconstruction_loss(pred, target, hidden)), rel=1e-6)

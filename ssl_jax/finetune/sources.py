@@ -110,11 +110,11 @@ def has_imported_params(directory: str) -> bool:
   return convert_files.has_params(directory)
 
 
-def imported_state(s, directory: str):
+def imported_state(run, directory: str):
   """A fresh state of Setup `s` with every parameter from `directory`'s params.safetensors
   (a `convert --from_hf` import): each must be there, in this model's shape."""
   params, _, _ = convert_files.load_params(directory)
-  state = s.init_fn(jax.random.key(s.config.seed))
+  state = run.init_fn(jax.random.key(run.config.seed))
 
   def take(path, value, sharding):
     names = [p.key for p in path]
@@ -128,7 +128,7 @@ def imported_state(s, directory: str):
     host = np.asarray(node, value.dtype)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-  return state.replace(params=jax.tree_util.tree_map_with_path(take, state.params, s.state_shardings.params))
+  return state.replace(params=jax.tree_util.tree_map_with_path(take, state.params, run.state_shardings.params))
 
 
 def apply_source(config, workdir: str, heads: dict) -> Optional[Source]:

@@ -68,8 +68,8 @@ class ViT(nn.Module):
     return (self.image_size // self.patch) ** 2
 
   @nn.compact
-  def __call__(self, images, keep=None, deterministic: bool = True):
-    """images (B, H, W, C) float; keep (B, K) indices of the patches to encode (all if None).
+  def __call__(self, images, visible=None, deterministic: bool = True):
+    """images (B, H, W, C) float; visible (B, K) indices of the patches to encode (all if None).
 
     Returns (B, K [+1], C) token states; the class token, if any, first.
     """
@@ -83,9 +83,9 @@ class ViT(nn.Module):
     else:
       pos = jnp.asarray(sincos_2d(self.image_size // self.patch, cfg.d_model))
     pos = jnp.broadcast_to(pos, (patches.shape[0],) + pos.shape)               # (B, N, C)
-    if keep is not None:   # only the visible patches are embedded and encoded
-      patches = jnp.take_along_axis(patches, keep[..., None], axis=1)          # (B, K, p*p*C)
-      pos = jnp.take_along_axis(pos, keep[..., None], axis=1)                  # (B, K, C)
+    if visible is not None:   # only the visible patches are embedded and encoded
+      patches = jnp.take_along_axis(patches, visible[..., None], axis=1)          # (B, K, p*p*C)
+      pos = jnp.take_along_axis(pos, visible[..., None], axis=1)                  # (B, K, C)
     x = Dense((cfg.d_model,), (None, 'embed'), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels,
               name='patch_embed')(patches)
     x = x + pos.astype(x.dtype)
@@ -109,21 +109,21 @@ class MAE(nn.Module):
     self.encoder = ViT(self.cfg, self.patch, self.image_size, class_token=True)
 
   @nn.compact
-  def __call__(self, images, keep=None, deterministic: bool = True):
-    """images (B, H, W, C); keep (B, K) visible patch indices (None: every patch, as the
+  def __call__(self, images, visible=None, deterministic: bool = True):
+    """images (B, H, W, C); visible (B, K) visible patch indices (None: every patch, as the
     context encoder has it) -> predicted pixels (B, N, p*p*C)."""
     dec = self.decoder_cfg
     n = self.encoder.num_patches
-    x = self.encoder(images, keep, deterministic)                              # (B, 1 + K, C)
+    x = self.encoder(images, visible, deterministic)                              # (B, 1 + K, C)
     x = Dense((dec.d_model,), ('embed', None), dec.init_std, dtype=dec.dtype, kernels=dec.kernels,
               name='decoder_embed')(x)
     mask_token = self.param('mask_token', param_init(dec.init_std, (None, None, None)), (1, 1, dec.d_model))
     b = x.shape[0]
-    if keep is None:
+    if visible is None:
       tokens = x[:, 1:]                                                        # (B, N, D)
     else:
       tokens = jnp.broadcast_to(mask_token, (b, n, dec.d_model)).astype(x.dtype)
-      tokens = tokens.at[jnp.arange(b)[:, None], keep].set(x[:, 1:])           # visible ones back in place
+      tokens = tokens.at[jnp.arange(b)[:, None], visible].set(x[:, 1:])           # visible ones back in place
     tokens = tokens + jnp.asarray(sincos_2d(self.image_size // self.patch, dec.d_model), x.dtype)
     y = jnp.concatenate([x[:, :1], tokens], axis=1)                            # (B, 1 + N, D)
     y = Stack(dec, causal=False, name='decoder_blocks')(y, None, deterministic)

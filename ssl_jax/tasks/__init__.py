@@ -35,7 +35,7 @@ def no_arguments(config, data) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """An objective. `loss_fn(model, params, batch, rng, train, **bind(config, data))` returns
+  """An objective. `loss_fn(model, params, batch, rng, train, **loss_arguments(config, data))` returns
   (loss, metrics); with train False its metrics are summed over the held-out batches and
   handed to `summarize` (else averaged), unless the task `evaluate`s on the host itself."""
   name: str
@@ -45,7 +45,7 @@ class Task:
   flops_per_step: Callable                 # config -> (model FLOPs of a step, Megatron-convention FLOPs)
   group: str = ''                          # the config group of its settings ('' = no settings)
   settings: dict = dataclasses.field(default_factory=dict)   # {key: (default, what it does)}
-  bind: Callable = no_arguments            # (config, data) -> keyword arguments of loss_fn
+  loss_arguments: Callable = no_arguments  # (config, data) -> keyword arguments of loss_fn
   summarize: Optional[Callable] = None     # summed held-out metrics -> metrics
   evaluate: Optional[Callable] = None      # (setup, params) -> held-out metrics computed on the host
   probe: Optional[Callable] = None         # (setup, params) -> run.py eval's linear probe of the encoder

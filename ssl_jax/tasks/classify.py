@@ -85,7 +85,7 @@ def summarize(totals: dict) -> dict:
           'eval_examples': int(totals['count'])}
 
 
-def bind(config, data) -> dict:
+def loss_arguments(config, data) -> dict:
   """Keyword arguments of loss_fn that come from the config."""
   del data
   return {'lm_weight': config.classify.lm_weight} if config.model.family == 'gpt_classifier' else {}
@@ -115,6 +115,6 @@ class HeldOutImages:
 
 TASK = Task('classify', make_data, model_inputs, loss_fn, flops_per_step, group='classify',
             settings={'lm_weight': (0.5, 'decoders: weight of the auxiliary language-modelling loss (GPT-1)')},
-            bind=bind, summarize=summarize,
+            loss_arguments=loss_arguments, summarize=summarize,
             heads={'bert': 'bert_classifier', 'gpt': 'gpt_classifier', 'vit': 'vit_classifier'},
             best_metric='eval_accuracy')

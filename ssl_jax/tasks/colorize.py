@@ -122,7 +122,7 @@ def loss_fn(model, params, batch, rng, train: bool, bins=None, weights=None, sig
   return loss, {'loss': loss, 'accuracy': accuracy}
 
 
-def bind(config, data) -> dict:
+def loss_arguments(config, data) -> dict:
   """The bins, and the rebalancing weights counted on the training images."""
   c = config.colorize
   cell = config.model.patch // 2   # the head's cells: 2x2 a patch (vit.ViTCellClassifier)
@@ -176,7 +176,7 @@ SETTINGS = {
     'grid': (10.0, 'side of the ab squares colours are quantised into (Zhang et al.: 10)'),
     'sigma': (5.0, 'width (in ab) of the Gaussian over a soft target\'s 5 nearest bins and of the prior\'s smoothing'),
     'rebalance': (0.5, 'share of the uniform mixed into the colour prior before it is inverted: 1 = no rebalancing'),
-    'temperature': (0.38, 'colorizations.png: the annealed mean of each cell\'s colours (1: the mean; towards 0: the mode)'),
+    'temperature': (0.38, 'colorizations.png: annealed mean of each cell\'s colours (1: the mean; near 0: the mode)'),
 }
 TASK = Task('colorize', make_data, model_inputs, loss_fn, flops_per_step, group='colorize', settings=SETTINGS,
-            bind=bind, probe=probe, report=report)
+            loss_arguments=loss_arguments, probe=probe, report=report)

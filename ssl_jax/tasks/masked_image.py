@@ -20,11 +20,11 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
   return int(round(num_patches * (1 - mask_ratio)))
 
 
-def random_keep(rng, index, num_patches: int, keep: int):
-  """(B, keep) visible patch indices and a (B, N) bool mask of hidden patches, per example index."""
+def draw_visible(rng, index, num_patches: int, count: int):
+  """(B, count) visible patch indices and a (B, N) bool mask of hidden patches, per example index."""
   noise = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(rng, i), (num_patches,)))(index)  # (B, N)
   order = jnp.argsort(noise, axis=1)
-  visible = jnp.sort(order[:, :keep], axis=1)                                       # (B, K)
+  visible = jnp.sort(order[:, :count], axis=1)                                         # (B, K)
   hidden = jnp.ones(noise.shape, bool).at[jnp.arange(noise.shape[0])[:, None], visible].set(False)
   return visible, hidden
 
@@ -54,16 +54,16 @@ def reconstruction_loss(pred, target, hidden):
   return (per_patch * hidden).sum() / jnp.maximum(hidden.sum(), 1)
 
 
-def model_inputs(batch, keep=None) -> dict:
-  if keep is None:   # for init: the parameters do not depend on how many patches are kept
-    keep = jnp.zeros((batch['images'].shape[0], 1), jnp.int32)
-  return dict(images=batch['images'], keep=keep)
+def model_inputs(batch, visible=None) -> dict:
+  if visible is None:   # for init: the parameters do not depend on how many patches are kept
+    visible = jnp.zeros((batch['images'].shape[0], 1), jnp.int32)
+  return dict(images=batch['images'], visible=visible)
 
 
 def loss_fn(model, params, batch, rng, train: bool, mask_ratio: float = 0.75):
   n = (model.image_size // model.patch) ** 2
-  keep, hidden = random_keep(jax.random.fold_in(rng, 1), batch['index'], n, num_visible(n, mask_ratio))
-  pred = model.apply({'params': params}, batch['images'], keep, deterministic=not train,
+  visible, hidden = draw_visible(jax.random.fold_in(rng, 1), batch['index'], n, num_visible(n, mask_ratio))
+  pred = model.apply({'params': params}, batch['images'], visible, deterministic=not train,
                      rngs={'dropout': rng})                                          # (B, N, p*p*3)
   loss = reconstruction_loss(pred.astype(jnp.float32), normalized_patches(batch['images'], model.patch), hidden)
   return loss, {'loss': loss}
@@ -77,9 +77,9 @@ def report(setup, params) -> str:
   """reconstructions.png: held-out images, their visible patches, and the model's repainting."""
   model, images, mask_ratio = setup.model, vision.held_out_images(setup), setup.config.mae.mask_ratio
   n = (model.image_size // model.patch) ** 2
-  keep, hidden = random_keep(jax.random.key(setup.config.seed), jnp.arange(len(images)), n,
+  visible, hidden = draw_visible(jax.random.key(setup.config.seed), jnp.arange(len(images)), n,
                              num_visible(n, mask_ratio))
-  pred = jax.jit(lambda p, x, k: model.apply({'params': p}, x, k))(params, images, keep)   # (B, N, p*p*3)
+  pred = jax.jit(lambda p, x, k: model.apply({'params': p}, x, k))(params, images, visible)   # (B, N, p*p*3)
   size = model.image_size
   hidden_pixels = unpatchify(jnp.broadcast_to(hidden[..., None], pred.shape).astype(jnp.float32),
                              model.patch, size, size) > 0                             # (B, H, W, 3)
@@ -93,5 +93,5 @@ def report(setup, params) -> str:
 
 TASK = Task('masked_image', vision.make_data, model_inputs, loss_fn, flops_per_step,
             group='mae', settings={'mask_ratio': (0.75, 'share of each image\'s patches hidden from the encoder')},
-            bind=lambda config, data: {'mask_ratio': config.mae.mask_ratio},
+            loss_arguments=lambda config, data: {'mask_ratio': config.mae.mask_ratio},
             probe=vision.probe, report=report)

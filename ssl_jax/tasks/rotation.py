@@ -54,4 +54,4 @@ def flops_per_step(config):
 
 TASK = Task('rotation', vision.make_data, model_inputs, loss_fn, flops_per_step, group='rotation',
             settings={'all_turns': (False, 'every image in all four turns (4x the batch), not one drawn turn')},
-            bind=lambda config, data: {'every_turn': config.rotation.all_turns}, probe=vision.probe)
+            loss_arguments=lambda config, data: {'every_turn': config.rotation.all_turns}, probe=vision.probe)

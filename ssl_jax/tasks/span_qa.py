@@ -53,12 +53,12 @@ def loss_fn(model, params, batch, rng, train: bool):
   return loss, {'loss': loss}
 
 
-def evaluate(s, params) -> dict:
+def evaluate(run, params) -> dict:
   """Held-out loss, exact_match and f1 over every held-out question."""
-  held_out = s.data.eval
+  held_out = run.data.eval
   starts, ends = [], []
   for i in range(held_out.num_batches):
-    out = _forward(s.model, params, s.put(held_out.eval_batch(i)))
+    out = _forward(run.model, params, run.global_batch(held_out.eval_batch(i)))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       out = multihost_utils.process_allgather(out, tiled=True)
@@ -70,7 +70,7 @@ def evaluate(s, params) -> dict:
   rows = np.arange(n)
   loss = float(np.mean((_ce(start_logits, a['start_positions'], rows) + _ce(end_logits, a['end_positions'], rows)) / 2))
   predictions = squad.decode(held_out.examples, held_out.features, start_logits, end_logits,
-                             s.config.span_qa.max_answer_len, squad.version_2(held_out.examples))
+                             run.config.span_qa.max_answer_len, squad.version_2(held_out.examples))
   return {'eval_loss': loss, **squad.score(held_out.examples, predictions), 'eval_examples': len(predictions)}
 
 
