@@ -147,8 +147,8 @@ def parse(argv):
 
 def cpu_matmuls_through_onednn() -> None:
   """XLA:CPU flags measured to speed up our train steps (only the CPU backend reads them;
-  set before JAX starts). Matrix products go to oneDNN instead of YNNPACK: on 2 cores the
-  6x384 GPT step took ~10% less. XLA_FLAGS that already choose either library are kept."""
+  set before JAX starts). Matrix products go to oneDNN instead of YNNPACK, which was faster
+  for our steps (benchmarks/PERFORMANCE.md). XLA_FLAGS that already choose either library are kept."""
   flags = os.environ.get('XLA_FLAGS', '')
   if 'onednn_fusion_type' in flags or 'ynn_fusion_type' in flags:
     return

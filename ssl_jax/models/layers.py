@@ -112,10 +112,8 @@ class Dropout(nn.Module):
   """Inverted dropout (nn.Dropout's contract: `rate`, `deterministic`, the 'dropout' rng),
   with its keep mask hashed from the element index and two 32-bit seeds of the key.
 
-  jax.random's threefry spends ~11 ns an element on a CPU (115 ms, timed alone, for the
-  13 dropout sites of a 6x384 BERT at 32 x 64 tokens); two rounds of a 32-bit integer
-  hash (lowbias32) cost ~0.2 ns, and that fine-tuning step went from 1,166 to 1,111 ms.
-  The mask is a pure function of (key, shape), the same under any sharding (the index is
+  An integer hash (two rounds of lowbias32) costs a small fraction of jax.random's threefry
+  an element (figures in benchmarks/PERFORMANCE.md). The mask is a pure function of (key, shape), the same under any sharding (the index is
   the global one); the index is taken modulo 2^32.
   """
   rate: float

@@ -219,8 +219,8 @@ class JigsawNet(nn.Module):
   """Context-free network (Noroozi & Favaro 2016) around a ViT: nine tiles are cut from each
   image, each normalised on its own and put in a shuffled order; one encoder, shared by the
   tiles (folded into the batch), encodes each; an MLP on their mean patch states, concatenated
-  in the shuffled order, names the permutation. (On the class tokens instead, a 2-layer, 64-wide
-  encoder on CIFAR's 8x8 tiles stayed at chance for 300 steps; on the mean states it reached 20%.)"""
+  in the shuffled order, names the permutation (the mean patch states learn where the class
+  tokens of a small encoder on small tiles do not: benchmarks/PERFORMANCE.md)."""
   cfg: TransformerConfig
   patch: int
   image_size: int

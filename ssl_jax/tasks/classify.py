@@ -22,7 +22,7 @@ from ssl_jax.tasks import Data, Task, vision
 
 def make_data(config, workdir: str) -> Data:
   if config.model.family == 'vit_classifier':
-    data = vision.make_data(config, workdir)
+    data = vision.make_data(config, workdir, labelled=True)
     data.eval = HeldOutImages(data.eval)
     return data
   if not config.data.path:

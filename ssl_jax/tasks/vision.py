@@ -10,7 +10,10 @@ from ssl_jax.models.vit import ViT
 from ssl_jax.tasks import Data
 
 
-def make_data(config, workdir: str) -> Data:
+def make_data(config, workdir: str, labelled: bool = False) -> Data:
+  """The images of data.path (held out: data.eval_path, else its last data.eval_fraction),
+  their labels kept for the probes. `labelled` (classification): the label names are the
+  classes the model predicts; a pretext task's model predicts other things."""
   del workdir
   size, d = config.data.image_size, config.data
   if config.model.patch <= 0 or size % config.model.patch:   # before any image is read
@@ -26,7 +29,7 @@ def make_data(config, workdir: str) -> Data:
   make = lambda x, y, augment: images_lib.ImageBatches(x, y, config.train.batch_size, config.seed, augment,
                                                        process_index=pi, process_count=pc)
   return Data(make(train_images, train_labels, True), make(eval_images, eval_labels, False), None,
-              unit='images', units_per_example=1, classes=tuple(classes))
+              unit='images', units_per_example=1, classes=tuple(classes) if labelled else ())
 
 
 def probe(setup, params, encode=None) -> dict:
