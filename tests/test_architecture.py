@@ -96,3 +96,24 @@ def test_the_readmes_layout_names_every_module_and_experiment():
         if name.endswith('.py') and name != '__init__.py' and name not in layout:
           missing.append(os.path.relpath(os.path.join(folder, name), ROOT))
   assert missing == []
+
+
+def test_the_tasks_which_the_config_reads_never_reach_the_config():
+  """config.base_config() imports every task module (by name, for their settings): a task that
+  reached ssl_jax.config, directly or through what it imports, would close a circle that the
+  static graph above cannot see."""
+  graph = import_graph()
+
+  def reached(start):
+    seen, todo = set(), [start]
+    while todo:
+      for module in graph[todo.pop()]:
+        if module not in seen:
+          seen.add(module)
+          todo.append(module)
+    return seen
+
+  assert 'ssl_jax.tasks' in graph['ssl_jax.config']
+  task_modules = [m for m in graph if m.startswith('ssl_jax.tasks.')]
+  assert len(task_modules) >= 10
+  assert [m for m in task_modules if 'ssl_jax.config' in reached(m)] == []
