@@ -23,13 +23,13 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = ''             # name; the default workdir is runs/<experiment>
   c.seed = 0                    # seed of every random draw: initialisation, data order, masks, dropout
-  c.task = 'clm'                # objective (ssl_jax/tasks): clm | mlm_nsp | masked_image | inpaint | jigsaw | rotation | classify | tag | span_qa
+  c.task = 'clm'                # objective (ssl_jax/tasks): clm | mlm_nsp | masked_image | inpaint | jigsaw | rotation | colorize | classify | tag | span_qa
   c.init_from = ''              # a workdir (or Hugging Face directory) to start the body from
   c.init = ''                   # eval: 'random' evaluates the model at its random initialisation
   c.compile_cache = 'auto'      # JAX's persistent compilation cache: auto (under ~/.cache/ssl_jax) | a folder | '' (off)
 
   c.model = ml_collections.ConfigDict()
-  c.model.family = 'gpt'        # gpt | bert | vit | mae | jigsaw | bert_classifier | bert_tagger | bert_qa | gpt_classifier | vit_classifier
+  c.model.family = 'gpt'        # gpt | bert | vit | mae | jigsaw | colorizer | bert_classifier | bert_tagger | bert_qa | gpt_classifier | vit_classifier
   c.model.size = ''             # a named size, e.g. 'gpt2:124M' (decoded by the experiment)
   c.model.num_layers = 4        # transformer blocks
   c.model.num_heads = 4         # attention heads per block
