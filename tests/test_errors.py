@@ -88,6 +88,14 @@ def test_bad_config(tmp_path, corpus, capsys, override, words):
   assert words in line
 
 
+def test_an_encoder_head_on_the_char_tokenizer(tmp_path, capsys):
+  path = tmp_path / 'train.tsv'
+  path.write_text('text\tlabel\n' + ''.join(f'row {i} is {"good" if i % 2 else "bad"}\t{i % 2}\n' for i in range(40)))
+  line = fail(capsys, 'finetune', '--config', 'experiments/finetune_sst2.py', f'--config.data.path={path}',
+              '--config.data.tokenizer=char', '--workdir', str(tmp_path / 'w'))
+  assert 'an encoder needs a sub-word vocabulary' in line and 'data.tokenizer=sentencepiece' in line
+
+
 def test_batch_not_divisible_by_the_data_axis(tmp_path, corpus):
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.run([sys.executable, 'run.py', 'train', f'--config.data.path={corpus}', *TINY,

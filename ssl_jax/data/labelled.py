@@ -104,8 +104,11 @@ def label_ids(names: Sequence[str], classes: Sequence[str] = ()) -> Tuple[np.nda
 
 
 def _specials(tokenizer):
+  if not hasattr(tokenizer, 'piece_id'):   # the char tokenizer has no pieces of its own
+    raise DataError('an encoder needs a sub-word vocabulary with [CLS], [SEP] and [PAD]: '
+                    'data.tokenizer=sentencepiece (or a pretrained body through init_from)')
   ids = [tokenizer.piece_id(p) for p in ('[CLS]', '[SEP]', '[PAD]')]
-  unk = tokenizer.piece_id('[UNK]') if hasattr(tokenizer, 'piece_id') else -1
+  unk = tokenizer.piece_id('[UNK]')
   if any(i == unk for i in ids):
     raise DataError('this vocabulary lacks [CLS], [SEP] or [PAD]: an encoder needs them')
   return ids
