@@ -5,7 +5,7 @@
   python run.py eval --workdir runs/vit_colorize        # linear probe (probe_accuracy) on the grey images
 
 The encoder (vit_mae's: 4 layers, 192 wide, patches of 4) sees each image in grey; a linear
-head on every patch scores the 265 colour bins for each of the patch's four 2x2-pixel cells.
+head on every patch scores the 268 colour bins for each of the patch's four 2x2-pixel cells.
 The run ends by writing colorizations.png (held-out images, in grey, and coloured by the model).
 """
 

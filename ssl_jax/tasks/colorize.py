@@ -11,7 +11,7 @@ a soft target (the 5 bins nearest the true colour, Gaussian weights of width col
 each cell weighted by class rebalancing: the inverse of its colour's smoothed frequency on
 the training images, mixed with the uniform (colorize.rebalance), so that the common
 unsaturated colours do not drown the rest. The bins are the ab squares of side
-colorize.grid that sRGB colours reach (265 at the default 10).
+colorize.grid that 8-bit sRGB colours reach (268 at the default 10).
 """
 
 import functools
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import flops
+from ssl_jax.errors import ConfigError
 from ssl_jax.models.vit import ViT
 from ssl_jax.tasks import Task, vision
 
@@ -66,19 +67,34 @@ def cell_colours(lab, cell: int, xp=jnp):
 
 @functools.lru_cache(maxsize=None)
 def ab_bins(grid: float) -> np.ndarray:
-  """(Q, 2) centres of the ab squares of side `grid` that some sRGB colour falls in (computed
-  on the host in float64, so every platform and host gets the same bins)."""
-  levels = np.linspace(0.0, 1.0, 64)
-  cube = np.stack(np.meshgrid(levels, levels, levels, indexing='ij'), -1).reshape(-1, 3)
-  squares = np.unique(np.floor(rgb_to_lab(cube, np)[:, 1:] / grid).astype(np.int64), axis=0)
+  """(Q, 2) centres of the ab squares of side `grid` that some 8-bit sRGB colour falls in
+  (computed on the host in float64, so every platform and host gets the same bins). The
+  colours on the RGB cube's six faces reach every (a, b) the cube does: a column of constant
+  (a, b) through the gamut ends on its surface, which is the faces' image."""
+  levels = np.arange(256) / 255.0
+  u, v = (x.reshape(-1) for x in np.meshgrid(levels, levels, indexing='ij'))
+  faces = [np.stack(np.roll([np.full_like(u, side), u, v], axis, axis=0), -1) for axis in range(3) for side in (0.0, 1.0)]
+  squares = np.unique(np.floor(rgb_to_lab(np.concatenate(faces), np)[:, 1:] / grid).astype(np.int64), axis=0)
   out = ((squares + 0.5) * grid).astype(np.float32)
   out.setflags(write=False)
   return out
 
 
-def nearest_bins(ab: np.ndarray, bins: np.ndarray, chunk: int = 65_536) -> np.ndarray:
-  """(M, 2) colours -> (M,) index of each one's nearest bin (host, in chunks)."""
-  return np.concatenate([((ab[i:i + chunk, None] - bins) ** 2).sum(-1).argmin(-1) for i in range(0, len(ab), chunk)])
+def nearest_bins(ab: np.ndarray, bins: np.ndarray, grid: float) -> np.ndarray:
+  """(M, 2) colours -> (M,) index of each one's nearest bin (host). The bins are the centres
+  of grid squares, so a colour whose own square is a bin is nearest its centre: a table
+  look-up; the few others (averages that leave the gamut's squares) search every bin."""
+  squares = np.floor(np.asarray(bins, np.float64) / grid).astype(np.int64)               # (Q, 2)
+  low = squares.min(0)
+  table = np.full(tuple(squares.max(0) - low + 1), -1, np.int64)
+  table[tuple((squares - low).T)] = np.arange(len(bins))
+  at = np.floor(ab / grid).astype(np.int64) - low                                          # (M, 2)
+  inside = ((at >= 0) & (at < table.shape)).all(-1)
+  found = np.full(len(ab), -1, np.int64)
+  found[inside] = table[tuple(at[inside].T)]
+  rest = np.flatnonzero(found < 0)
+  found[rest] = ((ab[rest, None] - bins) ** 2).sum(-1).argmin(-1)
+  return found
 
 
 def rebalancing_weights(images: np.ndarray, cell: int, grid: float, sigma: float, mix: float) -> np.ndarray:
@@ -90,7 +106,7 @@ def rebalancing_weights(images: np.ndarray, cell: int, grid: float, sigma: float
   pick = np.linspace(0, len(images) - 1, min(len(images), PRIOR_IMAGES)).astype(int)
   ab = np.concatenate([cell_colours(rgb_to_lab(images[pick[i:i + 500]] / 255.0, np), cell, np).reshape(-1, 2)
                        for i in range(0, len(pick), 500)])
-  frequency = np.bincount(nearest_bins(ab, bins), minlength=len(bins)) / len(ab)
+  frequency = np.bincount(nearest_bins(ab, bins, grid), minlength=len(bins)) / len(ab)
   kernel = np.exp(-((bins[:, None] - bins[None]) ** 2).sum(-1) / (2 * sigma ** 2))       # (Q, Q)
   smoothed = kernel @ frequency
   smoothed /= smoothed.sum()
@@ -124,14 +140,25 @@ def loss_fn(model, params, batch, rng, train: bool, bins=None, weights=None, sig
 
 def loss_arguments(config, data) -> dict:
   """The bins, and the rebalancing weights counted on the training images."""
-  c = config.colorize
-  cell = config.model.patch // 2   # the head's cells: 2x2 a patch (vit.ViTCellClassifier)
-  return {'bins': ab_bins(c.grid), 'sigma': c.sigma,
-          'weights': rebalancing_weights(data.train.images, cell, c.grid, c.sigma, c.rebalance)}
+  c, bins = config.colorize, ab_bins(config.colorize.grid)
+  if config.model.num_classes != len(bins):
+    raise ConfigError(f'model.num_classes={config.model.num_classes}, but colorize.grid={c.grid:g} makes '
+                      f'{len(bins)} colour bins (leave model.num_classes at 0)')
+  return {'bins': bins, 'sigma': c.sigma,
+          'weights': rebalancing_weights(data.train.images, cell_side(config), c.grid, c.sigma, c.rebalance)}
+
+
+def cell_side(config) -> int:
+  """Pixels on a side of the cells whose colour the head predicts: 2x2 cells a patch
+  (vit.ViTCellClassifier's default)."""
+  if config.model.patch % 2:
+    raise ConfigError(f'colorize: model.patch={config.model.patch} must be even (the head colours 2x2 cells a patch)')
+  return config.model.patch // 2
 
 
 def make_data(config, workdir: str):
   """The images, and the colour bins as the classes the model predicts."""
+  cell_side(config)   # before any image is read
   data = vision.make_data(config, workdir)
   data.classes = tuple(f'a={a:g},b={b:g}' for a, b in ab_bins(config.colorize.grid))
   return data
