@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.decoder_layers = 2    # MAE decoder
   c.model.decoder_heads = 4     # MAE decoder: attention heads
   c.model.decoder_d_model = 128  # MAE decoder: width
-  c.model.num_classes = 0       # classifier heads (rotation: 4)
+  c.model.num_classes = 0       # classifier heads (rotation: 4); 0: from the data (labels, colour bins)
 
   c.data = ml_collections.ConfigDict()
   c.data.path = ''              # file, glob or comma-separated list; '' = embedded corpus
@@ -143,12 +143,27 @@ RENAMED = {
 }
 
 
-def renamed(key: str) -> str:
-  """The current name of `key`, saying so on stderr when it is an old one."""
+def renamed(key: str, notice: bool = True) -> str:
+  """The current name of `key`, saying so on stderr (unless `notice` is off) when it is an old one."""
   if key not in RENAMED:
     return key
-  print(f'config: {key} is now {RENAMED[key]}; read as that', file=sys.stderr, flush=True)
+  if notice:
+    print(f'config: {key} is now {RENAMED[key]}; read as that', file=sys.stderr, flush=True)
   return RENAMED[key]
+
+
+def move_renamed(config: ml_collections.ConfigDict, where: str) -> None:
+  """Moves the values of old keys that `config` (unlocked) holds to their new places, with one notice."""
+  moved = []
+  for old, new in RENAMED.items():
+    group, key = old.split('.')
+    if group in config and key in config[group]:
+      new_group, new_key = new.split('.')
+      config[new_group][new_key] = config[group][key]
+      del config[group][key]
+      moved.append(f'{old} -> {new}')
+  if moved:
+    print(f'config: {where} names keys that have moved; read as {", ".join(moved)}', file=sys.stderr, flush=True)
 
 
 def flatten(config) -> dict:
@@ -214,6 +229,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'--config: {path} has no get_config(arg)')
   config = module.get_config(arg or None)
+  move_renamed(config, path)   # an experiment written before a key moved
   config.lock()
   return config
 
@@ -263,4 +279,4 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     node[leaf] = value
 
 
-__all__ = ['base_config', 'RENAMED', 'renamed', 'experiments_dir', 'load', 'override', 'flatten', 'docs', 'describe', 'ConfigError', 'config_dict']
+__all__ = ['base_config', 'RENAMED', 'renamed', 'move_renamed', 'experiments_dir', 'load', 'override', 'flatten', 'docs', 'describe', 'ConfigError', 'config_dict']

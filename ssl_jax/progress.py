@@ -21,12 +21,12 @@ class StepRecords:
   between two records over the time between them, less any time spent evaluating.
   """
 
-  def __init__(self, logger, unit: str, units_per_step: int, lr_at, start: int):
+  def __init__(self, logger, unit: str, units_per_step: int, lr_at, start: int, skipped: 'SkippedSteps'):
     self.logger, self.unit, self.units_per_step, self.lr_at = logger, unit, units_per_step, lr_at
+    self.skipped = skipped                                 # its total so far goes in every record
     self.held = None                                       # (step, device metrics) not yet written
     self.last = {}                                         # the newest record written
     self.clock_time, self.clock_step = time.perf_counter(), start   # the last throughput reading
-    self.nonfinite_skipped = 0
 
   def hold(self, step: int, step_metrics) -> None:
     self.held = (step, step_metrics)
@@ -46,8 +46,8 @@ class StepRecords:
       record[f'{self.unit}_per_sec'] = (step - self.clock_step) * self.units_per_step / (now - self.clock_time)
       self.clock_time, self.clock_step = now, step
     record['lr'] = float(self.lr_at(step - 1))
-    if self.nonfinite_skipped:
-      record['nonfinite_skipped'] = self.nonfinite_skipped
+    if self.skipped.total:
+      record['nonfinite_skipped'] = self.skipped.total
     record.update(extra or {})
     self.logger.write(step, record)
     self.logger.progress(step, record)

@@ -6,7 +6,7 @@
 
 The step is a module-level pure function, `train_step(state, batch) -> (state, metrics)`,
 compiled once ahead of time with explicit shardings and the state donated. Its only
-randomness is `fold_in(key(seed), step)`; the objective comes from the task module.
+randomness is `fold_in(key(seed), step)`; the objective comes from the task (`tasks.Task`).
 """
 
 import contextlib
@@ -314,9 +314,9 @@ def _train_and_evaluate(config, workdir: str, started: float) -> dict:
                  + ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in changes.items()))
 
   # The loop: step, log, evaluate, checkpoint.
-  records = progress.StepRecords(logger, run.data.unit, tc.batch_size * run.data.units_per_example,
-                                 optim.schedule(tc), start)
   skipped = progress.SkippedSteps(tc.max_bad_steps)
+  records = progress.StepRecords(logger, run.data.unit, tc.batch_size * run.data.units_per_example,
+                                 optim.schedule(tc), start, skipped)
   preemption = progress.Preemption()
   meta = run.meta()
   try:
@@ -326,7 +326,6 @@ def _train_and_evaluate(config, workdir: str, started: float) -> dict:
       done = step + 1
       too_many = skipped.count()          # the step before's flag: this one is queued by now
       skipped.flag = step_metrics['skipped']
-      records.nonfinite_skipped = skipped.total
       if too_many:
         break
       records.write()                     # the step before's record, for the same reason
@@ -348,7 +347,6 @@ def _train_and_evaluate(config, workdir: str, started: float) -> dict:
         logger.print(f'SIGTERM: saved the checkpoint of step {done}; exiting')
         break
     too_many = too_many or skipped.count()
-    records.nonfinite_skipped = skipped.total
     records.write()
     ckpt.close()
   except BaseException:

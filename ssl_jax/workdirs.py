@@ -62,7 +62,8 @@ def _alive(pid: int) -> bool:
 
 def config_changes(old: dict, new: dict) -> dict:
   """{dotted key: (old value, new value)} for the leaves that differ (added keys included)."""
-  flat_old, flat_new = config_lib.flatten(old), config_lib.flatten(new)
+  flat_old = {config_lib.renamed(k, notice=False): v for k, v in config_lib.flatten(old).items()}
+  flat_new = config_lib.flatten(new)
   return {k: (flat_old.get(k), v) for k, v in flat_new.items() if k in flat_old and flat_old[k] != v}
 
 

@@ -42,7 +42,7 @@ def test_the_bins_cover_the_srgb_gamut_and_nothing_else():
   assert len(colorize.ab_bins(20.0)) < len(bins)
   rng = np.random.default_rng(1)
   corners = np.array(np.meshgrid([0, 255], [0, 255], [0, 255])).reshape(3, -1).T
-  colours = np.concatenate([rng.integers(0, 256, (100_000, 3)), corners]) / 255.0   # 8-bit colours, inside and on the cube
+  colours = np.concatenate([rng.integers(0, 256, (100_000, 3)), corners]) / 255.0   # 8-bit, inside and on the cube
   ab = colorize.rgb_to_lab(colours, np)[:, 1:]
   nearest = colorize.nearest_bins(ab, bins, 10.0)
   assert np.abs(bins[nearest] - ab).max() <= 5.0 + 1e-6    # every colour sits in its own bin's square

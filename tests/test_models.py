@@ -121,7 +121,7 @@ def test_remat_policies_give_the_same_gradients(corpus, tmp_path, experiment):
                     compile_steps=False)
     params = s.init_fn(jax.random.key(0)).params
     batch = s.global_batch(s.data.train.batch(0))
-    loss = lambda p, b: s.task.loss_fn(s.model, p, b, jax.random.key(1), True)[0]  # pylint: disable=cell-var-from-loop
+    loss = lambda p, b: s.loss_fn(s.model, p, b, jax.random.key(1), True)[0]  # pylint: disable=cell-var-from-loop
     grads[policy] = jax.tree_util.tree_leaves(jax.jit(jax.grad(loss))(params, batch))
     rematerialised = 'remat' in str(jax.make_jaxpr(jax.grad(loss))(params, batch))
     assert rematerialised == (policy != 'none')

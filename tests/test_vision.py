@@ -34,21 +34,21 @@ def test_vit_and_mae_shapes():
   encoder = vit.ViT(CFG, 4, 32)
   params = nn.meta.unbox(encoder.init(jax.random.key(0), images)['params'])
   assert encoder.apply({'params': params}, images).shape == (3, 65, 32)            # class token + 64 patches
-  keep = jnp.tile(jnp.arange(16)[None], (3, 1))
-  assert encoder.apply({'params': params}, images, keep).shape == (3, 17, 32)
+  visible = jnp.tile(jnp.arange(16)[None], (3, 1))
+  assert encoder.apply({'params': params}, images, visible).shape == (3, 17, 32)
   mae = vit.MAE(CFG, DEC, 4, 32)
-  params = nn.meta.unbox(mae.init(jax.random.key(0), images, keep)['params'])
-  assert mae.apply({'params': params}, images, keep).shape == (3, 64, 48)
+  params = nn.meta.unbox(mae.init(jax.random.key(0), images, visible)['params'])
+  assert mae.apply({'params': params}, images, visible).shape == (3, 64, 48)
 
 
 def test_mask_ratio_is_exact_and_masks_follow_the_example_index():
   rng = jax.random.key(3)
-  keep, hidden = masked_image.draw_visible(rng, jnp.arange(16), 64, masked_image.num_visible(64, 0.75))
-  assert keep.shape == (16, 16)
+  visible, hidden = masked_image.draw_visible(rng, jnp.arange(16), 64, masked_image.num_visible(64, 0.75))
+  assert visible.shape == (16, 16)
   np.testing.assert_array_equal(hidden.sum(1), np.full(16, 48))                    # exactly 75% hidden
-  assert not np.asarray(hidden)[np.arange(16)[:, None], np.asarray(keep)].any()    # kept ones are not hidden
+  assert not np.asarray(hidden)[np.arange(16)[:, None], np.asarray(visible)].any()    # visible ones are not hidden
   again, _ = masked_image.draw_visible(rng, jnp.arange(8, 24), 64, 16)
-  np.testing.assert_array_equal(again[:8], keep[8:])                               # same index, same mask
+  np.testing.assert_array_equal(again[:8], visible[8:])                               # same index, same mask
 
 
 def test_reconstruction_loss_ignores_predictions_for_visible_patches():

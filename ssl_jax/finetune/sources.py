@@ -111,7 +111,7 @@ def has_imported_params(directory: str) -> bool:
 
 
 def imported_state(run, directory: str):
-  """A fresh state of Setup `s` with every parameter from `directory`'s params.safetensors
+  """A fresh state of Setup `run` with every parameter from `directory`'s params.safetensors
   (a `convert --from_hf` import): each must be there, in this model's shape."""
   params, _, _ = convert_files.load_params(directory)
   state = run.init_fn(jax.random.key(run.config.seed))

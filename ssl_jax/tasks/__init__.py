@@ -25,7 +25,7 @@ class Data:
   tokenizer: object
   unit: str = 'tokens'           # what throughput counts
   units_per_example: int = 0
-  classes: tuple = ()            # what the model predicts (labels, colour bins); model.num_classes follows it unless set
+  classes: tuple = ()            # what the model predicts (labels, colour bins); model.num_classes follows
 
 
 def no_arguments(config, data) -> dict:

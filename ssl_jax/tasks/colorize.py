@@ -73,7 +73,8 @@ def ab_bins(grid: float) -> np.ndarray:
   (a, b) through the gamut ends on its surface, which is the faces' image."""
   levels = np.arange(256) / 255.0
   u, v = (x.reshape(-1) for x in np.meshgrid(levels, levels, indexing='ij'))
-  faces = [np.stack(np.roll([np.full_like(u, side), u, v], axis, axis=0), -1) for axis in range(3) for side in (0.0, 1.0)]
+  faces = [np.stack(np.roll([np.full_like(u, side), u, v], axis, axis=0), -1)
+           for axis in range(3) for side in (0.0, 1.0)]                                  # 6 x (65536, 3)
   squares = np.unique(np.floor(rgb_to_lab(np.concatenate(faces), np)[:, 1:] / grid).astype(np.int64), axis=0)
   out = ((squares + 0.5) * grid).astype(np.float32)
   out.setflags(write=False)

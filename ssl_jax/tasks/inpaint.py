@@ -95,5 +95,6 @@ SETTINGS = {
     'overlap_weight': (10.0, 'their weight in the loss (the hole\'s is 1)'),
 }
 TASK = Task('inpaint', vision.make_data, masked_image.model_inputs, loss_fn, flops_per_step,
-            group='inpaint', settings=SETTINGS, loss_arguments=lambda config, data: config.inpaint.to_dict(),
+            group='inpaint', settings=SETTINGS,
+            loss_arguments=lambda config, data: {key: config.inpaint[key] for key in SETTINGS},
             probe=vision.probe, report=report)
