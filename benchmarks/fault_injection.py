@@ -80,12 +80,14 @@ def start(args, workdir: str, log: str):
 
 
 def resumed_at(log: str):
+  """The step a start went on from: 0 for a fresh start; a run killed after its last
+  checkpoint (while it samples, say) finds the workdir already at train.steps."""
   with open(log) as f:
     text = f.read()
   if 'fresh start' in text:
     return 0, text
-  m = re.search(r'resumed (?:at|from) step (\d+)', text)
-  return (int(m.group(1)) if m else None), text
+  m = re.search(r'resumed (?:at|from) step (\d+)|is already at step (\d+) of train\.steps', text)
+  return (int(m.group(1) or m.group(2)) if m else None), text
 
 
 def final_params(workdir: str):

@@ -59,7 +59,7 @@ def grey(images):
   return lab_to_rgb(lab * jnp.asarray([1.0, 0.0, 0.0], lab.dtype))
 
 
-def cell_colours(lab, cell: int, xp=jnp):
+def cell_colours(lab, cell: int):
   """(B, H, W, 3) Lab -> (B, H/cell, W/cell, 2): each cell's mean (a, b)."""
   b, h, w, _ = lab.shape
   return lab[..., 1:].reshape(b, h // cell, cell, w // cell, cell, 2).mean(axis=(2, 4))
@@ -105,7 +105,7 @@ def rebalancing_weights(images: np.ndarray, cell: int, grid: float, sigma: float
   images: uint8 (N, H, W, 3) training images; frequencies are of their cells' colours."""
   bins = ab_bins(grid)
   pick = np.linspace(0, len(images) - 1, min(len(images), PRIOR_IMAGES)).astype(int)
-  ab = np.concatenate([cell_colours(rgb_to_lab(images[pick[i:i + 500]] / 255.0, np), cell, np).reshape(-1, 2)
+  ab = np.concatenate([cell_colours(rgb_to_lab(images[pick[i:i + 500]] / 255.0, np), cell).reshape(-1, 2)
                        for i in range(0, len(pick), 500)])
   frequency = np.bincount(nearest_bins(ab, bins, grid), minlength=len(bins)) / len(ab)
   kernel = np.exp(-((bins[:, None] - bins[None]) ** 2).sum(-1) / (2 * sigma ** 2))       # (Q, Q)
