@@ -124,9 +124,12 @@ def inject(kills: int, seed: int, steps: int, checkpoint_every: int, directory: 
     deadline = time.time() + timeout
     delay = rng.uniform(0.0, 1.5)
     while time.time() < deadline and proc.poll() is None:
-      if began is None and len(logged(dir_)) > before:
+      steps_so_far = logged(dir_)
+      if began is None and len(steps_so_far) > before:
         began = time.time()        # this run has trained a step: the moment's clock starts
-      if began is not None and ((mode == 'random' and time.time() - began >= delay) or
+      # A random moment is one before the run's last tenth: a fast run could finish first.
+      late = bool(steps_so_far) and steps_so_far[-1] >= 0.9 * steps
+      if began is not None and ((mode == 'random' and (time.time() - began >= delay or late)) or
                                 (mode == 'during save' and saving(dir_))):
         in_save = saving(dir_)
         proc.send_signal(signal.SIGKILL)
