@@ -23,7 +23,6 @@ import numpy as np
 
 from ssl_jax import flops
 from ssl_jax.errors import ConfigError
-from ssl_jax.models.vit import ViT
 from ssl_jax.tasks import Task, vision
 
 NEAREST = 5               # bins a soft target spreads over
@@ -55,7 +54,11 @@ def lab_to_rgb(lab):
 
 def grey(images):
   """(B, H, W, 3) -> the same lightness with no colour (a = b = 0): what the encoder sees."""
-  lab = rgb_to_lab(images)
+  return grey_of(rgb_to_lab(images))
+
+
+def grey_of(lab):
+  """The grey image of a Lab image (B, H, W, 3), as sRGB."""
   return lab_to_rgb(lab * jnp.asarray([1.0, 0.0, 0.0], lab.dtype))
 
 
@@ -128,9 +131,9 @@ def model_inputs(batch) -> dict:
 
 
 def loss_fn(model, params, batch, rng, train: bool, bins=None, weights=None, sigma: float = 5.0):
-  images = batch['images']
-  logits = model.apply({'params': params}, grey(images), deterministic=not train, rngs={'dropout': rng})  # (B, G, G, Q)
-  ab = cell_colours(rgb_to_lab(images), images.shape[1] // logits.shape[1])                # (B, G, G, 2)
+  lab = rgb_to_lab(batch['images'])                                                        # (B, H, W, 3)
+  logits = model.apply({'params': params}, grey_of(lab), deterministic=not train, rngs={'dropout': rng})  # (B, G, G, Q)
+  ab = cell_colours(lab, lab.shape[1] // logits.shape[1])                                  # (B, G, G, 2)
   nearest, soft = soft_targets(ab, jnp.asarray(bins), sigma)                               # (B, G, G, 5)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   cross_entropy = -(jnp.take_along_axis(log_probs, nearest, axis=-1) * soft).sum(-1)       # (B, G, G)
@@ -176,18 +179,19 @@ def flops_per_step(config):
 
 def probe(setup, params) -> dict:
   """The linear probe on what the encoder was trained to see: the grey images."""
-  encoder = ViT(setup.model.cfg, setup.model.patch, setup.model.image_size)
-  return vision.probe(setup, params, lambda x: encoder.apply({'params': params['encoder']}, grey(x))[:, 1:].mean(1))
+  encode = vision.mean_patch_features(setup, params)
+  return vision.probe(setup, params, lambda x: encode(grey(x)))
 
 
 def colourise(model, params, images, grid: float, temperature: float):
   """The model's colours on the images' own lightness: each cell's annealed mean of its
   predicted distribution (Zhang et al.: temperature 0.38, between the mean and the mode)."""
-  logits = model.apply({'params': params}, grey(images))                                   # (B, G, G, Q)
+  lab = rgb_to_lab(images)
+  logits = model.apply({'params': params}, grey_of(lab))                                   # (B, G, G, Q)
   ab = jax.nn.softmax(logits / temperature, axis=-1) @ jnp.asarray(ab_bins(grid))          # (B, G, G, 2)
   cell = images.shape[1] // logits.shape[1]
   ab = jnp.repeat(jnp.repeat(ab, cell, axis=1), cell, axis=2)                              # (B, H, W, 2)
-  return lab_to_rgb(jnp.concatenate([rgb_to_lab(images)[..., :1], ab], -1))
+  return lab_to_rgb(jnp.concatenate([lab[..., :1], ab], -1))
 
 
 def report(setup, params) -> str:

@@ -41,10 +41,7 @@ def probe(setup, params, encode=None) -> dict:
   Every vision model keeps its ViT under params['encoder']. The images' labels say how many
   classes there are (a task's data.classes may be what its model predicts instead).
   """
-  model = setup.model
-  if encode is None:
-    encoder = ViT(model.cfg, model.patch, model.image_size)
-    encode = lambda x: encoder.apply({'params': params['encoder']}, x)[:, 1:].mean(1)   # (B, D)
+  encode = encode or mean_patch_features(setup, params)
   train, held_out = setup.data.train, setup.data.eval
   result = probe_lib.linear_probe(probe_lib.features(encode, train.images), train.labels,
                                   probe_lib.features(encode, held_out.images), held_out.labels,
@@ -52,6 +49,13 @@ def probe(setup, params, encode=None) -> dict:
   # The sweep: held-out accuracy (20% of the training images) of each C tried.
   return {'probe_accuracy': result['accuracy'], 'probe_C': result['C'],
           'probe_sweep': {f'{c:g}': a for c, a in result['sweep'].items()}}
+
+
+def mean_patch_features(setup, params):
+  """images (B, H, W, 3) -> (B, D): the mean of the encoder's patch states (the probe's features)."""
+  model = setup.model
+  encoder = ViT(model.cfg, model.patch, model.image_size)
+  return lambda x: encoder.apply({'params': params['encoder']}, x)[:, 1:].mean(1)
 
 
 def held_out_images(setup, count: int = 8) -> np.ndarray:
