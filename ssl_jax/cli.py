@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import ml_collections
 
@@ -111,12 +110,8 @@ def saved_config(workdir: str):
   with open(path) as f:
     saved = json.load(f)
   config = config_lib.base_config()   # keys added since the run was saved keep their defaults
-  moved = [key for key in config_lib.flatten(saved) if key in config_lib.RENAMED]
-  if moved:
-    print(f'config: {path} was saved before {len(moved)} keys moved ({moved[0]} is now '
-          f'{config_lib.RENAMED[moved[0]]}, ...); read where they are now', file=sys.stderr, flush=True)
   for key, value in config_lib.flatten(saved).items():
-    *parents, leaf = config_lib.renamed(key, notice=False).split('.')   # keys that moved since: where they are now
+    *parents, leaf = key.split('.')
     node = config
     for part in parents:
       if part not in node:
@@ -125,5 +120,6 @@ def saved_config(workdir: str):
     if leaf == 'remat' and isinstance(value, bool):   # saved before remat named a policy
       value = 'full' if value else 'none'
     node[leaf] = value
+  config_lib.move_renamed(config, path)   # keys that moved since it was saved
   config.lock()
   return config

@@ -73,10 +73,6 @@ def _all() -> dict:
   return {name: module.TASK for name, module in _modules().items()}
 
 
-def names() -> tuple:
-  return tuple(_all())
-
-
 def every() -> tuple:
   """Every task, in name order."""
   return tuple(_all().values())
