@@ -23,13 +23,13 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = ''             # name; the default workdir is runs/<experiment>
   c.seed = 0                    # seed of every random draw: initialisation, data order, masks, dropout
-  c.task = 'clm'                # objective (ssl_jax/tasks): clm | mlm_nsp | masked_image | inpaint | jigsaw | rotation | colorize | classify | tag | span_qa
+  c.task = 'clm'                # objective: a task of ssl_jax/tasks (run.py config lists them)
   c.init_from = ''              # a workdir (or Hugging Face directory) to start the body from
   c.init = ''                   # eval: 'random' evaluates the model at its random initialisation
   c.compile_cache = 'auto'      # JAX's persistent compilation cache: auto (under ~/.cache/ssl_jax) | a folder | '' (off)
 
   c.model = ml_collections.ConfigDict()
-  c.model.family = 'gpt'        # gpt | bert | vit | mae | jigsaw | colorizer | bert_classifier | bert_tagger | bert_qa | gpt_classifier | vit_classifier
+  c.model.family = 'gpt'        # a family of ssl_jax/models/families.py (run.py config lists them)
   c.model.size = ''             # a named size, e.g. 'gpt2:124M' (decoded by the experiment)
   c.model.num_layers = 4        # transformer blocks
   c.model.num_heads = 4         # attention heads per block
@@ -194,6 +194,10 @@ def docs() -> dict:
       key = None
   for task in tasks.every():
     found.update({f'{task.group}.{key}': f'{task.name}: {doc}' for key, (_, doc) in task.settings.items()})
+  # The choices of these two are the registries' own names, not a second list kept by hand.
+  from ssl_jax.models import families  # pylint: disable=import-outside-toplevel
+  found['task'] = 'objective: ' + ' | '.join(task.name for task in tasks.every())
+  found['model.family'] = ' | '.join(families.FAMILIES)
   return found
 
 
