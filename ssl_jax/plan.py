@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from ssl_jax import flops, hlo
+from ssl_jax.errors import ConfigError
 
 # name: (memory per device, HBM bandwidth B/s), from datasheets; the bf16 peaks are flops.PEAKS'.
 ACCELERATORS = {
@@ -52,7 +53,6 @@ def accelerator_spec(name: str):
   m = re.fullmatch(r'([\d.]+)\s*GB', name.strip(), re.IGNORECASE)
   if m:
     return name, float(m.group(1)) * 1e9, None, None
-  from ssl_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   raise ConfigError(f'--accelerator {name!r}: expected one of {", ".join(ACCELERATORS)}, or a size such as 24GB')
 
 
@@ -63,7 +63,6 @@ def accelerator_bytes(name: str) -> float:
 def topology_devices(topology: str, slices: int = 1):
   """The devices of a named TPU slice (e.g. 'v5p:2x2x1'; `slices` of them over DCN), from
   libtpu's topology description: no TPU needed."""
-  from ssl_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   try:
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
     desc = topologies.get_topology_desc(topology_name=topology, platform='tpu',

@@ -16,6 +16,8 @@ and never ask which backend they run on.
 
 import dataclasses
 
+from ssl_jax.errors import ConfigError
+
 KERNELS = ('auto', 'xla', 'cpu')
 ATTENTION = ('auto', 'xla', 'splash', 'cudnn', 'cpu')
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
@@ -41,7 +43,6 @@ def platform_of(devices) -> str:
 
 def choose(model_config, platform: str) -> Choice:
   """Resolves model.kernels, model.attention and model.dtype for `platform`."""
-  from ssl_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   kernels, attention, dtype = (str(model_config.get(k, 'auto')) for k in ('kernels', 'attention', 'dtype'))
   for key, value, known in (('kernels', kernels, KERNELS), ('attention', attention, ATTENTION),
                             ('dtype', dtype, DTYPES)):
