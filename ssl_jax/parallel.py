@@ -7,13 +7,12 @@ over `tensor` (Megatron-style). A mesh axis is used at most once per array: flax
 rule whose mesh axis an earlier dimension already took.
 """
 
-import os
-
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ssl_jax.errors import ConfigError
+from ssl_jax.hosts import initialize as initialize_hosts  # noqa: F401  (the trainer's phase 1)
 
 AXES = ('data', 'fsdp', 'tensor')
 
@@ -39,28 +38,6 @@ def logical_rules(platform: str):
   return tuple((name, None if name == 'mlm_transform' else axes) for name, axes in LOGICAL_RULES)
 
 
-def initialize_hosts() -> None:
-  """Starts JAX's multi-controller runtime when the environment says this is a multi-host job.
-
-  An explicit coordinator (SSL_JAX_COORDINATOR, SSL_JAX_NUM_PROCESSES, SSL_JAX_PROCESS_ID)
-  or JAX's own detection (TPU VMs, SLURM, GKE/Kubernetes, Open MPI) decides; a single
-  process on one machine needs nothing.
-  """
-  if jax.distributed.is_initialized():
-    return
-  coordinator = os.environ.get('SSL_JAX_COORDINATOR')
-  if coordinator:
-    # Cross-process collectives for CPU devices (only the CPU backend reads this).
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(
-        coordinator_address=coordinator,
-        num_processes=int(os.environ['SSL_JAX_NUM_PROCESSES']),
-        process_id=int(os.environ['SSL_JAX_PROCESS_ID']))
-  elif any(k in os.environ for k in ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
-                                     'OMPI_COMM_WORLD_SIZE')) and _multi_host_env():
-    jax.distributed.initialize()
-
-
 _BARRIERS = {}
 
 
@@ -79,13 +56,6 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
     multihost_utils.sync_global_devices(name)
     return
   client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
-
-
-def _multi_host_env() -> bool:
-  for key in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
-    if int(os.environ.get(key, '1')) > 1:
-      return True
-  return bool(os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','))
 
 
 def mesh_shape(mesh_config, num_devices: int):

@@ -86,3 +86,6 @@ def read_metrics(workdir):
 
 def last_json_line(text):
   return json.loads([line for line in text.strip().splitlines() if line.startswith('{')][-1])
+
+
+from fake_gcs import gcs, gcs_server  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
