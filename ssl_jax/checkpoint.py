@@ -10,13 +10,14 @@ checkpoint found corrupt on resume is moved to WORKDIR/checkpoints_corrupt/, out
 """
 
 import logging
-import os
 import shutil
 from typing import Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from ssl_jax import parallel, storage
 
 
 class CheckpointError(RuntimeError):
@@ -27,6 +28,8 @@ _MARGIN = 16 * 2**20   # bytes a save needs beyond its arrays (metadata, and roo
 
 
 def _free_bytes(directory: str) -> Optional[int]:
+  if storage.is_url(directory):
+    return None      # a bucket has no free space to read; a failed write still ends in a CheckpointError
   try:
     return shutil.disk_usage(directory).free
   except OSError:
@@ -42,9 +45,9 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int = 2, async_save: bool = True, create: bool = True,
                cleanup: bool = False):
     """`cleanup`: remove half-written saves of a killed run (only a run holding the workdir's lock)."""
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-    self.corrupt_directory = os.path.abspath(os.path.join(workdir, 'checkpoints_corrupt'))
-    if not create and not os.path.isdir(self.directory):
+    self.directory = storage.join(storage.absolute(workdir), 'checkpoints')   # Orbax takes gs:// as it is
+    self.corrupt_directory = storage.join(storage.absolute(workdir), 'checkpoints_corrupt')
+    if not create and not storage.isdir(self.directory):
       raise CheckpointError(f'{self.directory} does not exist')
     self.keep = keep
     self.pending = None        # the step whose save runs in the background
@@ -110,21 +113,27 @@ class Checkpointer:
     `set_aside` (training), corrupt ones move to checkpoints_corrupt/ so new saves replace them.
     """
     candidates = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+    # Every host must restore the same step: each one's result is gathered after each try,
+    # and all fall back together when any host could not read its part (its shard of the
+    # arrays may be the one a crash truncated).
+    candidates = [int(s) for s in parallel.gather_text('ssl_jax checkpoint steps', ','.join(map(str, candidates)))[0]
+                  .split(',') if s] if jax.process_count() > 1 else candidates
     failed = []
     for s in candidates:
+      meta, restored, problem = None, None, None
       try:
         meta = self.read_meta(s)
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('checkpoint %s/%d does not read (%s); trying an older one', self.directory, s,
-                        _short(e))
-        failed.append(s)
-        continue
-      check_meta(meta, expect_meta or {}, f'{self.directory}/{s}')
-      try:
-        restored = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning('checkpoint %s/%d does not restore (%s); trying an older one', self.directory, s,
-                        _short(e))
+        problem = f'does not read ({_short(e)})'
+      if meta is not None:
+        check_meta(meta, expect_meta or {}, f'{self.directory}/{s}')
+        try:
+          restored = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        except Exception as e:  # pylint: disable=broad-except
+          problem = f'does not restore ({_short(e)})'
+      if not parallel.every_host(f'ssl_jax checkpoint {s} restored', problem is None):
+        logging.warning('checkpoint %s/%d %s; trying an older one', self.directory, s,
+                        problem or 'does not restore on another host')
         failed.append(s)
         continue
       if failed:
@@ -141,14 +150,14 @@ class Checkpointer:
   def _set_aside(self, steps) -> str:
     """Moves corrupt checkpoints out of the manager's sight (kept for inspection)."""
     if jax.process_index() == 0:
-      os.makedirs(self.corrupt_directory, exist_ok=True)
+      storage.makedirs(self.corrupt_directory)
+      taken = set(storage.listdir(self.corrupt_directory))
       for s in steps:
-        target = os.path.join(self.corrupt_directory, str(s))
-        n = 1
-        while os.path.exists(target):
-          target, n = os.path.join(self.corrupt_directory, f'{s}.{n}'), n + 1
-        os.rename(os.path.join(self.directory, str(s)), target)
-    from ssl_jax import parallel  # pylint: disable=import-outside-toplevel
+        name, n = str(s), 1
+        while name in taken:
+          name, n = f'{s}.{n}', n + 1
+        taken.add(name)
+        storage.move(storage.join(self.directory, str(s)), storage.join(self.corrupt_directory, name))
     parallel.barrier('ssl_jax corrupt checkpoints set aside')
     self.manager.reload()
     return f' (moved to {self.corrupt_directory})'

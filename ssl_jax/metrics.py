@@ -3,6 +3,8 @@
 Progress is a bar on a terminal and plain lines elsewhere (a cluster's log file gets one
 line per logged step, not a redraw per step). Only process 0 writes. On resume, records
 past the restored step are dropped from metrics.jsonl so the file is one clean curve.
+In a gs:// workdir metrics.jsonl is rewritten whole (an object cannot be appended to): at
+every checkpoint, at most every FLUSH_S seconds, and at the end.
 
 Names: `train_*` are figures of training batches, `eval_*` of held-out ones; every record
 has `step` and `time` (seconds since the run began).
@@ -10,7 +12,6 @@ has `step` and `time` (seconds since the run began).
 
 import json
 import math
-import os
 import sys
 import time
 from typing import Dict, Optional
@@ -18,9 +19,11 @@ from typing import Dict, Optional
 import jax
 import numpy as np
 
+from ssl_jax import storage
 from ssl_jax.errors import ConfigError
 
 METRICS_FILE = 'metrics.jsonl'
+FLUSH_S = 60.0
 
 
 def _plain(v):
@@ -34,7 +37,9 @@ class MetricLogger:
                progress: bool = True, started: Optional[float] = None, wandb_project: str = '', config=None):
     self.enabled = jax.process_index() == 0
     self.workdir = workdir
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.path = storage.join(workdir, METRICS_FILE)
+    self._records = None    # a URL workdir's whole file, rewritten on flush
+    self._flushed = time.perf_counter()
     self.unit = unit
     self.total_steps = total_steps
     self.started = time.perf_counter() if started is None else started
@@ -45,8 +50,10 @@ class MetricLogger:
     self._held_out = {}
     if not self.enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    _truncate_after(self.path, start_step)
+    storage.makedirs(workdir)
+    kept = _truncate_after(self.path, start_step)
+    if storage.is_url(workdir):
+      self._records = kept
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     self._tb = SummaryWriter(workdir, flush_secs=30)
     if config is not None:
@@ -68,14 +75,28 @@ class MetricLogger:
     if not self.enabled:
       return
     record = {'step': int(step), 'time': round(self.elapsed(), 3), **{k: _plain(v) for k, v in metrics.items()}}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    if self._records is None:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+    else:
+      self._records.append(json.dumps(record) + '\n')
+      if time.perf_counter() - self._flushed > FLUSH_S:
+        self.flush()
     scalars = {k: v for k, v in record.items()
                if k not in ('step', 'time') and isinstance(v, (int, float)) and math.isfinite(v)}
     for k, v in scalars.items():
       self._tb.add_scalar(k, v, step)
     if self._wandb is not None:
       self._wandb.log(scalars, step=int(step))
+
+  def flush(self) -> None:
+    """Writes what is held (a URL workdir's metrics.jsonl) and TensorBoard's buffer."""
+    if not self.enabled:
+      return
+    if self._records is not None:
+      storage.write_text(self.path, ''.join(self._records))
+      self._flushed = time.perf_counter()
+    self._tb.flush()
 
   def text(self, tag: str, text: str, step: int) -> None:
     """A text record for TensorBoard (and Weights & Biases), e.g. the end-of-run sample."""
@@ -136,6 +157,7 @@ class MetricLogger:
     if not self.enabled:
       return
     self.end_progress()
+    self.flush()
     self._tb.close()
     if self._wandb is not None:
       self._wandb.finish()
@@ -148,36 +170,38 @@ def _wandb_run(project: str, workdir: str, config):
     import wandb  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise ConfigError(f'log.wandb={project} needs the wandb package: pip install wandb') from None
-  return wandb.init(project=project, dir=workdir, name=os.path.basename(os.path.abspath(workdir)),
+  return wandb.init(project=project, dir=None if storage.is_url(workdir) else workdir, name=storage.basename(workdir),
                     config=config.to_dict() if config is not None else None)
 
 
 def append(workdir: str, record: dict) -> None:
   """One more record in metrics.jsonl (e.g. an `eval` command's result)."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
-    f.write(json.dumps({k: _plain(v) if not isinstance(v, str) else v for k, v in record.items()}) + '\n')
+  storage.makedirs(workdir)
+  line = json.dumps({k: _plain(v) if not isinstance(v, str) else v for k, v in record.items()}) + '\n'
+  path = storage.join(workdir, METRICS_FILE)
+  if storage.is_url(path):     # rewritten whole: an object has no append
+    storage.write_text(path, (storage.read_text(path) if storage.exists(path) else '') + line)
+    return
+  with open(path, 'a') as f:
+    f.write(line)
 
 
 def read(workdir: str):
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = storage.join(workdir, METRICS_FILE)
+  if not storage.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
-def _truncate_after(path: str, step: int) -> None:
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
+def _truncate_after(path: str, step: int) -> list:
+  """Drops the records past `step` (a resume redoes those steps); returns the lines kept."""
+  if not storage.exists(path):
+    return []
+  lines = [line + '\n' for line in storage.read_text(path).splitlines() if line.strip()]
   kept = [line for line in lines if json.loads(line).get('step', 0) <= step]
   if len(kept) != len(lines):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(kept)
-    os.replace(tmp, path)
+    storage.write_text(path, ''.join(kept))
+  return kept
 
 
 def plot(workdir: str, out: Optional[str] = None) -> Optional[str]:
@@ -197,11 +221,13 @@ def plot(workdir: str, out: Optional[str] = None) -> Optional[str]:
     ax.plot(*zip(*evals), 'o-', label='eval', linewidth=1.5, markersize=3)
   ax.set_xlabel('step')
   ax.set_ylabel('loss')
-  ax.set_title(os.path.basename(os.path.abspath(workdir)))
+  ax.set_title(storage.basename(workdir))
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  out = out or os.path.join(workdir, 'loss.png')
-  fig.savefig(out)
+  out = out or storage.join(workdir, 'loss.png')
+  picture = storage.buffer()
+  fig.savefig(picture, format='png')
   plt.close(fig)
+  storage.write_bytes(out, picture.getvalue())
   return out

@@ -41,21 +41,46 @@ def logical_rules(platform: str):
 _BARRIERS = {}
 
 
+def _numbered(name: str) -> str:
+  """A coordination key used once: the same name in a later pass gets the next number."""
+  _BARRIERS[name] = _BARRIERS.get(name, 0) + 1
+  return f'{name} #{_BARRIERS[name]}'
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  return distributed.global_state.client
+
+
 def barrier(name: str, timeout_s: int = 3600) -> None:
   """Waits until every process gets here. Through the coordination service, not a device
   collective: one host may spend minutes (tokenising, preparing a corpus) while the others
   wait, longer than a collective's timeout."""
   if jax.process_count() == 1:
     return
-  _BARRIERS[name] = _BARRIERS.get(name, 0) + 1     # a barrier's id is used once: number each pass
-  name = f'{name} #{_BARRIERS[name]}'
-  from jax._src import distributed  # pylint: disable=import-outside-toplevel
-  client = distributed.global_state.client
+  name = _numbered(name)
+  client = _client()
   if client is None:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
     return
   client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def gather_text(name: str, value: str, timeout_s: int = 600) -> list:
+  """Every process's `value`, in process order, through the coordination service's key-value
+  store (no device collective: it works while a host is failing, e.g. mid-restore)."""
+  if jax.process_count() == 1:
+    return [value]
+  key = _numbered(name)
+  client = _client()
+  client.key_value_set(f'ssl_jax/{key}/{jax.process_index()}', value)
+  return [client.blocking_key_value_get(f'ssl_jax/{key}/{i}', timeout_s * 1000) for i in range(jax.process_count())]
+
+
+def every_host(name: str, ok: bool) -> bool:
+  """True when `ok` holds on every host: all hosts take the same branch after it."""
+  return all(v == '1' for v in gather_text(name, '1' if ok else '0'))
 
 
 def mesh_shape(mesh_config, num_devices: int):

@@ -76,11 +76,20 @@ class SkippedSteps:
 
 
 class Preemption:
-  """Turns SIGTERM into a flag the loop checks: save a checkpoint, then exit cleanly."""
+  """A preemption notice (SIGTERM) as a step at which to save a checkpoint and exit cleanly.
+
+  One process: a SIGTERM handler sets a flag the loop reads. Several hosts: the notice may
+  reach one host only, so JAX's preemption sync point (its handler, in the coordination
+  service, propagates the notice) names one step at which every host saves and stops. A
+  Python handler is not installed then: it would replace JAX's own.
+  """
 
   def __init__(self):
     self.requested = False
     self.previous = None
+    self.synced = jax.process_count() > 1 and _sync_manager() is not None
+    if self.synced:
+      return
     try:
       self.previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread
@@ -89,11 +98,26 @@ class Preemption:
   def _handle(self, *_):
     self.requested = True
 
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step` (asked after every step, on every host)."""
+    if self.synced and not self.requested:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def hosts(self) -> str:
+    return f' on all {jax.process_count()} hosts' if self.synced else ''
+
   def restore(self):
     """Gives SIGTERM back to whoever had it (a caller's handler, or the default: exit)."""
     if self.previous is not None:
       signal.signal(signal.SIGTERM, self.previous)
       self.previous = None
+
+
+def _sync_manager():
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  return distributed.global_state.preemption_sync_manager
 
 
 def describe_target(run) -> str:

@@ -13,7 +13,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import os
 import sys
 import time
 from typing import Any
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from ssl_jax import (checkpoint, compile_cache, config as config_lib, finetune, kernels, metrics as metrics_lib, models,
-                     optim, parallel, progress, tasks, workdirs)
+                     optim, parallel, progress, storage, tasks, workdirs)
 from ssl_jax.kernels import ops
 from ssl_jax.data import tokenizer as tokenizers
 from ssl_jax.workdirs import TrainingError
@@ -277,7 +276,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the workdir's newest checkpoint), evaluates, samples; returns last metrics."""
   started = time.perf_counter()
   parallel.initialize_hosts()   # before anything asks JAX about processes or devices
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
+  workdirs.check_shared(workdir)   # every host must see the workdir, before anything is written there
   lock = workdirs.Lock(workdir)
   if jax.process_index() == 0:
     lock.acquire()
@@ -341,10 +341,12 @@ def _train_and_evaluate(config, workdir: str, started: float) -> dict:
         records.write(done, eval_metrics)
       if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.steps:
         ckpt.save(done, state, meta)
-      if preemption.requested:
+        logger.flush()                    # the records up to this checkpoint are kept with it
+      if preemption.reached(done):
         records.write()
         ckpt.save(done, state, meta)
-        logger.print(f'SIGTERM: saved the checkpoint of step {done}; exiting')
+        logger.flush()
+        logger.print(f'SIGTERM: saved the checkpoint of step {done}{preemption.hosts()}; exiting')
         break
     too_many = too_many or skipped.count()
     records.write()
