@@ -62,13 +62,14 @@ class Lock:
     if owner.get('token') != self.token:
       self._refuse_if_live(owner, racing=True)
     self.held = True
+    _HELD.add(self.token)
     self._thread = threading.Thread(target=self._renew, name='ssl_jax run.lock', daemon=True)
     self._thread.start()
 
   def _refuse_if_live(self, owner: dict, racing: bool = False) -> None:
     host, pid = owner.get('host'), owner.get('pid', -1)
     if host == socket.gethostname():
-      live = pid != os.getpid() and _alive(pid)
+      live = owner.get('token') in _HELD if pid == os.getpid() else _alive(pid)
     else:
       live = time.time() - float(owner.get('renewed', 0)) < LEASE_S
     if live or racing:
@@ -92,6 +93,10 @@ class Lock:
     if self.held and self._read().get('token') == self.token:
       storage.remove(self.path)
     self.held = False
+    _HELD.discard(self.token)
+
+
+_HELD = set()    # the tokens of the locks this process holds
 
 
 def _alive(pid: int) -> bool:
