@@ -3,7 +3,8 @@ launcher's environment, as srun, sbatch, Open MPI, a TPU VM's metadata server an
 it (mocked), gives the process id, count and coordinator JAX will use, or a one-line error
 that names the fix; the recipes' own commands are checked with fake gcloud and srun. Then two
 processes on loopback: one started without its peer, and one whose peer is SIGKILLed in
-training, each ends in one line, exit 1, within its time limit."""
+training, each ends in one line, exit 1, within its time limit; one whose peer hangs ends
+within the heartbeat timeout."""
 
 import os
 import re
@@ -343,3 +344,27 @@ def test_a_host_killed_in_training_stops_the_other_in_one_line(tmp_path, corpus)
   assert re.fullmatch(r'error: host 0 of 2: (another host|host 1) stopped answering \(.+\); every host stops '
                       r'\(the first host to fail says why\)', out.strip().splitlines()[-1]), out[-3000:]
   assert 'Traceback' not in out and 'Check failure' not in out, out[-3000:]
+
+
+@pytest.mark.multihost
+def test_a_host_that_hangs_ends_the_other_within_the_heartbeat_timeout(tmp_path, corpus):
+  """Host 1 stopped (SIGSTOP: its sockets stay open, as a hung or cut-off machine's do), so
+  host 0 waits in a collective that never fails: JAX's coordination service ends it once
+  host 1 has been silent for SSL_JAX_HEARTBEAT_TIMEOUT_S, with its own (multi-line) message."""
+  port = free_port()
+  procs = [start(corpus, str(tmp_path / 'run'), port, i, {'SSL_JAX_HEARTBEAT_TIMEOUT_S': '10'}) for i in range(2)]
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(line.startswith('step 3/') for line in procs[0].lines):
+      assert all(p.poll() is None for p in procs), ''.join(procs[0].lines)[-3000:]
+      time.sleep(0.1)
+    procs[1].send_signal(signal.SIGSTOP)
+    stopped = time.time()
+    code, out = ended(procs[0], 120)
+    took = time.time() - stopped
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  assert code != 0 and took < 60, (code, took, out[-3000:])
+  assert 'stopped sending heartbeats' in out, out[-3000:]
