@@ -89,3 +89,8 @@ def last_json_line(text):
 
 
 from fake_gcs import gcs, gcs_server  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'multihost: starts several processes (hosts of a job); run them as one group '
+                                     'with -m multihost, or leave them out with -m "not multihost"')

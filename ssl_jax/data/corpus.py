@@ -1,12 +1,10 @@
 """A run's text corpus: which files train, which are held out, and the run's tokenizer."""
 
 import json
-import os
-import shutil
 
 import jax
 
-from ssl_jax import parallel
+from ssl_jax import parallel, storage
 from ssl_jax.errors import ConfigError
 from ssl_jax.data import shard_readers, shards, sources, tokenizer as tokenizers
 from ssl_jax.data.text import DataError
@@ -28,9 +26,10 @@ class TextCorpus:
     self.train_paths = sources.resolve(data.path, 'data.path')
     # Cleaned and de-duplicated: which documents to keep is decided first (cached), on process 0;
     # the token pipeline then reads only those.
-    self.select = prepare_on_one_host(self.train_paths, workdir, data.prepare) if data.prepare.enabled else None
+    self.select = (prepare_on_one_host(self.train_paths, workdir, data.prepare, data.cache_dir)
+                   if data.prepare.enabled else None)
     self.eval_paths = sources.resolve(data.eval_path, 'data.eval_path') if data.eval_path else []
-    before = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
+    before = set(storage.listdir(workdir))
     try:
       self.tokenizer = run_tokenizer(
           config, workdir, lambda: training_texts(config, self.train_paths + self.eval_paths, self.select), special)
@@ -48,12 +47,13 @@ class TextCorpus:
 
   def token_stream(self, config, workdir: str, paths, select=None) -> shard_readers.ShardedTokens:
     d = config.data
-    cache = os.path.join(workdir, 'cache')
+    cache = storage.join(workdir, 'cache')
     tok_id = tokenizers.fingerprint(self.tokenizer)
     if d.shard_mb <= 0:
       raise ConfigError(f'data.shard_mb={d.shard_mb}: expected a positive size in MB (e.g. 64)')
     directory = shards.build(paths, self.tokenizer, workdir, tok_id, cache, fmt=d.format, text_field=d.text_field,
-                             workers=d.tokenize_workers, unit_bytes=max(1, int(d.shard_mb * (1 << 20))), select=select)
+                             workers=d.tokenize_workers, unit_bytes=max(1, int(d.shard_mb * (1 << 20))), select=select,
+                             local_dir=d.cache_dir)
     return shard_readers.ShardedTokens(directory)
 
 
@@ -107,24 +107,25 @@ _DATA_FILES = ('cache', tokenizers.TOKENIZER_FILE, tokenizers.SPM_FILE, tokenize
 
 def remove_new(workdir: str, before) -> None:
   for name in _DATA_FILES:
-    path = os.path.join(workdir, name)
-    if name not in before and os.path.exists(path):
-      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    path = storage.join(workdir, name)
+    if name not in before and storage.exists(path):
+      storage.remove(path)
 
 
-def prepare_on_one_host(paths, workdir: str, settings) -> dict:
+def prepare_on_one_host(paths, workdir: str, settings, local_dir: str = '') -> dict:
   """Which documents of `paths` the filters keep (ssl_jax/data/prepare.py: shards.build's
   `select`), decided by process 0 while the other hosts wait, so every host reads the same
-  token stream."""
+  token stream. The token pipeline memory-maps keep.bin: on an object-store workdir each host
+  reads a local copy (under data.cache_dir, as the token cache's)."""
   from ssl_jax.data import prepare  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
-    _, report = prepare.prepared_corpus(paths, workdir, settings, write_corpus=False)
+    _, report = prepare.prepared_corpus(paths, workdir, settings, write_corpus=False, local_dir=local_dir)
     print(prepare.table(report), flush=True)
   if jax.process_count() > 1:
     parallel.barrier('ssl_jax corpus prepared')
-  with open(os.path.join(workdir, 'prepare_report.json')) as f:
-    report = json.load(f)
-  return prepare.selection(paths, os.path.join(workdir, 'prepared', prepare.KEEP_FILE), report, settings)
+  report = json.loads(storage.read_text(storage.join(workdir, 'prepare_report.json')))
+  keep = prepare.local_copy(storage.join(workdir, 'prepared', prepare.KEEP_FILE), report['key'], local_dir)
+  return prepare.selection(paths, keep, report, settings)
 
 
 def run_tokenizer(config, workdir: str, texts_fn, special=()):
@@ -138,7 +139,7 @@ def run_tokenizer(config, workdir: str, texts_fn, special=()):
   parallel.barrier('ssl_jax tokenizer looked up')
   if tok is not None:
     if not config.init_from:
-      tokenizers.check_matches(tok, config.data.tokenizer, os.path.join(workdir, tokenizers.TOKENIZER_FILE),
+      tokenizers.check_matches(tok, config.data.tokenizer, storage.join(workdir, tokenizers.TOKENIZER_FILE),
                                 config.data)
     return tok
   if jax.process_index() == 0:

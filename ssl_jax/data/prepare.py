@@ -36,13 +36,15 @@ import json
 import os
 import re
 import time
+import uuid
 import zlib
 from collections import Counter, defaultdict
 from typing import Iterator, List, Tuple
 
 import numpy as np
 
-from ssl_jax.data import sources
+from ssl_jax import storage
+from ssl_jax.data import shard_readers, sources
 from ssl_jax.data.text import DataError
 
 FILTERS = ('quality', 'exact', 'lines', 'near')
@@ -253,17 +255,18 @@ def prepare(paths: List[str], out_dir: str, p, process_index: int = 0, process_c
 
   Writes out_dir/provenance.jsonl, the kept text to out_dir/corpus.txt if `write_corpus`,
   and, over the whole corpus (one process), out_dir/keep.bin: which documents were kept,
-  what training's token pipeline reads instead of a copy of the corpus (`kept_texts`)."""
+  what training's token pipeline reads instead of a copy of the corpus (`kept_texts`).
+  `out_dir` is a local folder; `plot_path` may be a URL."""
   os.makedirs(out_dir, exist_ok=True)
-  total_bytes = sum(os.path.getsize(x) for x in paths)
+  total_bytes = sum(sources.stat(x)['size'] for x in paths)
   filters = Filters(p)
   start = time.perf_counter()
   bar = None
   if progress:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=total_bytes, unit='B', unit_scale=True, desc='prepare', leave=False)
-  tmp = f'.tmp{os.getpid()}'
-  names = ['provenance.jsonl'] + (['corpus.txt'] if write_corpus else []) + ([KEEP_FILE] if process_count == 1 else [])
+  tmp = f'.tmp-{uuid.uuid4().hex[:12]}'      # unique to this writer, also across hosts and containers
+  names = _outputs(write_corpus, process_count)
   files = {n: open(os.path.join(out_dir, n + tmp), 'wb') if n == KEEP_FILE  # pylint: disable=consider-using-with
            else open(os.path.join(out_dir, n + tmp), 'w', encoding='utf-8') for n in names}
   documents_per_file = Counter()
@@ -296,6 +299,10 @@ def prepare(paths: List[str], out_dir: str, p, process_index: int = 0, process_c
   return report
 
 
+def _outputs(write_corpus: bool, process_count: int) -> List[str]:
+  return ['provenance.jsonl'] + (['corpus.txt'] if write_corpus else []) + ([KEEP_FILE] if process_count == 1 else [])
+
+
 def kept_texts(path: str, first: int, keep_path: str, mode: str, quality: bool) -> Iterator[str]:
   """The kept documents of one file, as `prepare` wrote them to corpus.txt (less the blank
   line after each): `first` is the file's first document in keep.bin."""
@@ -319,8 +326,10 @@ def _plot(before, after, path):
   ax.set_ylabel('documents')
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path)
+  picture = storage.buffer()
+  fig.savefig(picture, format='png')
   plt.close(fig)
+  storage.write_bytes(path, picture.getvalue())
 
 
 def table(report: dict) -> str:
@@ -334,42 +343,62 @@ def table(report: dict) -> str:
 
 
 def cache_key(paths: List[str], p) -> str:
-  stats = [(os.path.abspath(x), os.path.getsize(x), os.path.getmtime(x)) for x in paths]
+  stats = [(os.path.abspath(x), os.path.getsize(x), os.path.getmtime(x)) if not sources.is_url(x)
+           else tuple(sources.stat(x).values()) for x in paths]
   settings = {k: v for k, v in (p.to_dict() if hasattr(p, 'to_dict') else dict(p)).items() if k != 'enabled'}
   return hashlib.sha1(json.dumps([stats, settings], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def prepared_corpus(paths: List[str], workdir: str, p, process_index: int = 0, process_count: int = 1,
-                    progress: bool = True, write_corpus: bool = True) -> Tuple[str, dict]:
+                    progress: bool = True, write_corpus: bool = True, local_dir: str = '') -> Tuple[str, dict]:
   """(path of the cleaned corpus, report): prepared once per (files, settings), then cached.
   Without `write_corpus` (training: its token pipeline reads the kept documents from the
   sources, `kept_texts`), the path of keep.bin and no copy of the corpus.
 
   With process_count > 1 (`run.py prepare` on every host) each host writes its own shard
-  under prepared/host_<i>; training prepares on one host, over every document.
+  under prepared/host_<i>; training prepares on one host, over every document. On an
+  object-store workdir the files are written in a local folder (`local_copy`'s, under
+  `local_dir`) and uploaded.
   """
-  out_dir = os.path.join(workdir, 'prepared')
+  out_dir = storage.join(workdir, 'prepared')
   report_dir = workdir
   if process_count > 1:
-    out_dir = report_dir = os.path.join(out_dir, f'host_{process_index}')
+    out_dir = report_dir = storage.join(out_dir, f'host_{process_index}')
   key = cache_key(paths, p)
-  report_path = os.path.join(report_dir, 'prepare_report.json')
-  product = os.path.join(out_dir, 'corpus.txt' if write_corpus else KEEP_FILE)
-  if os.path.exists(report_path) and os.path.exists(product):
-    with open(report_path) as f:
-      report = json.load(f)
+  report_path = storage.join(report_dir, 'prepare_report.json')
+  product = storage.join(out_dir, 'corpus.txt' if write_corpus else KEEP_FILE)
+  if storage.exists(report_path) and storage.exists(product):
+    report = json.loads(storage.read_text(report_path))
     if report.get('key') == key and (write_corpus or 'documents_per_file' in report):
       return product, report
-  if not write_corpus and os.path.exists(os.path.join(out_dir, 'corpus.txt')):
-    os.remove(os.path.join(out_dir, 'corpus.txt'))     # another corpus's, or settings'
-  report = prepare(paths, out_dir, p, process_index, process_count, progress,
-                   os.path.join(report_dir, 'prepare_lengths.png'), write_corpus)
+  if not write_corpus:
+    storage.remove(storage.join(out_dir, 'corpus.txt'))     # another corpus's, or settings'
+  work = out_dir
+  if storage.is_url(out_dir):
+    work = os.path.dirname(local_copy(storage.join(out_dir, KEEP_FILE), key, local_dir, fetch=False))
+    if process_count > 1:
+      work = os.path.join(work, f'host_{process_index}')
+  report = prepare(paths, work, p, process_index, process_count, progress,
+                   storage.join(report_dir, 'prepare_lengths.png'), write_corpus)
+  if work != out_dir:
+    for name in _outputs(write_corpus, process_count):
+      storage.upload(os.path.join(work, name), storage.join(out_dir, name))
   report['key'] = key
-  tmp = report_path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, report_path)
+  storage.write_text(report_path, json.dumps(report, indent=1))   # last: it says the files are complete
   return product, report
+
+
+def local_copy(path: str, key: str, local_dir: str = '', fetch: bool = True) -> str:
+  """A local file with `path`'s content (memory-mapped by the token pipeline's workers):
+  `path` itself if local, else a copy under the host's cache folder (data.cache_dir), one
+  folder per preparation key."""
+  if not storage.is_url(path):
+    return path
+  local = os.path.join(shard_readers.local_cache_dir(local_dir), f'prepared-{key}', storage.basename(path))
+  if fetch and not os.path.exists(local):
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    storage.download(path, local)
+  return local
 
 
 def selection(paths: List[str], keep_path: str, report: dict, p) -> dict:

@@ -5,15 +5,44 @@ files), memory-mapped: what stays in memory is a few numbers a shard.
 windows its rows need. `ShardedDocuments` reads a `sentences-<key>/` cache as BERT's
 documents: an example touches the offsets of its two documents and the tokens of its
 sentences, nothing else. `Document` is one document's sentences, mapped or in memory.
+Memory maps need local files: a cache in an object store is read from a local copy
+(`local_cache_dir`, `download_missing`).
 """
 
+import concurrent.futures
 import json
 import os
 from typing import Optional, Sequence
 
 import numpy as np
 
+from ssl_jax import storage
+
 INDEX = 'index.json'               # a cache's index: written last, by shards.build
+
+
+def local_cache_dir(configured: str = '') -> str:
+  """Where this host keeps its copies of what an object-store workdir holds and the readers
+  memory-map (data.cache_dir; '' = under the user's cache folder): memory maps need local files."""
+  if configured:
+    return os.path.abspath(os.path.expanduser(configured))
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'ssl_jax', 'tokens')
+
+
+def unit_files(i: int, exts) -> list:
+  """Shard i's files, its .json last: copied in this order, the .json says the rest is whole."""
+  return [f'shard-{i:05d}.{ext}' for ext in exts] + [f'shard-{i:05d}.json']
+
+
+def download_missing(url: str, out: str, count: int, exts) -> None:
+  """Copies the shards of the cache at `url` that the local copy `out` lacks, a few at a time."""
+  def fetch(i):
+    for name in unit_files(i, exts):
+      storage.download(storage.join(url, name), os.path.join(out, name))
+  missing = [i for i in range(count) if not os.path.exists(os.path.join(out, f'shard-{i:05d}.json'))]
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    list(pool.map(fetch, missing))
 
 
 class ShardedTokens:
