@@ -10,13 +10,12 @@ With a profile directory, a `jax.profiler` trace of a few more steps is written 
 """
 
 import json
-import os
 import tempfile
 import time
 
 import jax
 
-from ssl_jax import flops, trainer
+from ssl_jax import flops, storage, trainer
 
 
 def input_rate(run, steps: int, start: int = 1000) -> float:
@@ -46,7 +45,7 @@ def run(config, workdir: str = '', profile_dir: str = '') -> dict:
   jax.block_until_ready((state, step_metrics))
   step_s = (time.perf_counter() - t) / bc.steps
   if profile_dir:
-    os.makedirs(profile_dir, exist_ok=True)
+    storage.makedirs(profile_dir)   # a URL's prefix needs none; the profiler writes there itself
     with jax.profiler.trace(profile_dir):
       for i in range(3):
         with jax.profiler.StepTraceAnnotation('train', step_num=i):

@@ -5,14 +5,14 @@ import os
 
 import ml_collections
 
-from ssl_jax import bench, checkpoint, config as config_lib, generate, inference, tasks, trainer, workdirs
+from ssl_jax import bench, checkpoint, config as config_lib, generate, inference, storage, tasks, trainer, workdirs
 from ssl_jax.data.text import DataError
 
 
 def is_user_error(e: Exception) -> bool:
   """Errors that a one-line message explains (bad input, config, data, checkpoint)."""
   return isinstance(e, (DataError, checkpoint.CheckpointError, config_lib.ConfigError, FileNotFoundError,
-                        workdirs.TrainingError))
+                        workdirs.TrainingError, storage.StorageError))
 
 
 def default_workdir(config) -> str:
@@ -31,8 +31,8 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
     if not workdir:
       raise config_lib.ConfigError(f'{command} needs --workdir (a trained run) or --config')
     config = saved_config(workdir)
-  elif command in ('train', 'finetune') and not config_given and workdir and os.path.exists(
-      os.path.join(workdir, 'config.json')):
+  elif command in ('train', 'finetune') and not config_given and workdir and storage.exists(
+      storage.join(workdir, 'config.json')):
     config = saved_config(workdir)   # go on with the run saved there, not the default experiment
     print(f'config: the one saved in {workdir} (give --config to start from an experiment)', flush=True)
   else:
@@ -59,10 +59,9 @@ def run(command: str, config_spec: str, overrides, *, config_given: bool, workdi
       raise config_lib.ConfigError(f'task {config.task!r} is not a fine-tuning task; finetune takes '
                                    'experiments/finetune_*.py (or use train)')
     trainer.train_and_evaluate(config, workdir)
-    best = os.path.join(workdir, 'best', 'best.json')
-    if os.path.exists(best):
-      with open(best) as f:
-        print(f'best: {f.read().strip()} (parameters in {os.path.dirname(best)})', flush=True)
+    best = storage.join(workdir, 'best', 'best.json')
+    if storage.exists(best):
+      print(f'best: {storage.read_text(best).strip()} (parameters in {storage.dirname(best)})', flush=True)
   elif command == 'eval':
     inference.eval_command(config, workdir)
   elif command == 'bench':
@@ -104,11 +103,14 @@ def prepare_command(config, workdir: str) -> dict:
 
 
 def saved_config(workdir: str):
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  """The config a workdir (a folder or a URL) saved, with keys added since at their defaults."""
+  path = storage.join(workdir, 'config.json')
+  if not storage.exists(path):
     raise config_lib.ConfigError(f'{path} does not exist: is {workdir} a training workdir?')
-  with open(path) as f:
-    saved = json.load(f)
+  try:
+    saved = json.loads(storage.read_text(path))
+  except json.JSONDecodeError as e:
+    raise config_lib.ConfigError(f'{path} is not valid JSON ({e})') from None
   config = config_lib.base_config()   # keys added since the run was saved keep their defaults
   for key, value in config_lib.flatten(saved).items():
     *parents, leaf = key.split('.')

@@ -22,6 +22,7 @@ demonstrations go first), as a decoder reading a stream would.
 """
 
 import functools
+import io
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax import generate
+from ssl_jax import generate, storage
 from ssl_jax.data.text import DataError
 
 BATCH = 16          # rows scored per forward pass
@@ -40,10 +41,10 @@ PAD_MULTIPLE = 32   # scored lengths are rounded up to this, so few shapes compi
 
 def read_task(path: str) -> List[dict]:
   """The examples of a JSONL task file, each checked to be multiple choice or free form."""
-  if not path or not os.path.isfile(path):
+  if not path or not _is_file(path):
     raise DataError(f'task file {path!r} does not exist')
   examples = []
-  with open(path, encoding='utf-8') as f:
+  with io.StringIO(storage.read_text(path), newline=None) as f:   # a local path or a URL
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -164,7 +165,12 @@ def table(results: Sequence[dict]) -> str:
   return '\n'.join(lines)
 
 
+def _is_file(path: str) -> bool:
+  return storage.exists(path) if storage.is_url(path) else os.path.isfile(path)
+
+
 def plot(results: Sequence[dict], title: str, out: str) -> str:
+  """A PNG at `out` (a local path or a URL: drawn into a buffer, then written whole)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -182,8 +188,10 @@ def plot(results: Sequence[dict], title: str, out: str) -> str:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(out)
+  buffer = storage.buffer()
+  fig.savefig(buffer, format='png')
   plt.close(fig)
+  storage.write_bytes(out, buffer.getvalue())
   return out
 
 
@@ -202,10 +210,9 @@ def fewshot_command(setup, params, task_file: str, train_file: str, shots: str, 
   name = os.path.splitext(os.path.basename(task_file))[0]
   print(f'{name}: {len(test)} examples, accuracy against the number of examples in the prompt (K)')
   print(table(results), flush=True)
-  path = os.path.join(workdir, f'fewshot_{name}.json')
-  with open(path, 'w') as f:
-    json.dump({'task': task_file, 'train': train_file, 'results': results}, f, indent=2)
-  png = plot(results, name, os.path.join(workdir, f'fewshot_{name}.png'))
+  path = storage.join(workdir, f'fewshot_{name}.json')
+  storage.write_text(path, json.dumps({'task': task_file, 'train': train_file, 'results': results}, indent=2))
+  png = plot(results, name, storage.join(workdir, f'fewshot_{name}.png'))
   print(f'wrote {path} and {png}')
   return results
 

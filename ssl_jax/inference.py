@@ -2,11 +2,10 @@
 `summarize` and the Python API start here."""
 
 import json
-import os
 
 import jax
 
-from ssl_jax import checkpoint, finetune, metrics as metrics_lib
+from ssl_jax import checkpoint, finetune, metrics as metrics_lib, storage
 from ssl_jax.trainer import evaluate, setup
 
 
@@ -20,7 +19,7 @@ def restore_for_inference(config, workdir: str, compile_steps: bool = True):
   if restored is None and finetune.sources.has_imported_params(workdir):   # a `convert --from_hf` workdir
     return run, finetune.sources.imported_state(run, workdir), 0
   if restored is None:
-    raise checkpoint.CheckpointError(f'no checkpoint in {os.path.join(workdir, "checkpoints")}: train first')
+    raise checkpoint.CheckpointError(f'no checkpoint in {storage.join(workdir, "checkpoints")}: train first')
   state, _, step = restored
   return run, state, step
 

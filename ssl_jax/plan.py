@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from ssl_jax import flops, hlo
+from ssl_jax import flops, hlo, storage
 from ssl_jax.errors import ConfigError
 
 # name: (memory per device, HBM bandwidth B/s), from datasheets; the bf16 peaks are flops.PEAKS'.
@@ -139,9 +139,8 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
   n = len(run.mesh.devices.flat)
   text = compiled.as_text()
   if workdir:   # the optimized per-device program, for reading what the numbers come from
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'plan_hlo.txt'), 'w') as f:
-      f.write(text)
+    storage.makedirs(workdir)
+    storage.write_text(storage.join(workdir, 'plan_hlo.txt'), text)
   program = hlo.costs(text, causal=config.model.family.startswith('gpt'))
   remats = sum('Involuntary full rematerialization' in line for line in compiler_lines)
   m = run.mesh.shape
@@ -224,7 +223,6 @@ def plan_command(config, devices: int, accelerator: str, workdir: str = '', topo
   print(report(result), flush=True)
   print(json.dumps(result), flush=True)
   if workdir:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'plan.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+    storage.makedirs(workdir)
+    storage.write_text(storage.join(workdir, 'plan.json'), json.dumps(result, indent=2))
   return result

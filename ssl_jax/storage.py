@@ -8,7 +8,8 @@ An object store has no folders, no appends and no renames, so:
   - `makedirs` is a no-op for a URL (a prefix exists once an object under it does);
   - nothing here appends: a record file is rewritten whole (metrics.MetricLogger).
 A store that cannot be reached, a missing bucket or a refused permission is a StorageError
-whose one line names the URL.
+whose one line names the URL: an endpoint that takes no connection at once (gcsfs would retry
+it for half a minute), a missing bucket as itself (not as a missing file).
 """
 
 import contextlib
@@ -16,6 +17,8 @@ import io
 import os
 import posixpath
 import shutil
+import socket
+import urllib.parse
 import uuid
 from typing import List
 
@@ -54,10 +57,60 @@ def fs_of(url: str):
   except ImportError:
     raise StorageError(f'{url}: a URL workdir needs fsspec and its filesystem (pip install gcsfs)') from None
   try:
-    return fsspec.core.url_to_fs(url)
+    fs, p = fsspec.core.url_to_fs(url)
   except (ImportError, ValueError) as e:
     protocol = url.split('://', 1)[0]
     raise StorageError(f'{url}: no filesystem for {protocol}:// ({_reason(e)}); for gs:// pip install gcsfs') from None
+  _check_reachable(fs, url)
+  return fs, p
+
+
+_REACHED = set()   # endpoints that took a connection in this process
+_BUCKETS = set()   # (endpoint, bucket) seen to exist in this process
+_PROXY_VARIABLES = ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY', 'all_proxy')
+
+
+def _check_reachable(fs, url: str) -> None:
+  """A StorageError at once if the store's endpoint takes no connection: gcsfs retries a
+  refused or failed connection for about half a minute, logging a traceback each time. Checked
+  once per endpoint and process; not behind a proxy (the proxy makes the connection)."""
+  location = getattr(fs, '_location', None)   # gcsfs: http[s]://host[:port] (STORAGE_EMULATOR_HOST or Google's)
+  if not isinstance(location, str) or location in _REACHED or any(os.environ.get(v) for v in _PROXY_VARIABLES):
+    return
+  parts = urllib.parse.urlsplit(location)
+  try:
+    port = parts.port or (443 if parts.scheme == 'https' else 80)
+    socket.create_connection((parts.hostname, port), timeout=10).close()
+  except (OSError, ValueError) as e:
+    raise StorageError(f'{url}: the store at {location} cannot be reached ({_reason(e)})') from None
+  _REACHED.add(location)
+
+
+def _missing_bucket(url: str) -> str:
+  """The bucket of `url` if the store says it does not exist, else '' (also where it cannot
+  say: a permission to use objects but not to see the bucket is not a missing bucket)."""
+  fs, p = fs_of(url)
+  if not hasattr(fs, 'split_path'):   # gcsfs and s3fs have buckets; memory:// and others none
+    return ''
+  bucket = fs.split_path(p)[0]
+  key = (getattr(fs, '_location', ''), bucket)
+  if key in _BUCKETS:
+    return ''
+  try:
+    fs.info(bucket)
+  except FileNotFoundError:
+    return f'{url.split("://", 1)[0]}://{bucket}'
+  except Exception:  # pylint: disable=broad-except
+    return ''
+  _BUCKETS.add(key)
+  return ''
+
+
+def _check_bucket(url: str, doing: str) -> None:
+  """Where a URL names nothing: a StorageError if its bucket is missing, not a quiet 'nothing here'."""
+  bucket = _missing_bucket(url)
+  if bucket:
+    raise StorageError(f'{doing} {url} failed: bucket {bucket} does not exist')
 
 
 @contextlib.contextmanager
@@ -65,7 +118,10 @@ def _errors(url: str, doing: str):
   """Turns a store's exceptions (network, auth, missing bucket) into one StorageError line."""
   try:
     yield
-  except (FileNotFoundError, StorageError):
+  except FileNotFoundError:
+    _check_bucket(url, doing)
+    raise
+  except StorageError:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise StorageError(f'{doing} {url} failed: {_reason(e)}') from None
@@ -81,7 +137,10 @@ def exists(path: str) -> bool:
     return os.path.exists(path)
   fs, p = fs_of(path)
   with _errors(path, 'looking up'):
-    return fs.exists(p)
+    found = fs.exists(p)
+  if not found:
+    _check_bucket(path, 'looking up')
+  return found
 
 
 def isdir(path: str) -> bool:
@@ -89,7 +148,10 @@ def isdir(path: str) -> bool:
     return os.path.isdir(path)
   fs, p = fs_of(path)
   with _errors(path, 'looking up'):
-    return fs.isdir(p)
+    found = fs.isdir(p)
+  if not found:
+    _check_bucket(path, 'looking up')
+  return found
 
 
 def listdir(path: str) -> List[str]:
@@ -102,7 +164,9 @@ def listdir(path: str) -> List[str]:
       fs.invalidate_cache(p)
       found = fs.ls(p, detail=False)
     except FileNotFoundError:
-      return []
+      found = []
+  if not found:
+    _check_bucket(path, 'listing')
   names = [posixpath.basename(f.rstrip('/')) for f in found]
   return sorted(n for n in names if n and posixpath.join(p.rstrip('/'), n) != p.rstrip('/'))
 

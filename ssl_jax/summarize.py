@@ -16,6 +16,7 @@ occurs in both. Each gives recall (over the reference), precision (over the summ
 """
 
 import collections
+import io
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from typing import Dict, List, Sequence
 import jax
 import numpy as np
 
-from ssl_jax import generate, porter
+from ssl_jax import generate, porter, storage
 from ssl_jax.data.text import DataError
 
 PROMPT_SUFFIX = '\nTL;DR:'
@@ -129,10 +130,10 @@ def summarize(model, params, tokenizer, articles: Sequence[str], seed: int = 0) 
 
 
 def read_articles(path: str) -> List[dict]:
-  if not path or not os.path.isfile(path):
+  if not path or not (storage.exists(path) if storage.is_url(path) else os.path.isfile(path)):
     raise DataError(f'--input {path!r} does not exist (a JSONL of "article" and optional "reference")')
   rows = []
-  with open(path, encoding='utf-8') as f:
+  with io.StringIO(storage.read_text(path), newline=None) as f:   # a local path or a URL
     for n, line in enumerate(f, 1):
       if line.strip():
         row = json.loads(line)
@@ -155,22 +156,21 @@ def summarize_command(setup, params, input_file: str, workdir: str) -> dict:
   rows = read_articles(input_file)
   summaries = summarize(setup.model, jax.device_get(params), setup.data.tokenizer, [r['article'] for r in rows],
                         seed=setup.config.seed)
-  scored = []
-  with open(os.path.join(workdir, 'summaries.jsonl'), 'w', encoding='utf-8') as f:
-    for row, summary in zip(rows, summaries):
-      record = {'summary': summary}
-      if isinstance(row.get('reference'), str):
-        pair = one_sentence_a_line(summary), one_sentence_a_line(row['reference'])
-        record['rouge'], record['rouge_stemmed'] = rouge(*pair), rouge(*pair, stem=True)
-        scored.append(record)
-      f.write(json.dumps(record) + '\n')
-      print(f'TL;DR: {summary}', flush=True)
+  scored, lines = [], []
+  for row, summary in zip(rows, summaries):
+    record = {'summary': summary}
+    if isinstance(row.get('reference'), str):
+      pair = one_sentence_a_line(summary), one_sentence_a_line(row['reference'])
+      record['rouge'], record['rouge_stemmed'] = rouge(*pair), rouge(*pair, stem=True)
+      scored.append(record)
+    lines.append(json.dumps(record) + '\n')
+    print(f'TL;DR: {summary}', flush=True)
+  storage.write_text(storage.join(workdir, 'summaries.jsonl'), ''.join(lines))   # whole: the workdir may be a URL
   result = {'articles': len(rows), 'scored': len(scored)}
   if scored:
     for name in ('rouge1', 'rouge2', 'rougeL', 'rougeLsum'):
       result[f'{name}_f1'] = float(np.mean([r['rouge'][name]['f1'] for r in scored]))
       result[f'{name}_f1_stemmed'] = float(np.mean([r['rouge_stemmed'][name]['f1'] for r in scored]))
-  with open(os.path.join(workdir, 'rouge.json'), 'w') as f:
-    json.dump(result, f, indent=2)
+  storage.write_text(storage.join(workdir, 'rouge.json'), json.dumps(result, indent=2))
   print(json.dumps(result), flush=True)
   return result

@@ -5,21 +5,22 @@ takes, or a workdir's model out to a Hugging Face directory.
   python run.py convert --to_hf DIR --workdir W       # W's params (as above, or its newest checkpoint) -> DIR
 
 The family comes from the files: config.json's model_type (bert, gpt2) on the way in, our
-model.json's (or the training config's) family (bert, gpt) on the way out.
+model.json's (or the training config's) family (bert, gpt) on the way out. The workdir may
+be a gs:// URL (read and written through ssl_jax.storage); the Hugging Face DIR is local.
 """
 
 import json
 import os
 from typing import List, Optional, Tuple
 
-from ssl_jax import checkpoint
+from ssl_jax import checkpoint, storage
 from ssl_jax.config import base_config
 from ssl_jax.convert import bert, gpt2
 from ssl_jax.convert.files import (HF_CONFIG, MODEL_FILE, PARAMS_FILE, VOCAB_FILE, ConversionError, has_params,
                                    load_params, read_json, save_params, write_json, write_text)
 from ssl_jax.data import tokenizer as tokenizers
 from ssl_jax.data.text import DataError
-from ssl_jax.data.wordpiece import read_vocab
+from ssl_jax.data.tokenizer import read_vocab
 from ssl_jax.models import families
 
 CONVERTIBLE = ('bert', 'gpt')   # the families with a Hugging Face counterpart
@@ -33,8 +34,8 @@ def load_workdir_params(workdir: str) -> Tuple[dict, dict, Optional[List[str]]]:
   """
   if has_params(workdir):
     return load_params(workdir)
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
+  config_path = storage.join(workdir, 'config.json')
+  if not storage.exists(config_path):
     raise ConversionError(f'{workdir} has neither {PARAMS_FILE} nor a training config.json')
   run_config = read_json(config_path)
   model = run_config.get('model', {})
@@ -54,8 +55,8 @@ def load_workdir_params(workdir: str) -> Tuple[dict, dict, Optional[List[str]]]:
     params = checkpoint.read_params(workdir)
   except checkpoint.CheckpointError as e:
     raise ConversionError(str(e)) from None
-  vocab_path = os.path.join(workdir, VOCAB_FILE)
-  return params, model_config, read_vocab(vocab_path) if os.path.exists(vocab_path) else None
+  vocab_path = storage.join(workdir, VOCAB_FILE)
+  return params, model_config, read_vocab(vocab_path) if storage.exists(vocab_path) else None
 
 
 def convert_command(from_hf: Optional[str], to_hf: Optional[str], workdir: str) -> dict:
@@ -94,7 +95,7 @@ def import_hf(from_hf: str, workdir: str) -> dict:
   or vocab.json + merges.txt) and config.json, the run config those commands read.
 
   Everything is read and checked before anything is written; each file is written atomically."""
-  if os.path.isdir(os.path.join(workdir, 'checkpoints')) and os.listdir(os.path.join(workdir, 'checkpoints')):
+  if storage.listdir(storage.join(workdir, 'checkpoints')):
     raise ConversionError(f'{workdir} holds a training run\'s checkpoints: convert into a new --workdir')
   model_type = read_json(os.path.join(from_hf, HF_CONFIG)).get('model_type')
   if model_type == 'gpt2':
@@ -117,7 +118,7 @@ def import_hf(from_hf: str, workdir: str) -> dict:
   if tok is not None:
     tokenizers.save(tok, workdir)
     files += [tokenizers.TOKENIZER_FILE, tok.state().get('file') or tok.state().get('vocab')]
-  write_json(os.path.join(workdir, 'config.json'), config)
+  write_json(storage.join(workdir, 'config.json'), config)
   report = {'from': from_hf, 'to': workdir, 'files': files + ['config.json'],
             'tokenizer': tok.kind if tok is not None else None,
             'fresh_init': model_config['fresh_init'], 'unused_tensors': model_config['unused_tensors']}

@@ -10,21 +10,25 @@ no trainer) is needed to read it:
                       after an import also `fresh_init` and `unused_tensors`);
   vocab.txt           the WordPiece vocabulary, when there is one.
 `load_params(directory)` reads them back as (params, model_config, vocab); `has_params`
-says whether a directory holds them.
+says whether a directory holds them. That directory may be a gs:// URL (a workdir's best/,
+a `convert --from_hf` workdir): our side goes through ssl_jax.storage; a Hugging Face
+directory is a local folder.
 """
 
 import dataclasses
 import json
 import os
 import re
+import tempfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load as load_bytes, load_file, save_file
 
+from ssl_jax import storage
 from ssl_jax.checkpoint import CheckpointError
-from ssl_jax.data.wordpiece import read_vocab
+from ssl_jax.data.tokenizer import read_vocab
 from ssl_jax.models import families
 from ssl_jax.models.layers import TransformerConfig
 
@@ -82,8 +86,7 @@ def layer_norm_pair(name):
 
 def read_json(path: str) -> dict:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except FileNotFoundError:
     raise ConversionError(f'{path} does not exist') from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -121,37 +124,38 @@ def read_hf_tensors(directory: str) -> Dict[str, np.ndarray]:
 # Our plain file format (params.safetensors + model.json + vocab.txt).
 
 def save_params(params: dict, model_config: dict, directory: str, vocab: Optional[Sequence[str]] = None) -> None:
-  os.makedirs(directory, exist_ok=True)
+  storage.makedirs(directory)
   tensors = {'/'.join(p): np.ascontiguousarray(np.asarray(x, np.float32))
              for p, x in flatten_tree(jax.tree_util.tree_map(np.asarray, params)).items()}
-  write_atomically(os.path.join(directory, PARAMS_FILE), lambda p: save_file(tensors, p, metadata={'format': 'ssl_jax'}))
-  write_json(os.path.join(directory, MODEL_FILE), model_config)
+  write_atomically(storage.join(directory, PARAMS_FILE), lambda p: save_file(tensors, p, metadata={'format': 'ssl_jax'}))
+  write_json(storage.join(directory, MODEL_FILE), model_config)
   if vocab is not None:
-    write_vocab(os.path.join(directory, VOCAB_FILE), vocab)
+    write_vocab(storage.join(directory, VOCAB_FILE), vocab)
 
 
 def read_model_config(directory: str) -> Tuple[str, dict]:
   """(path, model_config) of the model.json beside a directory's params.safetensors."""
-  path = os.path.join(directory, MODEL_FILE)
+  path = storage.join(directory, MODEL_FILE)
   return path, read_json(path)
 
 
 def has_params(directory: str) -> bool:
-  return os.path.exists(os.path.join(directory, PARAMS_FILE))
+  return storage.exists(storage.join(directory, PARAMS_FILE))
 
 
 def load_params(directory: str) -> Tuple[dict, dict, Optional[List[str]]]:
   """(params, model_config, vocab) as save_params (or `run.py convert --from_hf`) wrote them."""
-  path = os.path.join(directory, PARAMS_FILE)
-  if not os.path.exists(path):
+  path = storage.join(directory, PARAMS_FILE)
+  if not storage.exists(path):
     raise ConversionError(f'{path} does not exist')
+  data = storage.read_bytes(path) if storage.is_url(path) else None   # a local file is memory-mapped instead
   try:
-    flat = load_file(path)
+    flat = load_file(path) if data is None else load_bytes(data)
   except Exception as e:  # pylint: disable=broad-except
     raise ConversionError(f'{path} does not read as safetensors ({e})') from None
-  model_config = read_json(os.path.join(directory, MODEL_FILE))
-  vocab_path = os.path.join(directory, VOCAB_FILE)
-  vocab = read_vocab(vocab_path) if os.path.exists(vocab_path) else None
+  model_config = read_json(storage.join(directory, MODEL_FILE))
+  vocab_path = storage.join(directory, VOCAB_FILE)
+  vocab = read_vocab(vocab_path) if storage.exists(vocab_path) else None
   return unflatten_tree({tuple(k.split('/')): v for k, v in flat.items()}), model_config, vocab
 
 
@@ -184,7 +188,14 @@ def unflatten_tree(flat: Dict[Tuple[str, ...], np.ndarray]) -> dict:
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
-  """Writes through a temporary file and a rename, so a crash never leaves half a file."""
+  """Writes through a temporary file and a rename, so a crash never leaves half a file; to a
+  URL, `write` fills a local temporary file that is then uploaded whole (one object)."""
+  if storage.is_url(path):
+    with tempfile.TemporaryDirectory() as local:
+      tmp = os.path.join(local, storage.basename(path))
+      write(tmp)
+      storage.upload(tmp, path)
+    return
   tmp = f'{path}.tmp{os.getpid()}'
   try:
     write(tmp)

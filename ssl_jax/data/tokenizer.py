@@ -18,7 +18,8 @@ A run's tokenizer is saved in its workdir (`tokenizer.json`, our small record of
 plus `tokenizer.model`, `hf_tokenizer.json`, `tokenizer.tiktoken` or `vocab.txt`) and
 reloaded from there on resume, so a resumed run never re-derives it. `load(directory)` is
 the one way to read a directory's tokenizer: ours, or one a Hugging Face checkpoint
-directory ships (vocab.txt, tokenizer.json, or vocab.json + merges.txt).
+directory ships (vocab.txt, tokenizer.json, or vocab.json + merges.txt). Every file is read and
+written through ssl_jax.storage, so a workdir (and a tokenizer file) may be a gs:// URL.
 """
 
 import base64
@@ -26,13 +27,15 @@ import hashlib
 import io
 import json
 import os
-from typing import Iterable, Sequence
+import tempfile
+from typing import Iterable, List, Sequence
 
 import numpy as np
 import sentencepiece as spm
+from ssl_jax import storage
 from ssl_jax.errors import ConfigError
 from ssl_jax.data.text import DataError
-from ssl_jax.data.wordpiece import WordPieceTokenizer, read_vocab
+from ssl_jax.data.wordpiece import WordPieceTokenizer
 
 TOKENIZER_FILE = 'tokenizer.json'
 SPM_FILE = 'tokenizer.model'
@@ -142,8 +145,7 @@ class HFTokenizer:
 
   @classmethod
   def from_file(cls, path: str) -> 'HFTokenizer':
-    with open(path, encoding='utf-8') as f:
-      return cls(f.read(), path)
+    return cls(_read_text(path), path)
 
   @classmethod
   def from_vocab_merges(cls, vocab_path: str, merges_path: str) -> 'HFTokenizer':
@@ -151,14 +153,18 @@ class HFTokenizer:
     <|endoftext|> (and any `<|...|>` entry) stays one special token."""
     import tokenizers  # pylint: disable=import-outside-toplevel
     from tokenizers import decoders, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
-    try:
-      tok = tokenizers.Tokenizer(models.BPE.from_file(vocab_path, merges_path))
-    except Exception as e:  # pylint: disable=broad-except
-      raise DataError(f'{vocab_path} + {merges_path} do not read as a BPE ({str(e).splitlines()[0][:200]})') from None
+    vocab_text = _read_text(vocab_path)
+    with tempfile.TemporaryDirectory() as local:   # the library reads local files only
+      vocab_file, merges_file = os.path.join(local, 'vocab.json'), os.path.join(local, 'merges.txt')
+      storage.write_text(vocab_file, vocab_text)
+      storage.download(merges_path, merges_file)
+      try:
+        tok = tokenizers.Tokenizer(models.BPE.from_file(vocab_file, merges_file))
+      except Exception as e:  # pylint: disable=broad-except
+        raise DataError(f'{vocab_path} + {merges_path} do not read as a BPE ({str(e).splitlines()[0][:200]})') from None
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    with open(vocab_path, encoding='utf-8') as f:
-      specials = [t for t in json.load(f) if t.startswith('<|') and t.endswith('|>')]
+    specials = [t for t in json.loads(vocab_text) if t.startswith('<|') and t.endswith('|>')]
     if specials:
       tok.add_special_tokens(specials)
     return cls(tok.to_str(), vocab_path)
@@ -209,8 +215,7 @@ class TiktokenTokenizer:
 
   @classmethod
   def from_file(cls, path: str, pattern: str = 'gpt2', special_tokens: str = '') -> 'TiktokenTokenizer':
-    with open(path, 'rb') as f:
-      return cls(f.read(), pattern, special_tokens, path)
+    return cls(storage.read_bytes(path), pattern, special_tokens, path)
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.enc.encode(text, allowed_special='all'), dtype=np.int32)
@@ -283,40 +288,63 @@ def fingerprint(tok) -> str:
 
 
 def save(tok, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
+  """Each file written whole; our record (tokenizer.json) last, so it names only saved files."""
+  storage.makedirs(workdir)
   if tok.kind == 'sentencepiece':
-    _atomic_write(os.path.join(workdir, SPM_FILE), tok.model_proto)
+    storage.write_bytes(storage.join(workdir, SPM_FILE), tok.model_proto)
   if tok.kind == 'wordpiece':
-    _atomic_write(os.path.join(workdir, tok.state()['vocab']), ''.join(f'{t}\n' for t in tok.vocab).encode())
+    storage.write_bytes(storage.join(workdir, tok.state()['vocab']), ''.join(f'{t}\n' for t in tok.vocab).encode())
   if tok.kind == 'huggingface':
-    _atomic_write(os.path.join(workdir, HF_FILE), tok.json_text.encode('utf-8'))
+    storage.write_text(storage.join(workdir, HF_FILE), tok.json_text)
   if tok.kind == 'tiktoken':
-    _atomic_write(os.path.join(workdir, TIKTOKEN_FILE), tok.bpe_file)
-  _atomic_write(os.path.join(workdir, TOKENIZER_FILE), json.dumps(tok.state()).encode())
+    storage.write_bytes(storage.join(workdir, TIKTOKEN_FILE), tok.bpe_file)
+  storage.write_text(storage.join(workdir, TOKENIZER_FILE), json.dumps(tok.state()))
 
 
 def load(directory: str):
   """The tokenizer of `directory`, or None if it has none: the one a run saved there, else
   the one a Hugging Face checkpoint directory ships: vocab.txt (WordPiece, casing from
   tokenizer_config.json), tokenizer.json, or vocab.json + merges.txt (byte-level BPE)."""
-  path = os.path.join(directory, TOKENIZER_FILE)
-  state = None
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      try:
-        state = json.load(f)
-      except json.JSONDecodeError as e:
-        raise DataError(f'{path} is not valid JSON ({e})') from None
+  path = storage.join(directory, TOKENIZER_FILE)
+  state, text = None, None
+  if storage.exists(path):
+    text = _read_text(path)
+    try:
+      state = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise DataError(f'{path} is not valid JSON ({e})') from None
   if state is not None and 'kind' in state:
     return _from_state(state, directory)
-  if os.path.exists(os.path.join(directory, 'vocab.txt')):   # BERT's own tokenizer, exactly
-    return WordPieceTokenizer.load(directory)
+  if storage.exists(storage.join(directory, 'vocab.txt')):   # BERT's own tokenizer, exactly
+    return _wordpiece(directory)
   if state is not None:                                        # a Hugging Face tokenizer.json
-    return HFTokenizer.from_file(path)
-  vocab, merges = os.path.join(directory, 'vocab.json'), os.path.join(directory, 'merges.txt')
-  if os.path.exists(vocab) and os.path.exists(merges):
+    return HFTokenizer(text, path)
+  vocab, merges = storage.join(directory, 'vocab.json'), storage.join(directory, 'merges.txt')
+  if storage.exists(vocab) and storage.exists(merges):
     return HFTokenizer.from_vocab_merges(vocab, merges)
   return None
+
+
+def read_vocab(path: str) -> List[str]:
+  """vocab.txt (a local path or a URL): one token a line; a token's id is its line number."""
+  return [line.rstrip('\n') for line in io.StringIO(_read_text(path))]
+
+
+def _read_text(path: str) -> str:
+  """A text file (a local path or a URL) as open() in text mode reads it, CRLF and CR line ends
+  made LF: a tokenizer's text (and so its fingerprint) is the same read from anywhere."""
+  return io.StringIO(storage.read_text(path), newline=None).read()
+
+
+def _wordpiece(directory: str) -> WordPieceTokenizer:
+  """A Hugging Face directory's vocab.txt, cased as its tokenizer_config.json says (what
+  WordPieceTokenizer.load reads from a local folder, read here through storage)."""
+  lowercase, strip_accents = True, None
+  settings_path = storage.join(directory, 'tokenizer_config.json')
+  if storage.exists(settings_path):
+    settings = json.loads(storage.read_text(settings_path))
+    lowercase, strip_accents = settings.get('do_lower_case', True), settings.get('strip_accents')
+  return WordPieceTokenizer(read_vocab(storage.join(directory, 'vocab.txt')), lowercase, strip_accents)
 
 
 def _from_state(state: dict, workdir: str):
@@ -324,31 +352,29 @@ def _from_state(state: dict, workdir: str):
   if kind == 'char':
     return CharTokenizer(state['chars'])
   if kind == 'wordpiece':
-    return WordPieceTokenizer(read_vocab(os.path.join(workdir, state['vocab'])), state['lowercase'],
+    return WordPieceTokenizer(read_vocab(storage.join(workdir, state['vocab'])), state['lowercase'],
                               state['strip_accents'])
   if kind == 'huggingface':
-    return HFTokenizer.from_file(os.path.join(workdir, state['file']))
+    return HFTokenizer.from_file(storage.join(workdir, state['file']))
   if kind == 'tiktoken':
-    return TiktokenTokenizer.from_file(os.path.join(workdir, state['file']), state['pattern'], state['special_tokens'])
-  with open(os.path.join(workdir, state['model']), 'rb') as f:
-    return SentencePieceTokenizer(f.read())
+    return TiktokenTokenizer.from_file(storage.join(workdir, state['file']), state['pattern'], state['special_tokens'])
+  return SentencePieceTokenizer(storage.read_bytes(storage.join(workdir, state['model'])))
 
 
 def from_path(spec: str, data=None):
   """The tokenizer in the file (or directory) `spec` names: a sentencepiece .model, a Hugging
   Face tokenizer.json, a .tiktoken file (`data` gives its pattern and special tokens), or a
-  directory holding one of these; None if `spec` names no such file."""
-  if os.path.isdir(spec):
+  directory holding one of these (a local path or a URL); None if `spec` names no such file."""
+  if storage.isdir(spec):
     return load(spec)
-  if not os.path.isfile(spec):
+  if not storage.exists(spec):
     return None
   if spec.endswith('.tiktoken'):
     return TiktokenTokenizer.from_file(spec, getattr(data, 'tiktoken_pattern', 'gpt2'),
                                        getattr(data, 'tiktoken_special_tokens', ''))
   if spec.endswith('.json'):
     return HFTokenizer.from_file(spec)
-  with open(spec, 'rb') as f:
-    proto = f.read()
+  proto = storage.read_bytes(spec)
   try:
     return SentencePieceTokenizer(proto)
   except Exception:  # pylint: disable=broad-except   (sentencepiece raises RuntimeError or OSError)
@@ -386,7 +412,7 @@ def check_matches(tok, spec: str, where: str, data=None) -> None:
     same = tok.kind == 'sentencepiece'
   elif spec in SAVED_KINDS:
     same = tok.kind == spec
-  elif os.path.exists(spec):
+  elif storage.exists(spec):
     wanted = from_path(spec, data)
     same = wanted is not None and fingerprint(wanted) == fingerprint(tok)
   else:
@@ -395,9 +421,3 @@ def check_matches(tok, spec: str, where: str, data=None) -> None:
     raise ConfigError(f'{where} holds the {tok.kind} tokenizer this run began with, but data.tokenizer={spec!r}; '
                       'a run resumes with its own tokenizer: use a new --workdir for another one')
 
-
-def _atomic_write(path: str, data: bytes) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)

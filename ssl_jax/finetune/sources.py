@@ -6,19 +6,19 @@
   - a Hugging Face BERT directory (config.json, model.safetensors or pytorch_model.bin, vocab.txt).
 A fine-tuning run takes the source's model shape and tokenizer (`apply_source`); a
 pretraining run from an import takes its shape too (`check_init_from`), from one of our
-workdirs its checkpoint (the trainer restores it).
+workdirs its checkpoint (the trainer restores it). Our workdirs and imports may be gs:// URLs
+(read through ssl_jax.storage); a Hugging Face directory is a local folder.
 """
 
 import dataclasses
 import functools
 import json
-import os
 from typing import Optional
 
 import jax
 import numpy as np
 
-from ssl_jax import checkpoint
+from ssl_jax import checkpoint, storage
 from ssl_jax.errors import ConfigError
 from ssl_jax.convert import bert as convert_bert, files as convert_files
 from ssl_jax.data import tokenizer as tokenizers
@@ -40,16 +40,18 @@ class Source:
 
 @functools.lru_cache(maxsize=2)
 def read_source(path: str) -> Source:
-  if not os.path.isdir(path):
+  if not storage.isdir(path):
     raise ConfigError(f'init_from={path!r} is not a directory')
-  config_path = os.path.join(path, 'config.json')
+  config_path = storage.join(path, 'config.json')
   if convert_files.has_params(path):                                  # run.py convert --from_hf output
     params, model, _ = convert_files.load_params(path)
     return Source(path, families.get(model.get('family', 'bert')).body, model, params, _text_tokenizer(path))
-  if not os.path.exists(config_path):
+  if not storage.exists(config_path):
     raise ConfigError(f'init_from={path!r}: no config.json, {convert_files.PARAMS_FILE} or checkpoint here')
-  with open(config_path) as f:
-    saved = json.load(f)
+  saved = json.loads(storage.read_text(config_path))
+  if 'model_type' in saved and storage.is_url(path):
+    raise ConfigError(f'init_from={path!r} is a Hugging Face directory at a URL: copy it to a local folder, '
+                      'or import it with run.py convert --from_hf DIR --workdir URL and start from that')
   if 'model_type' in saved:                                     # a Hugging Face directory
     params, model, _ = convert_bert.load_hf_bert(path)
     return Source(path, 'bert', model, params, _text_tokenizer(path))
@@ -79,7 +81,7 @@ def check_init_from(config) -> None:
   gives the run its model shape and tokenizer; another run's workdir must hold a checkpoint
   of this run's model shape."""
   path = config.init_from
-  if not os.path.isdir(path):
+  if not storage.isdir(path):
     raise ConfigError(f'init_from={path!r} is not a directory')
   if convert_files.has_params(path):
     _, model = convert_files.read_model_config(path)
@@ -93,13 +95,11 @@ def check_init_from(config) -> None:
       config.data.seq_len = config.model.max_len
     _text_tokenizer(path)
     return
-  checkpoints = os.path.join(path, 'checkpoints')
-  if not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
+  if not storage.listdir(storage.join(path, 'checkpoints')):
     raise ConfigError(f'init_from={path!r}: no {convert_files.PARAMS_FILE} and no checkpoint to start from')
-  saved_path = os.path.join(path, 'config.json')
-  if os.path.exists(saved_path):
-    with open(saved_path) as f:
-      saved = json.load(f).get('model', {})
+  saved_path = storage.join(path, 'config.json')
+  if storage.exists(saved_path):
+    saved = json.loads(storage.read_text(saved_path)).get('model', {})
     for key in ('family',) + SHAPE_KEYS:
       if key in saved and key in config.model and key != 'vocab_size' and saved[key] != config.model[key]:
         raise ConfigError(f'init_from={path!r} was trained with model.{key}={saved[key]!r}; this run has '
@@ -138,7 +138,7 @@ def apply_source(config, workdir: str, heads: dict) -> Optional[Source]:
   """
   if not config.init_from:
     return None
-  source = read_source(os.path.abspath(config.init_from))
+  source = read_source(storage.absolute(config.init_from))
   if source.family not in heads:
     raise ConfigError(f'init_from={config.init_from!r} holds a {source.family} model; task {config.task} '
                       f'fine-tunes {", ".join(heads)}')

@@ -15,13 +15,12 @@ colorize.grid that 8-bit sRGB colours reach (268 at the default 10).
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax import flops
+from ssl_jax import flops, storage
 from ssl_jax.errors import ConfigError
 from ssl_jax.tasks import Task, vision
 
@@ -198,7 +197,7 @@ def report(setup, params) -> str:
   """colorizations.png: held-out images, what the encoder saw, and the model's colours."""
   images, c = vision.held_out_images(setup), setup.config.colorize
   painted = jax.jit(lambda p, x: colourise(setup.model, p, x, c.grid, c.temperature))(params, images)
-  path = vision.save_grid(os.path.join(setup.workdir, 'colorizations.png'),
+  path = vision.save_grid(storage.join(setup.workdir, 'colorizations.png'),
                           [('original', images), ('grey', grey(images)), ('colourised', painted)],
                           f'colorization: {len(ab_bins(c.grid))} colour bins, annealed mean at T={c.temperature:g}')
   return f'colorizations: {path}'

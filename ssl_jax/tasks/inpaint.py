@@ -8,13 +8,12 @@ which ties the fill to what surrounds it. Pixels are compared standardised by th
 mean and deviation, so the hole's fill is zero there.
 """
 
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax import flops
+from ssl_jax import flops, storage
 from ssl_jax.models.vit import unpatchify
 from ssl_jax.tasks import Task, masked_image, vision
 
@@ -84,7 +83,7 @@ def report(setup, params) -> str:
   painted = loss_weights(images.shape[1], m.hole, m.overlap, 1.0) > 0
   repainted = jnp.where(painted[None, :, :, None], pred * STD + MEAN, images)
   rows = [('original', images), ('hidden', hide_centre(images, m.hole)), ('repainted', repainted)]
-  path = vision.save_grid(os.path.join(setup.workdir, 'reconstructions.png'), rows,
+  path = vision.save_grid(storage.join(setup.workdir, 'reconstructions.png'), rows,
                           f'context encoder: centre {m.hole:.0%} of the side hidden, {m.overlap}-pixel border')
   return f'reconstructions: {path}'
 

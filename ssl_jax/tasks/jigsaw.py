@@ -10,14 +10,13 @@ step's key folded with the example's global index, so a resumed run sets the sam
 
 import functools
 import itertools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssl_jax import flops
+from ssl_jax import flops, storage
 from ssl_jax.errors import ConfigError
 from ssl_jax.models import vit
 from ssl_jax.tasks import Task, vision
@@ -124,7 +123,7 @@ def report(setup, params) -> str:
   solved = np.empty_like(shuffled)
   solved[rows, guess] = shuffled                                   # each tile back to the cell the model names
   right = int((guess == order).all(1).sum())
-  path = vision.save_grid(os.path.join(setup.workdir, 'jigsaw.png'),
+  path = vision.save_grid(storage.join(setup.workdir, 'jigsaw.png'),
                           [('shuffled', mosaic(shuffled)), ("model's order", mosaic(solved))],
                           f'jigsaw, {model.num_permutations} permutations: {right} of {len(images)} solved')
   return f'jigsaw puzzles: {path}'

@@ -6,12 +6,11 @@ visible ones; the loss is the MSE over the hidden patches only, on pixels normal
 patch (MAE's best-performing target).
 """
 
-import os
 
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import flops
+from ssl_jax import flops, storage
 from ssl_jax.models.vit import patchify, unpatchify
 from ssl_jax.tasks import Task, vision
 
@@ -86,7 +85,7 @@ def report(setup, params) -> str:
   repainted = jnp.where(hidden_pixels, pixels_of(pred.astype(jnp.float32), images, model.patch), images)
   rows = [('original', images), ('visible', jnp.where(hidden_pixels, 0.5, images)),
           ('repainted', repainted)]
-  path = vision.save_grid(os.path.join(setup.workdir, 'reconstructions.png'), rows,
+  path = vision.save_grid(storage.join(setup.workdir, 'reconstructions.png'), rows,
                           f'MAE: {mask_ratio:.0%} of the patches hidden')
   return f'reconstructions: {path}'
 

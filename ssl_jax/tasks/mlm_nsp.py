@@ -4,13 +4,11 @@ The MLM head runs only at the gathered masked positions (data.max_predictions pe
 sequence), which is where its vocabulary projection's FLOPs are counted too.
 """
 
-import os
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax import flops
+from ssl_jax import flops, storage
 from ssl_jax.errors import ConfigError
 from ssl_jax.data import corpus, documents as documents_lib, shards, sources, tokenizer as tokenizers
 from ssl_jax.data.bert_examples import SPECIALS, PretrainingBatches
@@ -28,7 +26,7 @@ def make_data(config, workdir: str) -> Data:
   d = config.data
   train_paths = sources.resolve(d.path, 'data.path')
   eval_paths = sources.resolve(d.eval_path, 'data.eval_path') if d.eval_path else []
-  before = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
+  before = set(storage.listdir(workdir))
   try:
     tok = run_tokenizer(config, workdir, lambda: tokenizer_texts(config, train_paths + eval_paths), SPECIALS)
     ids = [tok.piece_id(p) for p in SPECIALS]   # ours are 0-4; an imported BERT's vocab.txt has them elsewhere
@@ -75,9 +73,9 @@ def document_cache(config, workdir: str, tok, paths) -> shards.ShardedDocuments:
   d = config.data
   if d.shard_mb <= 0:
     raise ConfigError(f'data.shard_mb={d.shard_mb}: expected a positive size in MB (e.g. 64)')
-  directory = shards.build(paths, tok, workdir, tokenizers.fingerprint(tok), os.path.join(workdir, 'cache'),
+  directory = shards.build(paths, tok, workdir, tokenizers.fingerprint(tok), storage.join(workdir, 'cache'),
                            fmt=d.format, text_field=d.text_field, workers=d.tokenize_workers,
-                           unit_bytes=max(1, int(d.shard_mb * (1 << 20))), sentences=True)
+                           unit_bytes=max(1, int(d.shard_mb * (1 << 20))), sentences=True, local_dir=d.cache_dir)
   return shards.ShardedDocuments(directory)
 
 

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from ssl_jax import probe as probe_lib
+from ssl_jax import probe as probe_lib, storage
 from ssl_jax.errors import ConfigError
 from ssl_jax.data import images as images_lib
 from ssl_jax.models.vit import ViT
@@ -66,7 +66,8 @@ def held_out_images(setup, count: int = 8) -> np.ndarray:
 
 
 def save_grid(path: str, rows, title: str = '') -> str:
-  """A PNG of images: rows is a list of (label, images (B, H, W, 3) in [0, 1]), one row each."""
+  """A PNG of images: rows is a list of (label, images (B, H, W, 3) in [0, 1]), one row each.
+  Drawn into a buffer, then written whole: `path` may be in a gs:// workdir."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -86,6 +87,8 @@ def save_grid(path: str, rows, title: str = '') -> str:
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path)
+  buffer = storage.buffer()
+  fig.savefig(buffer, format='png')
   plt.close(fig)
+  storage.write_bytes(path, buffer.getvalue())
   return path
