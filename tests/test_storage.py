@@ -200,3 +200,33 @@ def test_plan_json_in_a_bucket(gcs):
   assert saved == printed and saved['fits'] and saved['bytes_per_device']['peak'] > 0
   assert 'plan.json' in storage.listdir(workdir)
   assert not os.path.exists(os.path.join(ROOT, 'gs:'))
+
+
+def test_convert_to_hf_from_a_bucket_into_a_bucket(gcs, tmp_path, monkeypatch):
+  """`convert --to_hf` with both sides at URLs: our params read from the bucket, the Hugging
+  Face files written whole into it, nothing local."""
+  from safetensors.numpy import load as load_bytes  # pylint: disable=import-outside-toplevel
+  from ssl_jax.convert import command, files as convert_files  # pylint: disable=import-outside-toplevel
+  from test_gpt2_convert import TINY as GPT_TINY  # pylint: disable=import-outside-toplevel
+  monkeypatch.chdir(tmp_path)
+  params, ours, hf = _random_gpt(GPT_TINY), storage.join(gcs.url, 'ours'), storage.join(gcs.url, 'hf')
+  convert_files.save_params(params, GPT_TINY, ours)
+  report = command.convert_command(None, hf, ours)
+  assert sorted(storage.listdir(hf)) == sorted(report['files']) == ['config.json', 'model.safetensors']
+  tensors = load_bytes(storage.read_bytes(storage.join(hf, 'model.safetensors')))
+  np.testing.assert_array_equal(tensors['wte.weight'], params['wte'])
+  assert json.loads(storage.read_text(storage.join(hf, 'config.json')))['model_type'] == 'gpt2'
+  assert os.listdir(tmp_path) == []
+
+
+def _random_gpt(model_config):
+  """A GPT's parameter tree filled with numpy noise (its shapes traced, nothing compiled)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import linen as nn  # pylint: disable=import-outside-toplevel
+  from ssl_jax.convert import files as convert_files  # pylint: disable=import-outside-toplevel
+  from ssl_jax.models.gpt import GPT  # pylint: disable=import-outside-toplevel
+  model = GPT(convert_files.transformer_config(model_config))
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params']))
+  rng = np.random.default_rng(0)
+  return jax.tree_util.tree_map(lambda x: rng.normal(size=x.shape).astype(np.float32), shapes)

@@ -29,6 +29,7 @@ import numpy as np
 from flax import linen as nn
 from safetensors.numpy import save_file
 
+from ssl_jax import storage
 from ssl_jax.convert.files import (FROM_HF_ACTIVATION, HF_CONFIG, HF_WEIGHTS, TO_HF_ACTIVATION, VOCAB_FILE,
                                    ConversionError, Pair, copy_tensor, flatten_tree, get_path, layer_norm_pair,
                                    linear_pair, read_hf_tensors, read_json, transformer_config, unflatten_tree,
@@ -234,12 +235,12 @@ def save_hf_bert(params: dict, model_config: dict, directory: str, vocab: Option
     for name, x in zip(pair.hf, pair.to_hf(np.asarray(value, np.float32))):
       name = name if pair.is_head or not heads else f'bert.{name}'
       tensors[name] = np.ascontiguousarray(x)
-  os.makedirs(directory, exist_ok=True)
+  storage.makedirs(directory)   # a local folder, or a URL (each file then uploaded whole)
   # transformers refuses a safetensors file whose metadata does not name its format.
-  write_atomically(os.path.join(directory, HF_WEIGHTS), lambda p: save_file(tensors, p, metadata={'format': 'pt'}))
+  write_atomically(storage.join(directory, HF_WEIGHTS), lambda p: save_file(tensors, p, metadata={'format': 'pt'}))
   written = [HF_CONFIG, HF_WEIGHTS]
-  write_json(os.path.join(directory, HF_CONFIG), hf_config_from_model(model_config, heads))
+  write_json(storage.join(directory, HF_CONFIG), hf_config_from_model(model_config, heads))
   if vocab is not None:
-    write_vocab(os.path.join(directory, VOCAB_FILE), vocab)
+    write_vocab(storage.join(directory, VOCAB_FILE), vocab)
     written.append(VOCAB_FILE)
   return written

@@ -81,7 +81,7 @@ def convert_command(from_hf: Optional[str], to_hf: Optional[str], workdir: str) 
       report['note'] = f'no {VOCAB_FILE} in {workdir}: the run\'s tokenizer is not WordPiece, so none was written'
     tok = tokenizers.load(workdir)
     if tok is not None and tok.kind == 'huggingface':   # transformers reads it as it is
-      write_text(os.path.join(to_hf, 'tokenizer.json'), tok.json_text)
+      write_text(storage.join(to_hf, 'tokenizer.json'), tok.json_text)
       report['files'].append('tokenizer.json')
       report.pop('note', None)
   print(json.dumps(report), flush=True)

@@ -30,6 +30,7 @@ import numpy as np
 from flax import linen as nn
 from safetensors.numpy import save_file
 
+from ssl_jax import storage
 from ssl_jax.convert.files import (FROM_HF_ACTIVATION, HF_CONFIG, HF_WEIGHTS, TO_HF_ACTIVATION, ConversionError,
                                    Pair, copy_tensor, flatten_tree, get_path, layer_norm_pair, read_hf_tensors,
                                    read_json, transformer_config, unflatten_tree, write_atomically, write_json)
@@ -174,7 +175,7 @@ def save_hf_gpt2(params: dict, model_config: dict, directory: str) -> List[str]:
       raise ConversionError(f'params: {"/".join(pair.path)} has shape {value.shape}, the model config says {want}')
     for name, x in zip(pair.hf, pair.to_hf(np.asarray(value, np.float32))):
       tensors[name] = np.ascontiguousarray(x)
-  os.makedirs(directory, exist_ok=True)
-  write_atomically(os.path.join(directory, HF_WEIGHTS), lambda p: save_file(tensors, p, metadata={'format': 'pt'}))
-  write_json(os.path.join(directory, HF_CONFIG), hf_config_from_model(model_config))
+  storage.makedirs(directory)   # a local folder, or a URL (each file then uploaded whole)
+  write_atomically(storage.join(directory, HF_WEIGHTS), lambda p: save_file(tensors, p, metadata={'format': 'pt'}))
+  write_json(storage.join(directory, HF_CONFIG), hf_config_from_model(model_config))
   return [HF_CONFIG, HF_WEIGHTS]
