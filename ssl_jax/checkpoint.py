@@ -131,6 +131,8 @@ class Checkpointer:
           restored = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         except Exception as e:  # pylint: disable=broad-except
           problem = f'does not restore ({_short(e)})'
+      if problem and jax.process_count() > 1:
+        logging.warning('host %d: checkpoint %s/%d %s', jax.process_index(), self.directory, s, problem)
       if not parallel.every_host(f'ssl_jax checkpoint {s} restored', problem is None):
         logging.warning('checkpoint %s/%d %s; trying an older one', self.directory, s,
                         problem or 'does not restore on another host')

@@ -222,6 +222,10 @@ def _no_tracebacks_but_ours():
   for handler in logging.getLogger().handlers:
     handler.addFilter(OneLine())
   logging.getLogger('asyncio').setLevel(logging.CRITICAL)   # "exception was never retrieved": we did
+  # gcsfs and google-auth warn on every new filesystem of a gs:// workdir that they tried the
+  # metadata server or the bucket type first; a real failure still reaches us as an error.
+  for name in ('gcsfs', 'google.auth', 'google.auth._default'):
+    logging.getLogger(name).setLevel(logging.ERROR)
 
 
 

@@ -57,7 +57,8 @@ def fs_of(url: str):
   except ImportError:
     raise StorageError(f'{url}: a URL workdir needs fsspec and its filesystem (pip install gcsfs)') from None
   try:
-    fs, p = fsspec.core.url_to_fs(url)
+    # No listings cache: other hosts write the same bucket, so a listing cached here goes stale.
+    fs, p = fsspec.core.url_to_fs(url, use_listings_cache=False)
   except (ImportError, ValueError) as e:
     protocol = url.split('://', 1)[0]
     raise StorageError(f'{url}: no filesystem for {protocol}:// ({_reason(e)}); for gs:// pip install gcsfs') from None

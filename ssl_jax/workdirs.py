@@ -130,6 +130,7 @@ def check_shared(workdir: str) -> None:
   except FileNotFoundError:
     seen = ''
   seen_by = parallel.gather_text('ssl_jax workdir nonce seen', '1' if seen == nonce else '0')
+  parallel.barrier('ssl_jax workdir nonce read')   # host 0, the coordinator, must not exit before all have read
   if jax.process_index() == 0:
     storage.remove(path)
   if '0' in seen_by:
