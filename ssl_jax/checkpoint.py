@@ -121,10 +121,15 @@ class Checkpointer:
     failed = []
     for s in candidates:
       meta, restored, problem = None, None, None
-      try:
-        meta = self.read_meta(s)
-      except Exception as e:  # pylint: disable=broad-except
-        problem = f'does not read ({_short(e)})'
+      if jax.process_count() > 1:   # before Orbax's restore, which ends in a barrier of all hosts
+        problem = self._parts_unreadable(s)
+        if not parallel.every_host(f'ssl_jax checkpoint {s} parts read', problem is None) and problem is None:
+          problem = 'has a part that does not read on another host'
+      if problem is None:
+        try:
+          meta = self.read_meta(s)
+        except Exception as e:  # pylint: disable=broad-except
+          problem = f'does not read ({_short(e)})'
       if meta is not None:
         check_meta(meta, expect_meta or {}, f'{self.directory}/{s}')
         try:
@@ -147,6 +152,27 @@ class Checkpointer:
     if failed:
       logging.warning('no checkpoint of %s restores (%s are corrupt); starting afresh%s', self.directory,
                       ', '.join(map(str, failed)), self._set_aside(failed) if set_aside else '')
+    return None
+
+  def _parts_unreadable(self, step: int) -> Optional[str]:
+    """Why a part of checkpoint `step` that this host checks does not read in full, or None.
+
+    Orbax's restore ends in a barrier of every host: one whose part fails to read (a file
+    truncated by a crash) would leave the others waiting in it. So, before it, host h reads
+    the OCDBT parts i with i mod N == h (its own, when the number of hosts is unchanged),
+    and the hosts agree on the result first."""
+    import tensorstore as ts  # pylint: disable=import-outside-toplevel
+    state = storage.join(self.directory, str(step), 'state')
+    parts = sorted(n for n in storage.listdir(state) if n.startswith('ocdbt.process_'))
+    for name in parts:
+      if int(name.rsplit('_', 1)[1]) % jax.process_count() != jax.process_index():
+        continue
+      try:
+        store = ts.KvStore.open({'driver': 'ocdbt', 'base': _kvstore(storage.join(state, name))}).result()
+        for key in store.list().result():
+          store.read(key).result()
+      except Exception as e:  # pylint: disable=broad-except
+        return f'part {name} does not read ({_short(e)})'
     return None
 
   def _set_aside(self, steps) -> str:
@@ -180,6 +206,14 @@ class Checkpointer:
   def close(self) -> None:
     self.wait()
     self.manager.close()
+
+
+def _kvstore(path: str):
+  """A TensorStore key-value store spec of a folder or gs:// URL."""
+  if path.startswith('gs://'):
+    bucket, _, key = path[len('gs://'):].partition('/')
+    return {'driver': 'gcs', 'bucket': bucket, 'path': key.rstrip('/') + '/'}
+  return 'file://' + storage.absolute(path)
 
 
 def check_meta(meta: dict, expect: dict, where: str) -> None:

@@ -3,8 +3,8 @@ own private "local disk" (HOME, the token cache's local copy, the current folder
 bucket (fake-gcs-server on 127.0.0.1) that holds the corpus and the workdir, gs://.../run.
 
 They train, are killed mid-save, restart and resume on one host with the losses of a run
-never interrupted; stop together on a SIGTERM to one of them; and refuse a workdir they do
-not share."""
+never interrupted; stop together on a SIGTERM to one of them; fall back together when one
+host's part of the newest checkpoint is truncated; and refuse a workdir they do not share."""
 
 import gzip
 import json
@@ -184,7 +184,7 @@ def test_bert_and_a_vision_task_train_on_two_hosts_in_a_bucket(tmp_path, gcs, co
 
 
 @pytest.mark.multihost
-def test_sigterm_to_one_host_makes_both_save_the_same_step_and_exit_0(tmp_path, corpus):
+def test_sigterm_to_one_host_makes_both_save_the_same_step_and_a_truncated_part_makes_both_fall_back(tmp_path, corpus):
   pod = Pod(tmp_path, {})
   # train.steps stays the same throughout: the learning-rate schedule is a function of it.
   args = ['train', f'--config.data.path={corpus}', *GPT, '--config.train.checkpoint_every=1000',
@@ -209,6 +209,22 @@ def test_sigterm_to_one_host_makes_both_save_the_same_step_and_exit_0(tmp_path, 
   pod.run([*args, '--workdir', reference])
   losses, expected = train_losses(workdir), train_losses(reference)
   assert sorted(losses) == sorted(expected) == list(range(1, 61))
+  for step, loss in expected.items():
+    assert losses[step] == pytest.approx(loss, rel=1e-6), step
+
+  # Host 1's part of the newest checkpoint truncated (its disk filled mid-write, say): both
+  # hosts restore the step before, together, and train on to the same losses.
+  part = os.path.join(workdir, 'checkpoints', '60', 'state', 'ocdbt.process_1')
+  for folder, _, names in os.walk(part):
+    for name in names:
+      if 'manifest' not in name:
+        path = os.path.join(folder, name)
+        os.truncate(path, os.path.getsize(path) // 3)
+  started = time.time()
+  out = pod.run([*args, '--workdir', workdir])
+  assert f'resumed from step {steps[0]}' in out[0], out[0][-3000:]
+  assert time.time() - started < 120
+  losses = train_losses(workdir)
   for step, loss in expected.items():
     assert losses[step] == pytest.approx(loss, rel=1e-6), step
 
