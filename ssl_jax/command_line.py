@@ -237,5 +237,21 @@ def entry() -> None:
     if e.code == 1:   # a user error, reported: exit before library threads print at shutdown
       sys.stdout.flush()
       sys.stderr.flush()
+      _leave_together()
       os._exit(1)
     raise
+
+
+def _leave_together(timeout_s: int = 10) -> None:
+  """On a multi-host job the hosts wait (briefly) for each other before a user error's exit:
+  host 0 runs the coordination service, and its exit would end a host that has not yet
+  printed why it stops (the same error, e.g. a workdir not shared)."""
+  if 'jax' not in sys.modules:
+    return
+  try:
+    from jax._src import distributed  # pylint: disable=import-outside-toplevel
+    client = distributed.global_state.client
+    if client is not None:
+      client.wait_at_barrier('ssl_jax exit after an error', timeout_s * 1000)
+  except Exception:  # pylint: disable=broad-except
+    pass          # a host that is elsewhere (still training, or gone): leave anyway
