@@ -273,7 +273,8 @@ def _remove_stale(out: str) -> None:
 
 
 def _remove_own(out: str, tmp: str) -> None:
-  for name in os.listdir(out):
+  """This build's temporaries (the folder may be gone already: host 0 removes a failed cache)."""
+  for name in (os.listdir(out) if os.path.isdir(out) else []):
     if name.endswith(tmp):
       with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(out, name))
