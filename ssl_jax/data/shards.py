@@ -173,26 +173,13 @@ def build(paths: Sequence[str], tokenizer, tokenizer_dir: str, fingerprint: str,
   return out
 
 
-_GATHERS = {}
-
-
 def jax_gather(name: str, value: str) -> List[str]:
-  """Every process's `value`, in process order, once all have got here (ssl_jax.parallel.barrier:
-  hours, as tokenising may take; the values through the coordination service's key-value
-  store): one host's bad input is every host's one-line DataError, not a wait for it."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  """Every process's `value`, in process order, once all have got here: a barrier first (hours,
+  as tokenising may take), then parallel.gather_text, so one host's bad input is every host's
+  one-line DataError, not a wait for it."""
   from ssl_jax import parallel  # pylint: disable=import-outside-toplevel
-  _GATHERS[name] = _GATHERS.get(name, 0) + 1
-  key = f'ssl_jax/cache/{name} #{_GATHERS[name]}'
-  client = distributed.global_state.client
-  if client is not None:
-    client.key_value_set(f'{key}/{jax.process_index()}', value or '-')
   parallel.barrier(name)
-  if client is None:
-    return [value]
-  values = [client.blocking_key_value_get(f'{key}/{i}', 60_000) for i in range(jax.process_count())]
-  return ['' if v == '-' else v for v in values]
+  return ['' if v == '-' else v for v in parallel.gather_text(f'ssl_jax cache {name}', value or '-', timeout_s=60)]
 
 
 def _build_share(units, host, hosts, out, remote_out, exts, tmp, tokenizer, tokenizer_dir, fingerprint, text_field,
