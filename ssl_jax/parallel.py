@@ -7,6 +7,8 @@ over `tensor` (Megatron-style). A mesh axis is used at most once per array: flax
 rule whose mesh axis an earlier dimension already took.
 """
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -138,6 +140,61 @@ def divisible(shardings, abstract_tree):
         spec[i] = None
     return NamedSharding(sharding.mesh, P(*spec))
   return jax.tree_util.tree_map(fit, shardings, abstract_tree)
+
+
+# Which host reads which rows. The one place the data pipelines learn how many hosts there
+# are: an objective, and a pipeline beyond asking for its share, never does.
+
+def this_host() -> tuple:
+  """(index, count) of this process among the job's hosts."""
+  return jax.process_index(), jax.process_count()
+
+
+def is_first_host() -> bool:
+  """Host 0: the one that writes what every host would write alike (a tokenizer, a notice)."""
+  return jax.process_index() == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class HostShare:
+  """This host's rows of every global batch of `size` rows: the contiguous block
+  [host * local, (host + 1) * local) of each (`parallel.global_batch` puts the hosts' blocks
+  together in host order)."""
+  size: int
+  host: int = 0
+  hosts: int = 1
+
+  @property
+  def local(self) -> int:
+    return self.size // self.hosts
+
+  @property
+  def within(self) -> np.ndarray:
+    """Positions of this host's rows inside a batch."""
+    return np.arange(self.host * self.local, (self.host + 1) * self.local)
+
+  def rows(self, step: int) -> np.ndarray:
+    """Run-wide indices of this host's rows of batch `step` (row g of the run is row
+    g mod size of batch g div size)."""
+    return step * self.size + self.within
+
+
+def host_share(global_batch: int, host: int = None, hosts: int = None) -> HostShare:
+  """This host's share of a global batch of `global_batch` rows (`host` and `hosts` default
+  to this process's; tests pass them to play another host)."""
+  if host is None or hosts is None:
+    host, hosts = this_host()
+  if global_batch % hosts:
+    raise ConfigError(f'train.batch_size={global_batch} is not divisible by the {hosts} hosts')
+  return HostShare(global_batch, host, hosts)
+
+
+def all_rows(tree):
+  """Every host's rows of a batch-leading tree of arrays, on every host (host-side decoding)."""
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

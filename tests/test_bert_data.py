@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from ssl_jax import parallel
 from ssl_jax.data import documents, shard_readers, shards, tokenizer as tokenizers
 from ssl_jax.data.bert_examples import IS_NEXT, SPECIALS, PretrainingBatches
 from ssl_jax.data.wordpiece import SPECIAL_TOKENS as WORDPIECE_SPECIALS, WordPieceTokenizer
@@ -100,7 +101,7 @@ def test_batches_are_pure_functions_of_seed_step_and_row(corpus_docs, tok):
   for key, value in data.batch(3).items():
     np.testing.assert_array_equal(value, again.batch(3)[key])
   assert not np.array_equal(data.batch(3)['inputs'], data.batch(4)['inputs'])
-  halves = [PretrainingBatches(encoded, tok, 128, 32, 0, process_index=i, process_count=2).batch(3) for i in (0, 1)]
+  halves = [PretrainingBatches(encoded, tok, 128, parallel.host_share(32, i, 2), 0).batch(3) for i in (0, 1)]
   np.testing.assert_array_equal(np.concatenate([h['inputs'] for h in halves]), data.batch(3)['inputs'])
 
 

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from ssl_jax import parallel
 from ssl_jax.data import text, tokenizer as tokenizers
 from ssl_jax.data.corpus import TextCorpus
 from conftest import tiny_config
@@ -95,7 +96,7 @@ def test_training_windows_cover_the_stream_once_an_epoch():
 def test_each_host_reads_only_its_rows_of_the_global_batch():
   tokens = np.arange(5_000)
   whole = text.LMBatches(tokens, 8, 8, seed=0).batch(11)['inputs']
-  parts = [text.LMBatches(tokens, 8, 8, seed=0, process_index=i, process_count=4).batch(11)['inputs']
+  parts = [text.LMBatches(tokens, 8, parallel.host_share(8, i, 4), seed=0).batch(11)['inputs']
            for i in range(4)]
   assert all(p.shape == (2, 8) for p in parts)
   np.testing.assert_array_equal(np.concatenate(parts), whole)

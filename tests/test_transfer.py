@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from ssl_jax import parallel
 from ssl_jax.data import labelled, squad
 from ssl_jax.data.wordpiece import WordPieceTokenizer
 from conftest import ROOT, SHARED_DATA, read_metrics, run_cli, tiny_config
@@ -60,7 +61,7 @@ def test_labelled_batches_cover_each_epoch_and_pad_held_out_rows():
   assert batches.num_batches == 3
   last = batches.eval_batch(2)
   assert last['x'].tolist()[:2] == [8, 9] and last['weight'].tolist() == [1, 1, 0, 0]
-  host1 = labelled.LabelledBatches(arrays, 4, 3, process_index=1, process_count=2).batch(2)['x']
+  host1 = labelled.LabelledBatches(arrays, parallel.host_share(4, 1, 2), 3).batch(2)['x']
   assert np.array_equal(host1, batches.batch(2)['x'][2:])
 
 

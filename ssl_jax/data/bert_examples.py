@@ -25,6 +25,7 @@ from typing import List, Sequence
 
 import numpy as np
 
+from ssl_jax import parallel
 from ssl_jax.data import shard_readers
 from ssl_jax.data.text import DataError
 
@@ -56,26 +57,25 @@ class PretrainingBatches:
   """MLM + NSP batches from tokenised documents: a shard_readers.ShardedDocuments (memory-mapped:
   an example reads only its two documents), or a list of documents of sentence id arrays."""
 
-  def __init__(self, documents, tokenizer, seq_len: int, global_batch: int,
+  def __init__(self, documents, tokenizer, seq_len: int, global_batch,
                seed: int, max_predictions: int = 20, short_seq_prob: float = 0.1, whole_word: bool = False,
-               mask_prob: float = 0.15, process_index: int = 0, process_count: int = 1, name: str = 'data'):
+               mask_prob: float = 0.15, name: str = 'data'):
+    """global_batch: the global batch size, or this host's parallel.HostShare of it."""
     self.documents = documents if hasattr(documents, 'pair_document') else InMemoryDocuments(documents)
     if len(self.documents) < 2 or not self.documents.num_pairs():   # a pair is needed for IsNext
       raise DataError(f'{name}: BERT pretraining needs at least 2 documents, one of 2+ sentences '
                       f'(found {len(self.documents)} documents)')
-    if global_batch % process_count:
-      raise DataError(f'train.batch_size={global_batch} is not divisible by the {process_count} hosts')
+    self.share = parallel.host_share(global_batch) if isinstance(global_batch, int) else global_batch
     if seq_len < 8:
       raise DataError(f'data.seq_len={seq_len} is too short for [CLS] A [SEP] B [SEP]')
-    self.seq_len, self.global_batch, self.seed = seq_len, global_batch, seed
+    self.seq_len, self.global_batch, self.seed = seq_len, self.share.size, seed
     self.max_predictions, self.short_seq_prob = max_predictions, short_seq_prob
     self.whole_word, self.mask_prob = whole_word, mask_prob
     self.pad, self.cls, self.sep, self.mask = (tokenizer.piece_id(p) for p in ('[PAD]', '[CLS]', '[SEP]', '[MASK]'))
     self.first_ordinary = max(tokenizer.piece_id(p) for p in SPECIALS) + 1   # random replacements start here
     self.vocab_size = tokenizer.vocab_size
     self.word_start = word_starts(tokenizer)
-    local = global_batch // process_count
-    self.rows = range(process_index * local, (process_index + 1) * local)
+    self.rows = [int(r) for r in self.share.within]
 
   # --- one example ---------------------------------------------------------------------
 

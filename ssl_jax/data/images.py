@@ -13,6 +13,7 @@ from typing import List
 import numpy as np
 from PIL import Image
 
+from ssl_jax import parallel
 from ssl_jax.data.text import DataError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
@@ -115,16 +116,15 @@ def load(path: str, size: int):
 class ImageBatches:
   """Batches of augmented images (float32 in [0, 1]) with labels and each row's global index."""
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, global_batch: int, seed: int, augment: bool = True,
-               min_scale: float = 0.35, process_index: int = 0, process_count: int = 1):
+  def __init__(self, images: np.ndarray, labels: np.ndarray, global_batch, seed: int, augment: bool = True,
+               min_scale: float = 0.35):
+    """global_batch: the global batch size, or this host's parallel.HostShare of it."""
     if len(images) == 0:
       raise DataError('no images')
-    if global_batch % process_count:
-      raise DataError(f'train.batch_size={global_batch} is not divisible by the {process_count} hosts')
+    self.share = parallel.host_share(global_batch) if isinstance(global_batch, int) else global_batch
     self.images, self.labels = images, labels
-    self.global_batch, self.seed, self.augment, self.min_scale = global_batch, seed, augment, min_scale
-    local = global_batch // process_count
-    self.rows = np.arange(process_index * local, (process_index + 1) * local)
+    self.global_batch, self.seed, self.augment, self.min_scale = self.share.size, seed, augment, min_scale
+    self.rows = self.share.within
 
   def _crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random resized crop (area min_scale..1, aspect 3/4..4/3) and a horizontal flip half the time."""
@@ -141,7 +141,7 @@ class ImageBatches:
 
   def _batch(self, step: int, stream: int, sequential: bool) -> dict:
     if sequential:   # held-out passes walk the set in order
-      index = (step * self.global_batch + self.rows) % len(self.images)
+      index = self.share.rows(step) % len(self.images)
     else:
       index = np.random.default_rng([self.seed, step, stream]).integers(0, len(self.images), self.global_batch)
       index = index[self.rows]
@@ -150,7 +150,7 @@ class ImageBatches:
       images = np.stack([self._crop(im, np.random.default_rng([self.seed, step, int(r), stream]))
                          for im, r in zip(images, self.rows)])
     return {'images': images.astype(np.float32) / 255.0, 'labels': self.labels[index],
-            'index': (step * self.global_batch + self.rows).astype(np.int32)}
+            'index': self.share.rows(step).astype(np.int32)}
 
   def batch(self, step: int) -> dict:
     return self._batch(step, 0, sequential=False)

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ssl_jax import parallel
 from ssl_jax.data.text import DataError, read_text, resolve_paths
 
 IGNORE = -1   # label of positions that carry no loss (sub-word continuations, specials, padding)
@@ -196,18 +197,15 @@ class LabelledBatches:
   `weight` 0. `num_batches` held-out batches cover every row once.
   """
 
-  def __init__(self, arrays: dict, global_batch: int, seed: int, process_index: int = 0, process_count: int = 1,
-               name: str = 'data'):
+  def __init__(self, arrays: dict, global_batch, seed: int, name: str = 'data'):
+    """global_batch: the global batch size, or this host's parallel.HostShare of it."""
     self.size = len(next(iter(arrays.values())))
     if self.size == 0:
       raise DataError(f'{name}: no examples')
-    if global_batch % process_count:
-      raise DataError(f'train.batch_size={global_batch} is not divisible by the {process_count} hosts')
+    self.share = parallel.host_share(global_batch) if isinstance(global_batch, int) else global_batch
     self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    self.global_batch, self.seed = global_batch, seed
-    local = global_batch // process_count
-    self.rows = np.arange(process_index * local, (process_index + 1) * local)
-    self.num_batches = -(-self.size // global_batch)
+    self.global_batch, self.seed = self.share.size, seed
+    self.num_batches = -(-self.size // self.global_batch)
 
   @functools.lru_cache(maxsize=2)
   def _order(self, epoch: int) -> np.ndarray:
@@ -220,13 +218,13 @@ class LabelledBatches:
     return out
 
   def batch(self, step: int) -> dict:
-    positions = step * self.global_batch + self.rows                   # global positions in the stream
+    positions = self.share.rows(step)                                   # global positions in the stream
     epochs, within = positions // self.size, positions % self.size
     index = np.asarray([self._order(int(e))[w] for e, w in zip(epochs, within)])
     return self._take(index, np.ones(len(index)), positions)
 
   def eval_batch(self, i: int) -> dict:
-    positions = i * self.global_batch + self.rows
+    positions = self.share.rows(i)
     valid = positions < self.size
     return self._take(np.where(valid, positions, 0), valid, positions)
 

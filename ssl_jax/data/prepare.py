@@ -68,20 +68,20 @@ def _lines(path: str) -> Iterator[str]:
     yield from io.StringIO(piece)
 
 
-def documents(paths: List[str], mode: str = 'paragraphs', process_index: int = 0,
-              process_count: int = 1) -> Iterator[Document]:
+def documents(paths: List[str], mode: str = 'paragraphs', host: int = 0,
+              hosts: int = 1) -> Iterator[Document]:
   """Streams the documents of `paths`, this host's share only."""
   if mode not in ('paragraphs', 'files'):
     raise DataError(f"data.prepare.documents={mode!r}: expected 'paragraphs' or 'files'")
   by_file = len(paths) > 1
   count = 0
   for f_index, path in enumerate(paths):
-    if by_file and f_index % process_count != process_index:
+    if by_file and f_index % hosts != host:
       continue
     lines, first = [], 1
     if sources.format_of(path) != 'text':    # JSONL, Parquet, Arrow: a row is a document
       for number, text in enumerate(sources.iter_documents([path]), start=1):
-        if by_file or count % process_count == process_index:
+        if by_file or count % hosts == host:
           yield Document(text, path, number, number)
         count += 1
       continue
@@ -89,7 +89,7 @@ def documents(paths: List[str], mode: str = 'paragraphs', process_index: int = 0
       line = line.rstrip('\n')
       if mode == 'paragraphs' and not line.strip():
         if lines:
-          if by_file or count % process_count == process_index:
+          if by_file or count % hosts == host:
             yield Document('\n'.join(lines), path, first, number - 1)
           count += 1
         lines, first = [], number + 1
@@ -97,7 +97,7 @@ def documents(paths: List[str], mode: str = 'paragraphs', process_index: int = 0
       if not lines:
         first = number
       lines.append(line)
-    if lines and (by_file or count % process_count == process_index):
+    if lines and (by_file or count % hosts == host):
       yield Document('\n'.join(lines), path, first, first + len(lines) - 1)
     count += bool(lines)
 
@@ -248,7 +248,7 @@ class Filters:
 KEEP_FILE = 'keep.bin'          # one byte a document of the corpus (in prepare's order): 1 kept, 0 removed
 
 
-def prepare(paths: List[str], out_dir: str, p, process_index: int = 0, process_count: int = 1,
+def prepare(paths: List[str], out_dir: str, p, host: int = 0, hosts: int = 1,
             progress: bool = True, plot_path: str = '', write_corpus: bool = True) -> dict:
   """Filters and de-duplicates `paths`; returns the report (and plots the document lengths
   before and after to plot_path, if given).
@@ -266,12 +266,12 @@ def prepare(paths: List[str], out_dir: str, p, process_index: int = 0, process_c
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=total_bytes, unit='B', unit_scale=True, desc='prepare', leave=False)
   tmp = f'.tmp-{uuid.uuid4().hex[:12]}'      # unique to this writer, also across hosts and containers
-  names = _outputs(write_corpus, process_count)
+  names = _outputs(write_corpus, hosts)
   files = {n: open(os.path.join(out_dir, n + tmp), 'wb') if n == KEEP_FILE  # pylint: disable=consider-using-with
            else open(os.path.join(out_dir, n + tmp), 'w', encoding='utf-8') for n in names}
   documents_per_file = Counter()
   try:
-    for doc in documents(paths, p.documents, process_index, process_count):
+    for doc in documents(paths, p.documents, host, hosts):
       if bar is not None:
         bar.update(len(doc.text.encode('utf-8', 'replace')) + 2)
       documents_per_file[doc.source] += 1
@@ -292,15 +292,15 @@ def prepare(paths: List[str], out_dir: str, p, process_index: int = 0, process_c
   for n in names:
     os.replace(os.path.join(out_dir, n + tmp), os.path.join(out_dir, n))
   report = filters.report(total_bytes, time.perf_counter() - start)
-  if process_count == 1:
+  if hosts == 1:
     report['documents_per_file'] = [documents_per_file[x] for x in paths]
   if plot_path:
     _plot(filters.lengths_in, filters.lengths_out, plot_path)
   return report
 
 
-def _outputs(write_corpus: bool, process_count: int) -> List[str]:
-  return ['provenance.jsonl'] + (['corpus.txt'] if write_corpus else []) + ([KEEP_FILE] if process_count == 1 else [])
+def _outputs(write_corpus: bool, hosts: int) -> List[str]:
+  return ['provenance.jsonl'] + (['corpus.txt'] if write_corpus else []) + ([KEEP_FILE] if hosts == 1 else [])
 
 
 def kept_texts(path: str, first: int, keep_path: str, mode: str, quality: bool) -> Iterator[str]:
@@ -349,21 +349,21 @@ def cache_key(paths: List[str], p) -> str:
   return hashlib.sha1(json.dumps([stats, settings], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepared_corpus(paths: List[str], workdir: str, p, process_index: int = 0, process_count: int = 1,
+def prepared_corpus(paths: List[str], workdir: str, p, host: int = 0, hosts: int = 1,
                     progress: bool = True, write_corpus: bool = True, local_dir: str = '') -> Tuple[str, dict]:
   """(path of the cleaned corpus, report): prepared once per (files, settings), then cached.
   Without `write_corpus` (training: its token pipeline reads the kept documents from the
   sources, `kept_texts`), the path of keep.bin and no copy of the corpus.
 
-  With process_count > 1 (`run.py prepare` on every host) each host writes its own shard
+  With hosts > 1 (`run.py prepare` on every host) each host writes its own shard
   under prepared/host_<i>; training prepares on one host, over every document. On an
   object-store workdir the files are written in a local folder (`local_copy`'s, under
   `local_dir`) and uploaded.
   """
   out_dir = storage.join(workdir, 'prepared')
   report_dir = workdir
-  if process_count > 1:
-    out_dir = report_dir = storage.join(out_dir, f'host_{process_index}')
+  if hosts > 1:
+    out_dir = report_dir = storage.join(out_dir, f'host_{host}')
   key = cache_key(paths, p)
   report_path = storage.join(report_dir, 'prepare_report.json')
   product = storage.join(out_dir, 'corpus.txt' if write_corpus else KEEP_FILE)
@@ -376,12 +376,12 @@ def prepared_corpus(paths: List[str], workdir: str, p, process_index: int = 0, p
   work = out_dir
   if storage.is_url(out_dir):
     work = os.path.dirname(local_copy(storage.join(out_dir, KEEP_FILE), key, local_dir, fetch=False))
-    if process_count > 1:
-      work = os.path.join(work, f'host_{process_index}')
-  report = prepare(paths, work, p, process_index, process_count, progress,
+    if hosts > 1:
+      work = os.path.join(work, f'host_{host}')
+  report = prepare(paths, work, p, host, hosts, progress,
                    storage.join(report_dir, 'prepare_lengths.png'), write_corpus)
   if work != out_dir:
-    for name in _outputs(write_corpus, process_count):
+    for name in _outputs(write_corpus, hosts):
       storage.upload(os.path.join(work, name), storage.join(out_dir, name))
   report['key'] = key
   storage.write_text(report_path, json.dumps(report, indent=1))   # last: it says the files are complete

@@ -54,7 +54,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from ssl_jax import storage
+from ssl_jax import parallel, storage
 from ssl_jax.data import documents, prepare, shard_readers, sources
 # ShardedDocuments stays importable from here: ssl_jax/tasks/mlm_nsp.py reads it as shards.ShardedDocuments.
 from ssl_jax.data.shard_readers import INDEX, ShardedDocuments  # noqa: F401  pylint: disable=unused-import
@@ -111,8 +111,7 @@ def build(paths: Sequence[str], tokenizer, tokenizer_dir: str, fingerprint: str,
   remote = storage.is_url(target)
   out = os.path.join(local_cache_dir(local_dir), storage.basename(target)) if remote else target
   if hosts is None:
-    import jax  # pylint: disable=import-outside-toplevel
-    host, hosts = jax.process_index(), jax.process_count()
+    host, hosts = parallel.this_host()
   host = host or 0
   gather = gather or (jax_gather if hosts > 1 else lambda name, value: [value])
   what = 'sentence cache' if sentences else 'token cache'
@@ -177,7 +176,6 @@ def jax_gather(name: str, value: str) -> List[str]:
   """Every process's `value`, in process order, once all have got here: a barrier first (hours,
   as tokenising may take), then parallel.gather_text, so one host's bad input is every host's
   one-line DataError, not a wait for it."""
-  from ssl_jax import parallel  # pylint: disable=import-outside-toplevel
   parallel.barrier(name)
   return ['' if v == '-' else v for v in parallel.gather_text(f'ssl_jax cache {name}', value or '-', timeout_s=60)]
 

@@ -16,6 +16,8 @@ from typing import List, Sequence
 
 import numpy as np
 
+from ssl_jax import parallel
+
 
 class DataError(ValueError):
   """Bad input data: the message names the thing and where it is."""
@@ -115,23 +117,17 @@ class LMBatches:
   losses are comparable and `num_batches` of them cover the split.
   """
 
-  def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
-               process_index: int = 0, process_count: int = 1, name: str = 'data'):
+  def __init__(self, tokens: np.ndarray, seq_len: int, global_batch, seed: int, name: str = 'data'):
+    """global_batch: the global batch size, or this host's parallel.HostShare of it."""
     if len(tokens) < seq_len + 2:
       raise DataError(f'{name}: {len(tokens)} tokens is shorter than one sequence of '
                       f'{seq_len + 1} (data.seq_len + 1)')
-    if global_batch % process_count:
-      raise DataError(f'train.batch_size={global_batch} is not divisible by the {process_count} hosts')
+    self.share = parallel.host_share(global_batch) if isinstance(global_batch, int) else global_batch
     self.tokens = tokens
     self.seq_len = seq_len
-    self.global_batch = global_batch
+    self.global_batch = self.share.size
+    self.local_batch = self.share.local
     self.seed = seed
-    self.local_batch = global_batch // process_count
-    self._rows = slice(process_index * self.local_batch, (process_index + 1) * self.local_batch)
-
-  def _global_rows(self, i: int) -> np.ndarray:
-    """The run-wide indices of this host's rows in batch i."""
-    return i * self.global_batch + np.arange(self.global_batch)[self._rows]
 
   def _read(self, offsets: np.ndarray) -> dict:
     if hasattr(self.tokens, 'windows'):      # the token cache's shards: a slice copy a row
@@ -145,7 +141,7 @@ class LMBatches:
     """The first token of each of this host's rows at `step`."""
     T, span = self.seq_len, len(self.tokens) - self.seq_len - 1      # offsets lie in [0, span]
     m = max(1, span // T)                                            # windows an epoch
-    epochs, slots = np.divmod(self._global_rows(step), m)
+    epochs, slots = np.divmod(self.share.rows(step), m)
     offsets = np.empty(len(slots), np.int64)
     for e in np.unique(epochs):
       here = epochs == e
@@ -169,4 +165,4 @@ class LMBatches:
     shuffled order: any number of batches is a sample without replacement, and
     `num_batches` of them read the whole split (but the last < batch windows)."""
     m = self._eval_windows()
-    return self._read(self.seq_len * permute(self._global_rows(i) % m, m, (self.seed, 1)))
+    return self._read(self.seq_len * permute(self.share.rows(i) % m, m, (self.seed, 1)))

@@ -7,7 +7,6 @@ Images come from the vision data sources and a ViT classifies its class token. M
 `accuracy` on the held-out split (every row of it, once).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -37,9 +36,9 @@ def make_data(config, workdir: str) -> Data:
   eval_labels, _ = labelled.label_ids(eval_names, classes)
   decoder = config.model.family == 'gpt_classifier'
   encode = labelled.encode_plain if decoder else labelled.encode_pairs
-  d, pi, pc = config.data, jax.process_index(), jax.process_count()
+  d = config.data
   make = lambda rows, y, name: labelled.LabelledBatches(
-      {**encode(tok, rows[0], rows[1], d.seq_len), 'labels': y}, config.train.batch_size, config.seed, pi, pc, name)
+      {**encode(tok, rows[0], rows[1], d.seq_len), 'labels': y}, config.train.batch_size, config.seed, name)
   return Data(make((texts, texts_b), labels, 'training rows'), make((eval_texts, eval_texts_b), eval_labels,
                                                                     'held-out rows'),
               tok, units_per_example=d.seq_len, classes=classes)

@@ -11,9 +11,8 @@ from ssl_jax.tasks import Data, Task
 def make_data(config, workdir: str) -> Data:
   corpus = TextCorpus(config, workdir)
   seq_len, batch, seed = config.data.seq_len, config.train.batch_size, config.seed
-  pi, pc = jax.process_index(), jax.process_count()
-  train = LMBatches(corpus.train_tokens, seq_len, batch, seed, pi, pc, name='training split')
-  held_out = LMBatches(corpus.eval_tokens, seq_len, batch, seed, pi, pc, name='held-out split')
+  train = LMBatches(corpus.train_tokens, seq_len, batch, seed, name='training split')
+  held_out = LMBatches(corpus.eval_tokens, seq_len, batch, seed, name='held-out split')
   return Data(train, held_out, corpus.tokenizer, units_per_example=seq_len)
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax import flops, storage
+from ssl_jax import flops, parallel, storage
 from ssl_jax.errors import ConfigError
 from ssl_jax.data import corpus, documents as documents_lib, shards, sources, tokenizer as tokenizers
 from ssl_jax.data.bert_examples import SPECIALS, PretrainingBatches
@@ -39,13 +39,12 @@ def make_data(config, workdir: str) -> Data:
       split = max(1, int(len(train_docs) * (1 - d.eval_fraction)))
       train_docs, eval_docs = train_docs[:split], train_docs[split:]
   except (DataError, ConfigError):
-    if jax.process_index() == 0:
+    if parallel.is_first_host():
       corpus.remove_new(workdir, before)
     raise
-  pi, pc = jax.process_index(), jax.process_count()
   make = lambda docs, name: PretrainingBatches(
       docs, tok, d.seq_len, config.train.batch_size, config.seed, d.max_predictions, d.short_seq_prob,
-      d.whole_word_masking, process_index=pi, process_count=pc, name=name)
+      d.whole_word_masking, name=name)
   return Data(make(train_docs, 'training documents'), make(eval_docs, 'held-out documents'), tok,
               units_per_example=d.seq_len)
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssl_jax import flops
+from ssl_jax import flops, parallel
 from ssl_jax.errors import ConfigError
 from ssl_jax.data import labelled, squad
 from ssl_jax.data.bert_examples import SPECIALS
@@ -28,11 +28,9 @@ def make_data(config, workdir: str) -> Data:
   examples, held_out = labelled.split(config, squad.read_squad)
   tok = run_tokenizer(config, workdir, lambda: [e.question + '\n' + e.context for e in examples + held_out],
                       SPECIALS)
-  pi, pc = jax.process_index(), jax.process_count()
   train_features = squad.make_features(examples, tok, d.seq_len, f.doc_stride, f.max_query_len)
   eval_features = squad.make_features(held_out, tok, d.seq_len, f.doc_stride, f.max_query_len)
-  make = lambda feats, name: labelled.LabelledBatches(feats.arrays, config.train.batch_size, config.seed, pi, pc,
-                                                      name)
+  make = lambda feats, name: labelled.LabelledBatches(feats.arrays, config.train.batch_size, config.seed, name)
   data = Data(make(train_features, 'training windows'), make(eval_features, 'held-out windows'), tok,
               units_per_example=d.seq_len)
   data.eval.examples, data.eval.features = held_out, eval_features   # for decoding
@@ -59,9 +57,7 @@ def evaluate(run, params) -> dict:
   starts, ends = [], []
   for i in range(held_out.num_batches):
     out = _forward(run.model, params, run.global_batch(held_out.eval_batch(i)))
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      out = multihost_utils.process_allgather(out, tiled=True)
+    out = parallel.all_rows(out)
     starts.append(np.asarray(out['start_logits']))
     ends.append(np.asarray(out['end_logits']))
   n = held_out.size

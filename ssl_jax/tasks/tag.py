@@ -5,12 +5,11 @@ carry no loss. Held-out metrics come from a confusion matrix summed over every s
 `token_accuracy` (over words) and `f1` (macro-averaged over the tags that occur).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssl_jax import flops
+from ssl_jax import flops, parallel
 from ssl_jax.errors import ConfigError
 from ssl_jax.data import labelled
 from ssl_jax.data.bert_examples import SPECIALS
@@ -29,14 +28,13 @@ def make_data(config, workdir: str) -> Data:
   _, classes = labelled.label_ids([t for _, ts in sentences + held_out for t in ts])
   tags, _ = labelled.label_ids([t for _, ts in sentences for t in ts], classes)
   held_out_tags, _ = labelled.label_ids([t for _, ts in held_out for t in ts], classes)
-  pi, pc = jax.process_index(), jax.process_count()
 
   def make(rows, tag_ids, name):
     arrays = labelled.encode_tags(tok, rows, d.seq_len, tag_ids)
     cut = len(tag_ids) - arrays.pop('words_kept')
-    if cut and pi == 0:
+    if cut and parallel.is_first_host():
       print(f'{name}: {cut} of {len(tag_ids)} words fall past data.seq_len={d.seq_len} and are not scored')
-    return labelled.LabelledBatches(arrays, config.train.batch_size, config.seed, pi, pc, name)
+    return labelled.LabelledBatches(arrays, config.train.batch_size, config.seed, name)
 
   return Data(make(sentences, tags, 'training sentences'), make(held_out, held_out_tags, 'held-out sentences'),
               tok, units_per_example=d.seq_len, classes=classes)

@@ -1,6 +1,5 @@
 """What the vision objectives share: image data for a task, and the linear probe of its encoder."""
 
-import jax
 import numpy as np
 
 from ssl_jax import probe as probe_lib, storage
@@ -25,9 +24,7 @@ def make_data(config, workdir: str, labelled: bool = False) -> Data:
     split = int(len(train_images) * (1 - d.eval_fraction))
     train_images, eval_images = train_images[:split], train_images[split:]
     train_labels, eval_labels = train_labels[:split], train_labels[split:]
-  pi, pc = jax.process_index(), jax.process_count()
-  make = lambda x, y, augment: images_lib.ImageBatches(x, y, config.train.batch_size, config.seed, augment,
-                                                       process_index=pi, process_count=pc)
+  make = lambda x, y, augment: images_lib.ImageBatches(x, y, config.train.batch_size, config.seed, augment)
   return Data(make(train_images, train_labels, True), make(eval_images, eval_labels, False), None,
               unit='images', units_per_example=1, classes=tuple(classes) if labelled else ())
 
