@@ -22,7 +22,6 @@ demonstrations go first), as a decoder reading a stream would.
 """
 
 import functools
-import io
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import generate, storage
+from ssl_jax.data import sources
 from ssl_jax.data.text import DataError
 
 BATCH = 16          # rows scored per forward pass
@@ -44,19 +44,12 @@ def read_task(path: str) -> List[dict]:
   if not path or not _is_file(path):
     raise DataError(f'task file {path!r} does not exist')
   examples = []
-  with io.StringIO(storage.read_text(path), newline=None) as f:   # a local path or a URL
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        ex = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f'{path}:{n}: not JSON ({e})') from None
-      multiple_choice = 'choices' in ex and isinstance(ex.get('label'), int) and 0 <= ex['label'] < len(ex['choices'])
-      if not isinstance(ex, dict) or not isinstance(ex.get('context'), str) or not (
-          multiple_choice or isinstance(ex.get('target'), str)):
-        raise DataError(f'{path}:{n}: expected "context" and either "choices" with a "label" index or "target"')
-      examples.append(ex)
+  for where, ex in sources.jsonl_rows(path):   # a local path or a URL
+    multiple_choice = (isinstance(ex.get('choices'), list) and isinstance(ex.get('label'), int)
+                       and 0 <= ex['label'] < len(ex['choices']) and all(isinstance(c, str) for c in ex['choices']))
+    if not isinstance(ex.get('context'), str) or not (multiple_choice or isinstance(ex.get('target'), str)):
+      raise DataError(f'{where}: expected "context" and either "choices" with a "label" index or "target"')
+    examples.append(ex)
   if not examples:
     raise DataError(f'task file {path} holds no examples')
   return examples

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from ssl_jax import storage
+from ssl_jax.data.text import DataError
 from ssl_jax.errors import ConfigError
 
 METRICS_FILE = 'metrics.jsonl'
@@ -187,19 +188,39 @@ def append(workdir: str, record: dict) -> None:
 
 
 def read(workdir: str):
-  path = storage.join(workdir, METRICS_FILE)
-  if not storage.exists(path):
+  return [record for _, record in _records(storage.join(workdir, METRICS_FILE))]
+
+
+def _records(path: str, text: Optional[str] = None) -> list:
+  """(line, record) of metrics.jsonl. A last line that does not parse is a record cut short (a
+  full disk, a killed writer): left out, with a notice; any other is a DataError naming the line."""
+  if text is None and not storage.exists(path):
     return []
-  return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+  lines = [line for line in (storage.read_text(path) if text is None else text).splitlines() if line.strip()]
+  out = []
+  for n, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict):
+        raise ValueError(f'a JSON {type(record).__name__}, not an object')
+    except ValueError as e:
+      if n < len(lines):
+        raise DataError(f'{path}:{n}: not a metrics record ({str(e)[:100]}); remove the line to go on') from None
+      if jax.process_index() == 0:
+        print(f'{path}:{n}: a record cut short, left out ({line[:40]!r})', file=sys.stderr, flush=True)
+      break
+    out.append((line + '\n', record))
+  return out
 
 
 def _truncate_after(path: str, step: int) -> list:
-  """Drops the records past `step` (a resume redoes those steps); returns the lines kept."""
+  """Drops the records past `step` (a resume redoes those steps), and a record cut short;
+  returns the lines kept."""
   if not storage.exists(path):
     return []
-  lines = [line + '\n' for line in storage.read_text(path).splitlines() if line.strip()]
-  kept = [line for line in lines if json.loads(line).get('step', 0) <= step]
-  if len(kept) != len(lines):
+  text = storage.read_text(path)
+  kept = [line for line, record in _records(path, text) if record.get('step', 0) <= step]
+  if ''.join(kept) != text:
     storage.write_text(path, ''.join(kept))
   return kept
 

@@ -16,7 +16,6 @@ occurs in both. Each gives recall (over the reference), precision (over the summ
 """
 
 import collections
-import io
 import json
 import os
 import re
@@ -26,6 +25,7 @@ import jax
 import numpy as np
 
 from ssl_jax import generate, porter, storage
+from ssl_jax.data import sources
 from ssl_jax.data.text import DataError
 
 PROMPT_SUFFIX = '\nTL;DR:'
@@ -133,13 +133,10 @@ def read_articles(path: str) -> List[dict]:
   if not path or not (storage.exists(path) if storage.is_url(path) else os.path.isfile(path)):
     raise DataError(f'--input {path!r} does not exist (a JSONL of "article" and optional "reference")')
   rows = []
-  with io.StringIO(storage.read_text(path), newline=None) as f:   # a local path or a URL
-    for n, line in enumerate(f, 1):
-      if line.strip():
-        row = json.loads(line)
-        if not isinstance(row.get('article'), str):
-          raise DataError(f'{path}:{n}: no "article" string')
-        rows.append(row)
+  for where, row in sources.jsonl_rows(path):   # a local path or a URL
+    if not isinstance(row.get('article'), str):
+      raise DataError(f'{where}: no "article" string')
+    rows.append(row)
   if not rows:
     raise DataError(f'{path} holds no articles')
   return rows

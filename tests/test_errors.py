@@ -2,6 +2,7 @@
 and nothing in the workdir lost. One case per row of the README's table."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -135,3 +136,46 @@ def test_full_disk_while_saving(tmp_path, corpus, trained, capsys, monkeypatch):
 def test_debug_shows_the_traceback(tmp_path):
   with pytest.raises(Exception, match='no file matches'):
     run.main(['train', f'--config.data.path={tmp_path}/nope.txt', '--workdir', str(tmp_path / 'w'), '--debug'])
+
+
+def test_a_jsonl_line_with_a_lone_surrogate(tmp_path, capsys):
+  path = tmp_path / 'corpus.jsonl'
+  path.write_text(''.join(f'{{"text": "a good line of text, number {i}"}}\n' for i in range(50)) +
+                  '{"text": "bad \\ud800 here"}\n')
+  workdir = tmp_path / 'w'
+  line = fail(capsys, 'train', f'--config.data.path={path}', *TINY, '--workdir', str(workdir))
+  assert f'{path}:51: not Unicode text (a lone surrogate' in line
+  left = os.listdir(workdir) if workdir.exists() else []
+  assert not [name for name in left if name.startswith(('tokenizer', 'cache'))], left   # nothing of the data kept
+
+
+@pytest.mark.parametrize('command, flag, content, words', [
+    ('fewshot', '--task', '{"context": "a", "target": "b"}\n5\n', 'task.jsonl:2: expected a JSON object, not int'),
+    ('fewshot', '--task', '{"context": "a", "choices": 3, "label": 0}\n', 'task.jsonl:1: expected "context"'),
+    ('summarize', '--input', '{"article": "a"}\n\n{"article": "b"\n', 'task.jsonl:3: not JSON'),
+    ('summarize', '--input', '["article"]\n', 'task.jsonl:1: expected a JSON object, not list'),
+])
+def test_a_task_or_articles_file_that_is_not_json_objects(tmp_path, trained, capsys, command, flag, content, words):
+  path = tmp_path / 'task.jsonl'
+  path.write_text(content)
+  line = fail(capsys, command, '--workdir', trained, flag, str(path))
+  assert f'{tmp_path}/{words}' in line
+
+
+def test_a_record_cut_short_at_the_end_of_metrics_jsonl(tmp_path, corpus, trained, capsys):
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(trained, workdir)
+  path = os.path.join(workdir, 'metrics.jsonl')
+  with open(path) as f:
+    whole = f.read()
+  with open(path, 'a') as f:
+    f.write('{"step": 4, "train_lo')                 # a full disk's last write
+  run.main(['train', f'--config.data.path={corpus}', *TINY, *STEPS, '--workdir', workdir])
+  assert 'metrics.jsonl:4: a record cut short, left out' in capsys.readouterr().err
+  with open(path) as f:
+    records = [json.loads(line) for line in f]
+  assert [r['step'] for r in records] == [1, 2, 3, 4] and records[:3] == [json.loads(x) for x in whole.splitlines()]
+  with open(path, 'a') as f:                         # a bad line before others: named, not skipped
+    f.write('not json\n{"step": 5}\n')
+  line = fail(capsys, 'train', f'--config.data.path={corpus}', *TINY, *STEPS, '--workdir', workdir)
+  assert line.startswith(f'error: {path}:5: not a metrics record')

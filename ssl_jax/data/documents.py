@@ -68,9 +68,26 @@ def unit_documents(unit, text_field: str = 'text') -> Iterator[Document]:
       if doc:
         yield doc
     return
-  # Pieces end at line ends, so splitting each piece's lines splits the file's (str.splitlines).
-  lines = (line for piece in sources.documents(unit, separator=False) for line in piece.splitlines())
-  yield from (_conllu(lines) if unit.path.endswith('.conllu') else _plain(lines))
+  lines = _text_lines(sources.documents(unit, separator=False))
+  yield from (_conllu(lines) if is_conllu(unit.path) else _plain(lines))
+
+
+def is_conllu(path: str) -> bool:
+  """CoNLL-U by its extension, whatever the compression after it (en_ewt-ud-train.conllu.gz)."""
+  compression = sources.compression_of(path)
+  return path[:len(path) - len(compression)].lower().endswith('.conllu')
+
+
+def _text_lines(pieces: Iterable[str]) -> Iterator[str]:
+  """The lines (str.splitlines) of a text read in pieces: a piece may end inside a long line
+  (sources.py reads in bounded blocks), whose start waits for the rest."""
+  rest = ''
+  for piece in pieces:
+    lines = (rest + piece).splitlines(keepends=True)
+    rest = lines.pop() if lines and lines[-1].splitlines()[0] == lines[-1] else ''
+    yield from (line.splitlines()[0] for line in lines)
+  if rest:
+    yield rest
 
 
 def iter_documents(paths: Sequence[str], fmt: str = '', text_field: str = 'text') -> Iterator[Document]:

@@ -12,21 +12,23 @@ files. gs://, s3://, ... paths go through fsspec (its filesystem package install
 A corpus is cut into `Unit`s, each read on its own (by one worker of the token pipeline):
 a byte range of an uncompressed local text or JSONL file (starting at a line start), a
 Parquet row group, or a whole compressed, remote or Arrow file. Units depend only on the
-files and `unit_bytes`, so the shards built from them do too. Nothing reads a file whole:
-text comes in pieces of whole lines, about `PIECE_BYTES` each.
+files and `unit_bytes`, so the shards built from them do too. Nothing reads a file or a text
+line whole: text comes in pieces of about `PIECE_BYTES`, whole lines but for a longer line's.
 
-Bad input is a DataError naming the file and the line (or row group): a line that is not
-JSON or lacks the field, a corrupt compressed stream, a Parquet file without the column.
+Bad input is a DataError naming the file and the line (or row group): a line that is not a
+JSON object or lacks the field, a corrupt compressed stream, a Parquet file without the column.
 """
 
+import codecs
 import dataclasses
+import functools
 import glob
 import gzip
 import io
 import json
 import os
 import zlib
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Sequence, Tuple
 
 from ssl_jax.data.text import DataError, embedded_corpus_paths
 
@@ -214,8 +216,10 @@ def _corrupt(unit: Unit, error: Exception, line: int) -> DataError:
                    f'({type(error).__name__}: {str(error)[:120]})')
 
 
-def _lines(unit: Unit) -> Iterator[tuple]:
-  """(line number or None, bytes) of the unit's lines: those that start in [start, end)."""
+def _lines(unit: Unit, limit: int = -1) -> Iterator[tuple]:
+  """(line number or None, bytes) of the unit's lines: those that start in [start, end). With a
+  `limit`, a longer line comes in parts of at most that many bytes (all but its last part
+  without a newline), so that no line is held whole."""
   try:
     import zstandard  # pylint: disable=import-outside-toplevel
     zstd_errors = (zstandard.ZstdError,)
@@ -224,19 +228,23 @@ def _lines(unit: Unit) -> Iterator[tuple]:
   with _open_binary(unit.path) as f:
     if unit.start > 0:
       f.seek(unit.start - 1)
-      f.readline()        # the rest of the line holding start - 1 belongs to the unit before
-    position, n = (f.tell() if unit.start else 0), (None if unit.start else 0)
+      while (skipped := f.readline(1 << 20)) and not skipped.endswith(b'\n'):
+        pass              # the rest of the line holding start - 1 belongs to the unit before
+    position, n = (f.tell() if unit.start else 0), (None if unit.start else 1)
     reader = io.BufferedReader(f, 1 << 20) if compression_of(unit.path) else f
-    while unit.end < 0 or position < unit.end:
+    within = False        # inside a line begun in the range
+    while unit.end < 0 or position < unit.end or within:
       try:
-        line = reader.readline()
+        line = reader.readline(limit)
       except (OSError, EOFError, zlib.error, *zstd_errors) as e:   # gzip raises BadGzipFile (an OSError)
         raise _corrupt(unit, e, n or 0) from None
       if not line:
         break
       position += len(line)
-      n = None if n is None else n + 1
       yield n, line
+      within = not line.endswith(b'\n')
+      if not within:
+        n = None if n is None else n + 1
 
 
 def _line_number(unit: Unit, k: int) -> int:
@@ -259,36 +267,78 @@ def _where(unit: Unit, n, k: int) -> str:
   return f'{unit.path}:{n if n is not None else _line_number(unit, k)}'
 
 
-def _jsonl(unit: Unit, field: str) -> Iterator[str]:
+def jsonl_rows(path: str) -> Iterator[Tuple[str, dict]]:
+  """('path:line', object) of every non-blank line of a JSONL file, local or a URL, .gz or .zst:
+  the one reader of the JSON lines a user gives (corpora, few-shot tasks, articles). A line
+  that is not a JSON object, or holds text that is not Unicode (a lone surrogate escaped as
+  \\ud800), is a DataError naming the file and the line."""
+  for where, row in _objects(Unit(path, 'jsonl'), whole_rows=True):
+    yield where(), row
+
+
+def _objects(unit: Unit, whole_rows: bool = False) -> Iterator[tuple]:
+  """(() -> 'path:line', object) of the unit's JSON lines; with `whole_rows` all their text checked."""
   for k, (n, line) in enumerate(_lines(unit), 1):
+    where = functools.partial(_where, unit, n, k)
     if not line.strip():
       continue
     try:
       row = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise DataError(f'{_where(unit, n, k)}: not JSON ({str(e)[:100]})') from None
-    text = row.get(field) if isinstance(row, dict) else None
+      raise DataError(f'{where()}: not JSON ({str(e)[:100]})') from None
+    if not isinstance(row, dict):
+      raise DataError(f'{where()}: expected a JSON object, not {type(row).__name__}')
+    if whole_rows and b'\\u' in line:
+      _check_unicode(json.dumps(row, ensure_ascii=False), where)
+    yield where, row
+
+
+def _check_unicode(text: str, where) -> None:
+  """JSON's \\u escapes can spell half a surrogate pair, which no UTF-8 encoder accepts."""
+  try:
+    text.encode('utf-8')
+  except UnicodeEncodeError as e:
+    raise DataError(f'{where()}: not Unicode text (a lone surrogate {text[e.start]!r} at character '
+                    f'{e.start})') from None
+
+
+def _jsonl(unit: Unit, field: str) -> Iterator[str]:
+  for where, row in _objects(unit):
+    text = row.get(field)
     if not isinstance(text, str):
-      raise DataError(f'{_where(unit, n, k)}: no {field!r} text field (set data.text_field)')
+      raise DataError(f'{where()}: no {field!r} text field (set data.text_field)')
+    if not text.isascii():     # (cheap) only text beyond ASCII can hold a surrogate
+      _check_unicode(text, where)
     yield text
 
 
 def _text_pieces(unit: Unit, separator: bool = True) -> Iterator[str]:
-  piece, size = [], 0
-  for k, (n, line) in enumerate(_lines(unit), 1):
-    if b'\x00' in line:
+  """Pieces of about PIECE_BYTES, read in blocks of at most that: whole lines, except that a
+  longer line is cut after its last space (or newline, or anywhere) within a block, so that
+  what is held does not grow with a line's length."""
+  decoder = codecs.getincrementaldecoder('utf-8')()
+  piece, size, k = [], 0, 1
+  for n, part in _lines(unit, PIECE_BYTES):
+    if b'\x00' in part:
       raise DataError(f'{_where(unit, n, k)}: looks like a binary file, not text')
     try:
-      piece.append(line.decode('utf-8'))
+      piece.append(decoder.decode(part))
     except UnicodeDecodeError as e:
       raise DataError(f'{_where(unit, n, k)}: not UTF-8 text ({e.reason})') from None
-    size += len(line)
+    size += len(part)
+    k += part.endswith(b'\n')
     if size >= PIECE_BYTES:
-      yield ''.join(piece)
-      piece, size = [], 0
+      text = ''.join(piece)
+      cut = len(text) if text.endswith('\n') else max(text.rfind(' '), text.rfind('\n')) + 1 or len(text)
+      yield text[:cut]
+      piece, size = [text[cut:]], len(text) - cut
+  try:
+    decoder.decode(b'', final=True)
+  except UnicodeDecodeError as e:
+    raise DataError(f'{_where(unit, n, k)}: not UTF-8 text ({e.reason})') from None
   if unit.last and separator:
     piece.append('\n\n')
-  if piece:
+  if any(piece):
     yield ''.join(piece)
 
 
