@@ -10,6 +10,7 @@ With a profile directory, a `jax.profiler` trace of a few more steps is written 
 """
 
 import json
+import shutil
 import tempfile
 import time
 
@@ -29,7 +30,18 @@ def input_rate(run, steps: int, start: int = 1000) -> float:
 
 
 def run(config, workdir: str = '', profile_dir: str = '') -> dict:
-  workdir = workdir or tempfile.mkdtemp(prefix='ssl_jax_bench_')
+  """The benchmark's result (see the module docstring). Without a workdir, what setting up the
+  run writes (tokenizer, token cache) goes to a temporary folder removed before returning."""
+  if workdir:
+    return _run(config, workdir, profile_dir)
+  scratch = tempfile.mkdtemp(prefix='ssl_jax_bench_')
+  try:
+    return _run(config, scratch, profile_dir)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(config, workdir: str, profile_dir: str) -> dict:
   run = trainer.setup(config, workdir)
   config = run.config   # resolved: the vocabulary and classes the data brought
   bc = config.bench

@@ -6,8 +6,17 @@ counts from the text instead:
   - FLOPs: every dot and convolution, in fused computations too (2 x output elements x the
     products each sums), and a flash-attention custom call's analytic work;
   - HBM bytes: what each top-level instruction (a fusion, a copy, a custom call, a
-    collective) reads and writes, the operands' and results' sizes: fusions keep their
-    intermediates on chip, so this is the traffic a roofline divides by the bandwidth;
+    collective) reads and writes: fusions keep their intermediates on chip, so this is the
+    traffic a roofline divides by the bandwidth. An operand or result is charged what the
+    chip moves of it, not its whole size: an operand that a (fused) dynamic-slice or gather
+    reads from is charged the slice or the rows read (a scanned layer stack is read one
+    layer a step, the labels' logits one per token), and a buffer a dynamic-update-slice or
+    scatter updates in place is charged the update, read and written (a saved layer input
+    is written one layer a step). Arrays in another memory space than HBM (a TPU layout's
+    `S(n)`, n > 0: VMEM, SMEM, sync flags) are on-chip traffic, counted apart; so a copy
+    into on-chip memory is charged the HBM read of its source only;
+  - the same HBM bytes with every operand and result charged whole (the count before the
+    rules above: `hbm_bytes_whole_operands`);
   - collective bytes by kind (each result's size);
 and each instruction in a loop body once per iteration, nested loops multiplying.
 """
@@ -29,6 +38,12 @@ _NO_TRAFFIC = {'parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast',
                'all-reduce-done', 'collective-permute-done', 'send-done', 'recv-done', 'async-done',
                'async-update', 'add-dependency', 'domain'}
 _SHAPE = re.compile(r'\b([a-z]+\d*(?:e\d+m\d+(?:fn)?)?)\[([\d,]*)\]')
+_ARRAY = re.compile(r'\b([a-z]+\d*(?:e\d+m\d+(?:fn)?)?)\[([\d,]*)\](\{[^}]*\})?')
+_MEMORY_SPACE = re.compile(r'S\((\d+)\)')
+# Ops that read the part of their first operand their result (dynamic-slice, gather) or
+# their update (dynamic-update-slice, scatter: in place) names; see `_fusion_traffic`.
+_SLICE_READS = ('dynamic-slice', 'gather')
+_IN_PLACE = {'dynamic-update-slice': 1, 'scatter': 2}    # opcode: operand index of the update
 
 
 @dataclasses.dataclass
@@ -38,6 +53,7 @@ class Instruction:
   opcode: str
   operands: List[str]
   attrs: str         # everything after the operand list
+  root: bool = False
 
 
 def shape_bytes(text: str) -> int:
@@ -47,6 +63,25 @@ def shape_bytes(text: str) -> int:
     if dtype in _DTYPE_BYTES:
       total += _DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(',') if d] or [1]))
   return total
+
+
+def split_bytes(text: str):
+  """(HBM bytes, on-chip bytes) of the HLO type(s) in `text`: an array whose layout names a
+  memory space S(n), n > 0, is on chip (TPU VMEM, SMEM, sync flags)."""
+  hbm = on_chip = 0
+  for dtype, dims, layout in _ARRAY.findall(text):
+    if dtype in _DTYPE_BYTES:
+      size = _DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(',') if d] or [1]))
+      space = _MEMORY_SPACE.search(layout or '')
+      if space and space.group(1) != '0':
+        on_chip += size
+      else:
+        hbm += size
+  return hbm, on_chip
+
+
+def _elements(text: str) -> int:
+  return int(np.prod(dims_of(text) or [1]))
 
 
 def dims_of(text: str) -> List[int]:
@@ -99,7 +134,7 @@ def parse_instruction(line: str):
     return None
   end = _closing(rest, op.end() - 1)
   operands = [re.sub(r'/\*.*?\*/', '', o).split()[-1].lstrip('%') for o in _split_top(rest[op.end():end])]
-  return Instruction(m.group(1), type_text, op.group(1), operands, rest[end + 1:])
+  return Instruction(m.group(1), type_text, op.group(1), operands, rest[end + 1:], line.lstrip().startswith('ROOT'))
 
 
 def parse(hlo: str) -> Dict[str, dict]:
@@ -222,8 +257,9 @@ def flash_attention_flops(inst: Instruction, shapes: Dict[str, str], causal: boo
 
 
 def costs(hlo: str, causal: bool = False) -> dict:
-  """{'flops', 'hbm_bytes', 'collective_bytes': {kind: bytes}, 'custom_calls': {name: count}}
-  per device per step of an optimized HLO module (see the module docstring)."""
+  """{'flops', 'hbm_bytes', 'hbm_bytes_whole_operands', 'on_chip_bytes', 'collective_bytes':
+  {kind: bytes}, 'custom_calls': {name: count}, 'top_hbm': [(op name, HBM bytes)] (the ten
+  largest)} per device per step of an optimized HLO module (see the module docstring)."""
   computations = parse(hlo)
   times = collections.defaultdict(float)
   fused = set()
@@ -250,7 +286,8 @@ def costs(hlo: str, causal: bool = False) -> dict:
       pending[callee] -= 1
       if pending[callee] == 0:
         ready.append(callee)
-  flops = hbm = 0.0
+  flops = hbm = whole = on_chip = 0.0
+  fusion_io, by_op = {}, collections.Counter()
   collectives = {kind: 0.0 for kind in COLLECTIVES}
   custom_calls = collections.Counter()
   for name, c in computations.items():
@@ -273,8 +310,116 @@ def costs(hlo: str, causal: bool = False) -> dict:
         if label.startswith('splash_mha'):
           flops += n * flash_attention_flops(inst, shapes, causal)
       if name not in fused and inst.opcode not in _NO_TRAFFIC:
-        hbm += n * (shape_bytes(inst.type) + sum(shape_bytes(shapes.get(o, '')) for o in inst.operands))
-  return {'flops': flops, 'hbm_bytes': hbm, 'collective_bytes': collectives, 'custom_calls': dict(custom_calls)}
+        whole += n * (shape_bytes(inst.type) + sum(shape_bytes(shapes.get(o, '')) for o in inst.operands))
+        moved, local = _traffic(inst, shapes, computations, fusion_io)
+        hbm += n * moved
+        on_chip += n * local
+        if moved:
+          by_op[_op_name(inst)] += n * moved
+  return {'flops': flops, 'hbm_bytes': hbm, 'hbm_bytes_whole_operands': whole, 'on_chip_bytes': on_chip,
+          'collective_bytes': collectives, 'custom_calls': dict(custom_calls),
+          'top_hbm': by_op.most_common(10)}
+
+
+def _op_name(inst: Instruction) -> str:
+  """What an instruction came from: its op_name metadata (the jitted function's path
+  stripped), else its opcode."""
+  m = re.search(r'op_name="([^"]*)"', inst.attrs)
+  if not m:
+    return inst.opcode
+  return re.sub(r'^jit\([^)]*\)/', '', m.group(1))
+
+
+def _views(name: str, users) -> list:
+  """(user, operand index) of every use of `name`, looking through bitcasts (free views)."""
+  out = []
+  for user, k in users.get(name, []):
+    out.extend(_views(user.name, users) if user.opcode == 'bitcast' else [(user, k)])
+  return out
+
+
+def _fusion_traffic(instructions: List[Instruction]):
+  """({parameter index: bytes read}, [bytes written per result]) of a fused computation where
+  the chip moves less than the whole array (None for an element charged whole):
+    - a parameter read only by dynamic-slices or gathers (its first operand): their results'
+      size, the slice or the rows read;
+    - a parameter that is only the buffer a dynamic-update-slice or scatter updates in place
+      (that update is a result of the fusion): the update's size, the rows it rewrites (a
+      scatter's are read too, to be added to), the result then written at the update's size.
+  """
+  by_name = {i.name: i for i in instructions}
+  users = collections.defaultdict(list)
+  for inst in instructions:
+    for k, operand in enumerate(inst.operands):
+      users[operand].append((inst, k))
+  root = next((i for i in instructions if i.root), instructions[-1] if instructions else None)
+  outputs = root.operands if root is not None and root.opcode == 'tuple' else [root.name] if root else []
+  written, in_place = [], set()
+  for out in outputs:
+    inst = by_name.get(out)
+    while inst is not None and inst.opcode == 'bitcast':
+      inst = by_name.get(inst.operands[0])
+    if inst is not None and inst.opcode in _IN_PLACE and len(inst.operands) > _IN_PLACE[inst.opcode]:
+      in_place.add(inst.name)
+      written.append(shape_bytes(by_name[inst.operands[_IN_PLACE[inst.opcode]]].type)
+                     if inst.operands[_IN_PLACE[inst.opcode]] in by_name else None)
+    else:
+      written.append(None)
+  read = {}
+  for inst in instructions:
+    if inst.opcode != 'parameter' or not inst.operands[0].isdigit():
+      continue
+    uses = _views(inst.name, users)
+    itemsize = shape_bytes(inst.type) / max(_elements(inst.type), 1)
+    if uses and all(u.opcode in _SLICE_READS and k == 0 for u, k in uses):
+      read[int(inst.operands[0])] = sum(_elements(u.type) * itemsize for u, _ in uses)
+    elif uses and all(u.name in in_place and k == 0 for u, k in uses):
+      read[int(inst.operands[0])] = sum(_elements(by_name[u.operands[_IN_PLACE[u.opcode]]].type) * itemsize
+                                        if u.opcode == 'scatter' else 0 for u, _ in uses)
+  return read, written
+
+
+def _traffic(inst: Instruction, shapes: Dict[str, str], computations, fusion_io) -> tuple:
+  """(HBM bytes, on-chip bytes) a top-level instruction moves: see the module docstring."""
+  if inst.opcode == 'copy-start':                  # (destination, source, context): one read, one write
+    result = _split_top(inst.type[1:_closing(inst.type, 0)])[0] if inst.type.startswith('(') else inst.type
+    results = [result]
+  elif inst.opcode.endswith('-start'):
+    results = [_async_result(inst.type)]
+  elif inst.type.startswith('('):
+    results = _split_top(inst.type[1:_closing(inst.type, 0)])
+  else:
+    results = [inst.type]
+  read, written = {}, [None] * len(results)
+  if inst.opcode == 'fusion':
+    callee = re.search(r'\bcalls=%?([\w.\-]+)', inst.attrs)
+    if callee and callee.group(1) in computations:
+      if callee.group(1) not in fusion_io:
+        fusion_io[callee.group(1)] = _fusion_traffic(computations[callee.group(1)]['instructions'])
+      read, out = fusion_io[callee.group(1)]
+      if len(out) == len(results):
+        written = out
+  elif inst.opcode in _SLICE_READS and inst.operands:
+    read = {0: shape_bytes(inst.type)}
+  elif inst.opcode in _IN_PLACE and len(inst.operands) > _IN_PLACE[inst.opcode]:
+    update = shape_bytes(shapes.get(inst.operands[_IN_PLACE[inst.opcode]], ''))
+    read, written = {0: update if inst.opcode == 'scatter' else 0}, [update]
+  hbm = on_chip = 0.0
+  for k, operand in enumerate(inst.operands):
+    whole_hbm, whole_chip = split_bytes(shapes.get(operand, ''))
+    if k in read and read[k] is not None:
+      share = read[k] / max(whole_hbm + whole_chip, 1)
+      whole_hbm, whole_chip = min(whole_hbm, whole_hbm * share), min(whole_chip, whole_chip * share)
+    hbm += whole_hbm
+    on_chip += whole_chip
+  for result, size in zip(results, written):
+    whole_hbm, whole_chip = split_bytes(result)
+    if size is not None:
+      share = size / max(whole_hbm + whole_chip, 1)
+      whole_hbm, whole_chip = min(whole_hbm, whole_hbm * share), min(whole_chip, whole_chip * share)
+    hbm += whole_hbm
+    on_chip += whole_chip
+  return hbm, on_chip
 
 
 def _async_result(type_text: str) -> str:

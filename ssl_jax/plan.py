@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 
@@ -50,7 +51,7 @@ def accelerator_spec(name: str):
   for known, (memory, bandwidth) in ACCELERATORS.items():
     if key in (re.sub(r'[\s_-]', '', known.lower()), re.sub(r'[\s_-]', '', known.lower().replace('tpu', ''))):
       return known, memory, bandwidth, flops.datasheet_peak(known if known.startswith('TPU') else f'NVIDIA {known}')
-  m = re.fullmatch(r'([\d.]+)\s*GB', name.strip(), re.IGNORECASE)
+  m = re.fullmatch(r'(\d+(?:\.\d*)?|\.\d+)\s*GB', name.strip(), re.IGNORECASE)
   if m:
     return name, float(m.group(1)) * 1e9, None, None
   raise ConfigError(f'--accelerator {name!r}: expected one of {", ".join(ACCELERATORS)}, or a size such as 24GB')
@@ -99,10 +100,32 @@ def captured_stderr(lines: list):
       sys.stderr.write(text)
 
 
+def roofline(program: dict, model_flops_per_device: float, peak: float, bandwidth: float) -> dict:
+  """The time a step's program needs at the chip's `peak` FLOP/s for its FLOPs and at its HBM
+  `bandwidth` (B/s) for its HBM bytes (hlo.costs), which of the two binds, and the MFU that
+  bound allows: the model's FLOPs over what the chip could do in the longer time."""
+  compute_s, memory_s = program['flops'] / peak, program['hbm_bytes'] / bandwidth
+  bound = max(compute_s, memory_s)
+  return {'compute_s': compute_s, 'memory_s': memory_s, 'bound_by': 'compute' if compute_s >= memory_s else 'memory',
+          'mfu_bound': model_flops_per_device / (bound * peak) if bound else None}
+
+
 def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', topology: str = '',
          slices: int = 1) -> dict:
   """Compiles the train step for `topology` (a TPU slice) or `devices` virtual devices and
-  reports per device what it holds, does and moves, and whether it fits `accelerator`."""
+  reports per device what it holds, does and moves, and whether it fits `accelerator`.
+  Without a workdir, what setting up the run writes (tokenizer, token cache) goes to a
+  temporary folder removed before returning."""
+  if workdir:
+    return _plan(config, devices, accelerator, workdir, topology, slices)
+  scratch = tempfile.mkdtemp(prefix='ssl_jax_plan_')
+  try:
+    return _plan(config, devices, accelerator, scratch, topology, slices, keep_files=False)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _plan(config, devices, accelerator, workdir, topology, slices, keep_files=True) -> dict:
   from ssl_jax import kernels, trainer  # pylint: disable=import-outside-toplevel
   if topology:
     targets = topology_devices(topology, slices)
@@ -123,7 +146,7 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
     target = f'{devices} virtual devices (an XLA:CPU estimate{" of the GPU program" if on_gpu else ""})'
   name, capacity, bandwidth, peak = accelerator_spec(accelerator)
   t = time.perf_counter()
-  run = trainer.setup(config, workdir or tempfile.mkdtemp(), compile_steps=False, devices=targets, choice=choice)
+  run = trainer.setup(config, workdir, compile_steps=False, devices=targets, choice=choice)
   config = run.config   # resolved: a fine-tuning run's family and shape come from its source
   lowered, _ = trainer.lower_steps(run, eval_step_too=False)
   compiler_lines = []
@@ -138,19 +161,13 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
   flops_step = float(run.task.flops_per_step(run.config)[0])   # model FLOPs (what MFU counts)
   n = len(run.mesh.devices.flat)
   text = compiled.as_text()
-  if workdir:   # the optimized per-device program, for reading what the numbers come from
+  if keep_files:   # the optimized per-device program, for reading what the numbers come from
     storage.makedirs(workdir)
     storage.write_text(storage.join(workdir, 'plan_hlo.txt'), text)
   program = hlo.costs(text, causal=config.model.family.startswith('gpt'))
   remats = sum('Involuntary full rematerialization' in line for line in compiler_lines)
   m = run.mesh.shape
-  roofline = None
-  if bandwidth and peak:
-    compute_s, memory_s = program['flops'] / peak, program['hbm_bytes'] / bandwidth
-    bound = max(compute_s, memory_s)
-    roofline = {'compute_s': compute_s, 'memory_s': memory_s,
-                'bound_by': 'compute' if compute_s >= memory_s else 'memory',
-                'mfu_bound': flops_step / n / (bound * peak) if bound else None}
+  roof = roofline(program, flops_step / n, peak, bandwidth) if bandwidth and peak else None
   return {
       'model': config.model.size or config.model.family, 'params': int(run.num_params), 'devices': n,
       'target': target, 'mesh': [m['data'], m['fsdp'], m['tensor']], 'batch_size': int(config.train.batch_size),
@@ -163,9 +180,12 @@ def plan(config, devices: int = 0, accelerator: str = '', workdir: str = '', top
                            'generated_code': int(memory.generated_code_size_in_bytes), 'peak': peak_bytes},
       'flops_per_step': flops_step, 'flops_per_device': flops_step / n,
       'program_flops_per_device': program['flops'], 'hbm_bytes_per_device': program['hbm_bytes'],
+      'hbm_bytes_per_device_whole_operands': program['hbm_bytes_whole_operands'],
+      'on_chip_bytes_per_device': program['on_chip_bytes'],
+      'top_hbm_bytes': [[name, int(size)] for name, size in program['top_hbm'][:5]],
       'collective_bytes_per_device': {k: int(v) for k, v in program['collective_bytes'].items()},
       'custom_calls': program['custom_calls'], 'involuntary_full_rematerializations': remats,
-      'roofline': roofline, 'accelerator': name, 'accelerator_bytes': capacity,
+      'roofline': roof, 'accelerator': name, 'accelerator_bytes': capacity,
       'fits': peak_bytes <= capacity, 'compile_s': round(compile_s, 1),
   }
 
@@ -196,7 +216,9 @@ def report(r: dict) -> str:
       f'  peak                         {_gb(b["peak"]):>14}',
       f'  model FLOPs per step         {r["flops_per_device"]:>14.3e}  ({r["flops_per_step"]:.3e} in all)',
       f'  program FLOPs per step       {r["program_flops_per_device"]:>14.3e}  (recomputation included)',
-      f'  HBM traffic per step         {_gb(r["hbm_bytes_per_device"]):>14}',
+      f'  HBM traffic per step         {_gb(r["hbm_bytes_per_device"]):>14}  (slices and rows as read; '
+      f'{_gb(r["hbm_bytes_per_device_whole_operands"])} with every operand whole)',
+      f'  on-chip traffic per step     {_gb(r["on_chip_bytes_per_device"]):>14}  (VMEM and SMEM, not in the roofline)',
       '  collectives per step         ' + (', '.join(f'{k} {_gb(v)}' for k, v in
                                                     r['collective_bytes_per_device'].items() if v) or 'none'),
   ]
