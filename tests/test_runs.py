@@ -56,16 +56,40 @@ def test_resume_reports_what_changed_and_a_finished_run_exits_at_once(tmp_path, 
   assert [r['step'] for r in read_metrics(workdir)] == [1, 2, 3, 4]
 
 
+# run.py with JAX's own compilation-cache events counted (jax.monitoring), printed at exit.
+COUNTED = """
+import atexit, collections, json, runpy, sys
+from jax import monitoring
+counts = collections.Counter()
+monitoring.register_event_listener(
+    lambda event, **kwargs: counts.update([event.split('/jax/compilation_cache/')[-1]] if 'compilation_cache' in event else []))
+atexit.register(lambda: print('cache events', json.dumps(counts), file=sys.stderr, flush=True))
+sys.argv = ['run.py'] + sys.argv[1:]
+runpy.run_path('run.py', run_name='__main__')
+"""
+
+
+def cache_events(*args):
+  proc = subprocess.run([sys.executable, '-c', COUNTED, *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = next(line for line in proc.stderr.splitlines() if line.startswith('cache events '))
+  return json.loads(line[len('cache events '):])
+
+
 def test_the_compilation_cache_serves_a_second_start(tmp_path, corpus):
   cache = str(tmp_path / 'cache')
-  common = ['--config.data.path=' + corpus, *TINY, '--config.train.steps=1', f'--config.compile_cache={cache}']
-  run_cli('train', *common, '--workdir', str(tmp_path / 'a'))
+  common = ['train', '--config.data.path=' + corpus, *TINY, '--config.train.steps=1', f'--config.compile_cache={cache}']
+  first = cache_events(*common, '--workdir', str(tmp_path / 'a'))
   entries = sorted(os.listdir(cache))
-  assert len(entries) >= 2                                   # at least the train and eval steps
-  run_cli('train', *common, '--workdir', str(tmp_path / 'b'))
-  assert sorted(os.listdir(cache)) == entries                # every program found, none compiled anew
-  run_cli('train', *common[:-1], '--config.compile_cache=', '--workdir', str(tmp_path / 'c'))
-  assert sorted(os.listdir(cache)) == entries                # '' turns it off
+  assert len(entries) >= 2 and first.get('cache_misses', 0) >= 2     # at least the train and eval steps
+  second = cache_events(*common, '--workdir', str(tmp_path / 'b'))
+  # Every program the first start compiled, the second read from the cache (JAX's own counters).
+  assert second.get('cache_hits', 0) >= first['cache_misses'] and second.get('cache_misses', 0) == 0, second
+  assert sorted(os.listdir(cache)) == entries
+  off = cache_events(*common[:-1], '--config.compile_cache=', '--workdir', str(tmp_path / 'c'))
+  assert off.get('cache_hits', 0) == 0 and off.get('cache_misses', 0) == 0, off    # '' turns it off: nothing read
+  assert sorted(os.listdir(cache)) == entries
 
 
 def test_the_end_of_run_sample_stays_within_the_context(tmp_path, corpus):
