@@ -103,8 +103,9 @@ def test_the_loss_learns_colour_from_lightness(tmp_path):
   assert float(loss) < 0.5 * first[0] and float(m['accuracy']) > first[1] + 0.3   # at the start: 3.67, 0.0
 
 
-def test_a_colorization_run_writes_its_pictures_and_probes_grey_images(tmp_path):
+def test_a_colorization_run_writes_its_pictures_and_probes_grey_images(tmp_path, monkeypatch):
   from ssl_jax import inference, trainer  # pylint: disable=import-outside-toplevel
+  from ssl_jax.tasks import vision  # pylint: disable=import-outside-toplevel
   settings = {'train.steps': 2, 'train.checkpoint_every': 2, 'train.eval_every': 2, 'train.batch_size': 8,
               'train.eval_batches': 1, 'data.image_size': 16}
   workdir = str(tmp_path / 'colorize')
@@ -113,8 +114,23 @@ def test_a_colorization_run_writes_its_pictures_and_probes_grey_images(tmp_path)
   assert os.path.getsize(os.path.join(workdir, 'colorizations.png')) > 1000
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['model']['num_classes'] == 268          # the run's resolved config
+  # What the probe's encoder is given, recorded from inside its compiled program.
+  seen, encoder_of = [], vision.mean_patch_features
+
+  def spied(setup, params):
+    encode = encoder_of(setup, params)
+
+    def spy(images):
+      jax.debug.callback(lambda x: seen.append(np.asarray(x)), images)
+      return encode(images)
+    return spy
+
+  monkeypatch.setattr(vision, 'mean_patch_features', spied)
   result = inference.eval_command(tiny_config('', 'vit_colorize.py', **settings), workdir)
   assert 0.0 <= result['probe_accuracy'] <= 1.0 and result['probe_C'] > 0
+  seen = np.concatenate(seen)                                   # (N, H, W, 3)
+  assert len(seen) >= 16 and seen.std() > 0.05                 # the probe's images, not a blank
+  assert np.abs(seen - seen.mean(-1, keepdims=True)).max() < 2e-3, 'the probe saw colour'   # R = G = B: grey
 
 
 @pytest.mark.parametrize('override, words', [
