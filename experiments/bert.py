@@ -14,7 +14,6 @@ decay, clipping at 1.0; 90% of steps at length 128, then 10% at 512 (phase2).
 """
 
 from ssl_jax.config import base_config
-from ssl_jax.models import bert
 
 
 def get_config(arg=None):
@@ -24,9 +23,7 @@ def get_config(arg=None):
   c.experiment = 'bert_' + size.split(':')[1] + (f'_{phase}' if phase else '')
   c.task = 'mlm_nsp'
   c.model.family = 'bert'
-  c.model.size = size
-  for key, value in bert.size(size).items():
-    c.model[key] = value
+  c.model.size = size                  # the shape, and 512 positions
   c.model.activation = 'gelu'
   c.model.dropout = 0.1
   c.data.tokenizer = 'sentencepiece'

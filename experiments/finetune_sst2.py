@@ -22,6 +22,7 @@ def get_config(arg=None):
   c.model.family = 'bert_classifier'    # set from init_from's family when given
   c.model.dropout = 0.1
   c.model.activation = 'gelu'
+  c.model.num_layers, c.model.num_heads, c.model.d_model, c.model.d_ff = 4, 4, 128, 512   # from scratch only
   c.model.vocab_size = 8000             # from scratch only: the sentencepiece vocabulary
   c.model.max_len = 128
   c.data.tokenizer = 'sentencepiece'    # from scratch only; a pretrained body brings its own

@@ -11,7 +11,7 @@ on the embedded corpus, character level (ids fit in the larger vocabulary).
 """
 
 from ssl_jax.config import base_config
-from ssl_jax.models import gpt
+from ssl_jax.models import sizes
 
 
 def get_config(arg=None):
@@ -20,14 +20,12 @@ def get_config(arg=None):
   c.experiment = 'gpt_' + name.replace(':', '_').replace('.', 'p')
   c.task = 'clm'
   c.model.family = 'gpt'
-  c.model.size = name
-  for key, value in gpt.size(name).items():
-    c.model[key] = value
+  c.model.size = name                  # the shape, its context and (past the CPU sizes) its vocabulary
+  shape = sizes.decode(name)
   small = name.startswith('gpt:')
-  c.model.vocab_size = 0 if small else 50304
   c.model.dropout = 0.0 if small else 0.1
-  c.model.scan_layers = c.model.num_layers >= 32   # GPT-3 2.7B and up: compile one block, not dozens
-  c.data.seq_len = c.model.max_len
+  c.model.scan_layers = shape['num_layers'] >= 32   # GPT-3 2.7B and up: compile one block, not dozens
+  c.data.seq_len = shape['max_len']
   c.data.tokenizer = 'char'
   c.train.batch_size = 16 if small else 512
   c.train.steps = 2000 if small else 600_000

@@ -36,7 +36,6 @@ def get_config(arg=None):
   c.train.sample_tokens = 300
   if arg in (None, '', 'full'):
     c.model.size = 'gpt:small'
-    c.model.num_layers, c.model.num_heads, c.model.d_model, c.model.d_ff = 6, 6, 384, 1536
     c.model.dropout = 0.2
     c.data.seq_len = 256
     c.train.batch_size = 64
@@ -45,7 +44,6 @@ def get_config(arg=None):
     c.train.eval_batches = 200
   elif arg == 'baby':
     c.model.size = 'gpt:baby'
-    c.model.num_layers, c.model.num_heads, c.model.d_model, c.model.d_ff = 4, 4, 128, 512
     c.model.dropout = 0.0
     c.data.seq_len = 64
     c.train.batch_size = 12

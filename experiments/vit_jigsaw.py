@@ -13,6 +13,7 @@ nine features names the order. jigsaw.png in the workdir shows puzzles and the m
 """
 
 from experiments import vit_mae
+from ssl_jax.models import sizes
 
 
 def get_config(arg=None):
@@ -21,9 +22,8 @@ def get_config(arg=None):
   c.task = 'jigsaw'
   c.model.family = 'jigsaw'
   if not arg:   # narrower and shallower than vit_mae's: nine tiles per image, and 15 minutes on a CPU
-    c.model.size = 'vit:64 wide, 2 layers, /4'
-    c.model.num_layers, c.model.num_heads, c.model.d_model, c.model.d_ff = 2, 2, 64, 256
-  c.jigsaw.tile_size = 2 * c.model.patch
+    c.model.size = 'vit:nano/4'
+  c.jigsaw.tile_size = 2 * sizes.decode(c.model.size)['patch']
   c.jigsaw.num_permutations = 100
   c.jigsaw.hidden = 1024
   c.train.steps = 2500

@@ -12,7 +12,6 @@ hide; the encoder sees the rest; the loss is on the hidden patches' normalised p
 """
 
 from ssl_jax.config import base_config
-from ssl_jax.models import vit
 
 
 def get_config(arg=None):
@@ -20,13 +19,8 @@ def get_config(arg=None):
   c.experiment = 'vit_mae' + (f'_{arg.replace("/", "_")}' if arg else '')
   c.task = 'masked_image'
   c.model.family = 'mae'
-  if arg:
-    c.model.size = f'vit:{arg}'
-    for key, value in vit.size(c.model.size).items():
-      c.model[key] = value
-  else:                      # a CPU-sized encoder: 4 layers, 192 wide, patches of 4 on 32x32 images
-    c.model.size = 'vit:Ti/4 (4 layers)'
-    c.model.num_layers, c.model.num_heads, c.model.d_model, c.model.d_ff, c.model.patch = 4, 3, 192, 768, 4
+  # A named encoder size; without one, a CPU-sized encoder: 4 layers, 192 wide, patches of 4 on 32x32 images.
+  c.model.size = f'vit:{arg}' if arg else 'vit:mini/4'
   c.mae.mask_ratio = 0.75
   c.model.decoder_layers, c.model.decoder_heads, c.model.decoder_d_model = 2, 4, 128
   c.model.dropout = 0.0

@@ -20,8 +20,7 @@ def get_config(arg=None):
   c.model.num_classes = 4
   c.rotation.all_turns = True
   if not arg:
-    c.model.size = 'vit:128 wide, 4 layers, /4'
-    c.model.num_heads, c.model.d_model, c.model.d_ff = 4, 128, 512
+    c.model.size = 'vit:micro/4'
   c.train.batch_size = 16     # images; the step sees each in four turns
   c.train.steps = 1600
   c.train.eval_every = 400

@@ -7,8 +7,9 @@
     model.generate('def ', max_new_tokens=50, temperature=0.8, top_k=200, top_p=1.0)
     ssl_jax.train(config, 'runs/mine')     # config: an experiment's get_config(...) or config.load(...)
 
-`load` reads the workdir as `run.py eval` and `generate` do: its saved config, its tokenizer
-and its newest checkpoint, restored onto this host's devices.
+`load` reads the workdir as `run.py generate` does (ssl_jax/model_on_mesh.py): its saved
+config, its tokenizer and its newest checkpoint's parameters, restored onto this host's
+devices; the corpus it was trained on is not read and nothing is written.
 """
 
 import dataclasses
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax import cli, generate as generation, inference, trainer
+from ssl_jax import generate as generation, model_on_mesh, trainer
 
 
 @dataclasses.dataclass
@@ -28,7 +29,7 @@ class Model:
   params: Any
   tokenizer: Any
   step: int
-  setup: Any          # trainer.Setup: the model module, mesh and kernels it was built with
+  setup: Any          # model_on_mesh.ModelOnMesh: the model module, mesh and kernels it was built with
 
   @property
   def family(self) -> str:
@@ -63,9 +64,8 @@ class Model:
 
 def load(workdir: str) -> Model:
   """The model of a training workdir (any family) or of a `run.py convert --from_hf` output."""
-  config = cli.saved_config(workdir)
-  run, state, step = inference.restore_for_inference(config, workdir, compile_steps=False)
-  return Model(config=run.config, params=state.params, tokenizer=run.data.tokenizer, step=int(step), setup=run)
+  placed, params, step = model_on_mesh.load(workdir)
+  return Model(config=placed.config, params=params, tokenizer=placed.tokenizer, step=int(step), setup=placed)
 
 
 def train(config, workdir: str) -> dict:

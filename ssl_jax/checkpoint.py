@@ -103,7 +103,7 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
   def restore(self, abstract_state, expect_meta: Optional[dict] = None, step: Optional[int] = None,
-              set_aside: bool = False):
+              set_aside: bool = False, partial: bool = False):
     """(state, meta, step) of the newest checkpoint that restores, or None if there is none.
 
     `abstract_state` is a tree of jax.ShapeDtypeStruct with shardings: the state lands
@@ -111,6 +111,8 @@ class Checkpointer:
     read is skipped with a warning naming it; one of another model shape or tokenizer
     (per `expect_meta`) is a CheckpointError, since no older one would fit either. With
     `set_aside` (training), corrupt ones move to checkpoints_corrupt/ so new saves replace them.
+    With `partial`, `abstract_state` names part of the saved state (e.g. {'params': ...}) and
+    only that part is read.
     """
     candidates = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
     # Every host must restore the same step: each one's result is gathered after each try,
@@ -133,7 +135,7 @@ class Checkpointer:
       if meta is not None:
         check_meta(meta, expect_meta or {}, f'{self.directory}/{s}')
         try:
-          restored = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+          restored = self.manager.restore(s, args=ocp.args.Composite(state=_restore_args(abstract_state, partial)))
         except Exception as e:  # pylint: disable=broad-except
           problem = f'does not restore ({_short(e)})'
       if problem and jax.process_count() > 1:
@@ -214,6 +216,13 @@ def _kvstore(path: str):
     bucket, _, key = path[len('gs://'):].partition('/')
     return {'driver': 'gcs', 'bucket': bucket, 'path': key.rstrip('/') + '/'}
   return 'file://' + storage.absolute(path)
+
+
+def _restore_args(abstract_state, partial: bool):
+  if not partial:
+    return ocp.args.StandardRestore(abstract_state)
+  return ocp.args.PyTreeRestore(item=abstract_state, partial_restore=True,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
 
 
 def check_meta(meta: dict, expect: dict, where: str) -> None:

@@ -1,7 +1,8 @@
 """One trainer for every family, read top to bottom in phases.
 
-  setup():   hosts and mesh -> data and tokenizer -> model and optimizer -> state shapes
-             and shardings -> the compiled train and eval steps
+  setup():   hosts and mesh -> data and tokenizer -> the model on the mesh (model_on_mesh,
+             what inference builds too) -> optimizer -> state shapes and shardings -> the
+             compiled train and eval steps
   train_and_evaluate(): resume or init -> loop (step, log, eval, checkpoint) -> the end
 
 The step is a module-level pure function, `train_step(state, batch) -> (state, metrics)`,
@@ -23,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax import (checkpoint, compile_cache, config as config_lib, finetune, kernels, metrics as metrics_lib, models,
-                     optim, parallel, progress, storage, tasks, workdirs)
+from ssl_jax import (checkpoint, compile_cache, config as config_lib, finetune, kernels, metrics as metrics_lib,
+                     model_on_mesh, optim, parallel, progress, storage, tasks, workdirs)
 from ssl_jax.kernels import ops
-from ssl_jax.data import tokenizer as tokenizers
+from ssl_jax.models import sizes
 from ssl_jax.workdirs import TrainingError
 
 
@@ -86,33 +87,22 @@ def eval_step(params, batch, *, model, loss_fn):
 
 
 @dataclasses.dataclass(slots=True)
-class Setup:
-  """Everything a command needs, built once in `setup` (slots: nothing else is stored on it)."""
-  config: Any              # the run's own copy, resolved (the vocabulary and classes the data brought)
+class Setup(model_on_mesh.ModelOnMesh):
+  """A training run: the model on its mesh (config resolved with the vocabulary and classes
+  the data brought, model, kernels, parameters' shapes) and everything training adds, built
+  once in `setup` (slots: nothing else is stored on it)."""
   workdir: str
-  mesh: Any
   task: Any                # tasks.Task
   data: Any
-  model: Any
-  model_cfg: Any
   loss_fn: Any             # the task's loss with its settings bound: (model, params, batch, rng, train)
-  choice: Any               # kernels.Choice: the kernels, attention and dtype the program is built from
   tx: Any
   state_shardings: Any
   abstract_state: Any       # ShapeDtypeStructs with shardings
   train_fn: Any             # compiled
   eval_fn: Any              # compiled
   compile_s: float
-  num_params: int
   init_fn: Any = None       # rng -> a fresh state, created sharded
   tuning: Any = None        # finetune.FineTuning of a fine-tuning task: its source, frozen parameters, best metric
-
-  def meta(self) -> dict:
-    """What a checkpoint must agree with to be restored into this run."""
-    m = self.model_cfg
-    shape = f'{self.config.model.family} L{m.num_layers} H{m.num_heads} D{m.d_model} F{m.d_ff} V{m.vocab_size} P{m.max_len}'
-    tokenizer = self.data.tokenizer
-    return {'model': shape, 'tokenizer': tokenizers.fingerprint(tokenizer) if tokenizer else 'none'}
 
   def global_batch(self, local_batch: dict) -> dict:
     """This host's part of a batch -> the global batch, one array over the mesh."""
@@ -127,6 +117,9 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   `config` is left as it is: the run works on a copy (Setup.config), which fine-tuning fills
   from its pretrained source and the trainer from the data (vocabulary size, classes)."""
   config = copy.deepcopy(config)
+  for line in sizes.resolve(config):   # model.size decides the shape keys left at 0
+    if parallel.is_first_host():
+      print(f'config: {line}', flush=True)
   # Hosts, mesh, and the kernels for the platform of the mesh's devices. A program built for
   # devices other than this job's (plan's) is compiled to be read, not run: never cached.
   if devices is None:
@@ -143,19 +136,17 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   data = task.make_data(config, workdir)
   resolve_from_data(config, data)
 
-  # Model and optimizer.
-  model, model_cfg = models.build(config, choice)
-  if data.tokenizer is not None and config.data.seq_len > model_cfg.max_len:
+  # The model on the mesh, and the optimizer.
+  placed = model_on_mesh.build(config, data.tokenizer, mesh, choice)
+  if data.tokenizer is not None and config.data.seq_len > placed.model_cfg.max_len:
     raise config_lib.ConfigError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
-                                 f'{model_cfg.max_len} positions (model.max_len)')
+                                 f'{placed.model_cfg.max_len} positions (model.max_len)')
   frozen = tuning.frozen if tuning else None
   tx = optim.make(config.train, frozen, choice.kernels)
 
   # State shapes and shardings, from the logical names the model's parameters carry.
-  example = jax.tree_util.tree_map(lambda x: jnp.zeros((1,) + x.shape[1:], x.dtype), data.train.batch(0))
-
   def init_boxed(rng):
-    params = model.init({'params': rng, 'dropout': rng}, **task.model_inputs(example))['params']
+    params = placed.init_params(rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   boxed = jax.eval_shape(init_boxed, jax.random.key(config.seed))
@@ -163,14 +154,12 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   state_shardings = parallel.divisible(parallel.logical_shardings(nn.get_partition_spec(boxed), mesh, rules),
                                        nn.meta.unbox(boxed))
   abstract_state = checkpoint.abstract(nn.meta.unbox(boxed), state_shardings)
-  num_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract_state.params))
 
   loss_fn = functools.partial(task.loss_fn, **task.loss_arguments(config, data))
-  run = Setup(config=config, workdir=workdir, mesh=mesh, task=task, data=data, model=model,
-            model_cfg=model_cfg, loss_fn=loss_fn, choice=choice, tx=tx, state_shardings=state_shardings,
-            abstract_state=abstract_state, train_fn=None, eval_fn=None, compile_s=0.0,
-            num_params=num_params, tuning=tuning,
-            init_fn=jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings))
+  run = Setup(**{f.name: getattr(placed, f.name) for f in dataclasses.fields(model_on_mesh.ModelOnMesh)},
+              workdir=workdir, task=task, data=data, loss_fn=loss_fn, tx=tx, state_shardings=state_shardings,
+              abstract_state=abstract_state, train_fn=None, eval_fn=None, compile_s=0.0, tuning=tuning,
+              init_fn=jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings))
   if compile_steps:
     compile_steps_ahead(run)
   return run

@@ -12,6 +12,8 @@ import threading
 import time
 import uuid
 
+import ml_collections
+
 from ssl_jax import config as config_lib, storage
 
 CONFIG = 'config.json'
@@ -165,3 +167,28 @@ def save_config(workdir: str, config, step: int) -> dict:
       storage.write_text(history_path, history + json.dumps(record) + '\n')
   storage.write_text(path, config.to_json(indent=2))
   return changes
+
+
+def saved_config(workdir: str):
+  """The config a workdir (a folder or a URL) saved, with keys added since at their defaults."""
+  path = storage.join(workdir, CONFIG)
+  if not storage.exists(path):
+    raise config_lib.ConfigError(f'{path} does not exist: is {workdir} a training workdir?')
+  try:
+    saved = json.loads(storage.read_text(path))
+  except json.JSONDecodeError as e:
+    raise config_lib.ConfigError(f'{path} is not valid JSON ({e})') from None
+  config = config_lib.base_config()   # keys added since the run was saved keep their defaults
+  for key, value in config_lib.flatten(saved).items():
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      if part not in node:
+        node[part] = ml_collections.ConfigDict()
+      node = node[part]
+    if leaf == 'remat' and isinstance(value, bool):   # saved before remat named a policy
+      value = 'full' if value else 'none'
+    node[leaf] = value
+  config_lib.move_renamed(config, path)   # keys that moved since it was saved
+  config.lock()
+  return config

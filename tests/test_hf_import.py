@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 import ssl_jax
-from ssl_jax import cli
+from ssl_jax import cli, workdirs
 from ssl_jax.convert import command as convert_command, files as convert_files
 from ssl_jax.data import tokenizer as tokenizers
 from ssl_jax.models.gpt import GPT
@@ -91,7 +91,7 @@ def test_gpt2_import_runs_every_command_with_transformers_logits(hf, gpt2_dir, t
   work = str(tmp_path / 'gpt2')
   report = convert_command.convert_command(gpt2_dir, None, work)
   assert report['tokenizer'] == 'huggingface' and 'config.json' in report['files']
-  config = cli.saved_config(work)
+  config = workdirs.saved_config(work)
   assert (config.task, config.model.family, config.data.seq_len) == ('clm', 'gpt', 64)
 
   # The tokenizer is the Hugging Face one: the same ids as transformers' fast tokenizer.
@@ -162,7 +162,7 @@ def test_bert_import_with_vocab_txt_evaluates_and_finetunes(hf, texts, tmp_path,
     f.writelines(t + '\n' for t in vocab)
   work = str(tmp_path / 'bert')
   report = convert_command.convert_command(folder, None, work)
-  assert report['tokenizer'] == 'wordpiece' and cli.saved_config(work).task == 'mlm_nsp'
+  assert report['tokenizer'] == 'wordpiece' and workdirs.saved_config(work).task == 'mlm_nsp'
   run('eval', work, f'data.path={corpus}', 'data.seq_len=32', 'train.batch_size=4', 'train.eval_batches=1',
       'data.max_predictions=5')
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

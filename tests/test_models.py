@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax.models import gpt
+from ssl_jax.models import gpt, sizes
 from ssl_jax.models.layers import TransformerConfig
 
 
 def gpt_config(name, vocab=50257):
-  return TransformerConfig(vocab_size=vocab, **gpt.size(name))
+  return TransformerConfig(**{**sizes.decode(name), 'vocab_size': vocab})
 
 
 def param_count(cfg):
@@ -33,7 +33,7 @@ def test_named_sizes_match_their_papers(name, billions):
 
 def test_unknown_size_names_the_known_ones():
   with pytest.raises(ValueError, match='gpt2:124M'):
-    gpt.size('gpt2:125M')
+    sizes.decode('gpt2:125M')
 
 
 def tiny_model():
@@ -81,7 +81,7 @@ from ssl_jax.models import bert  # pylint: disable=wrong-import-position
 
 
 def bert_model(name='bert:tiny', vocab=30522, **overrides):
-  fields = {**bert.size(name), **overrides}
+  fields = {**sizes.decode(name), **overrides}
   return bert.BERT(TransformerConfig(vocab_size=vocab, pre_norm=False, ln_eps=1e-12, activation='gelu', **fields))
 
 

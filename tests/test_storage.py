@@ -154,7 +154,7 @@ def test_tokenizer_files_at_a_url(gcs):
 
 
 def test_params_best_and_saved_config_in_a_bucket(gcs, tmp_path, monkeypatch):
-  from ssl_jax import cli  # pylint: disable=import-outside-toplevel
+  from ssl_jax import workdirs  # pylint: disable=import-outside-toplevel
   from ssl_jax.convert import files as convert_files  # pylint: disable=import-outside-toplevel
   from ssl_jax.finetune import best  # pylint: disable=import-outside-toplevel
   monkeypatch.chdir(tmp_path)
@@ -169,7 +169,7 @@ def test_params_best_and_saved_config_in_a_bucket(gcs, tmp_path, monkeypatch):
   assert model_back == model and vocab is None and convert_files.has_params(storage.join(workdir, 'best'))
   from ssl_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   storage.write_text(storage.join(workdir, 'config.json'), config_lib.base_config().to_json())
-  assert cli.saved_config(workdir).model.family == config_lib.base_config().model.family
+  assert workdirs.saved_config(workdir).model.family == config_lib.base_config().model.family
   assert os.listdir(tmp_path) == []
 
 

@@ -7,7 +7,7 @@ import tempfile
 import pytest
 
 from conftest import tiny_config
-from ssl_jax import cli, config as config_lib, tasks, trainer
+from ssl_jax import config as config_lib, tasks, trainer, workdirs
 from ssl_jax.errors import ConfigError
 
 GROUPS = {'masked_image': 'mae', 'inpaint': 'inpaint', 'jigsaw': 'jigsaw', 'rotation': 'rotation',
@@ -52,7 +52,7 @@ def test_a_config_saved_with_the_old_keys_reads_them_where_they_are_now(tmp_path
   saved['model'].update({'hole': 0.25, 'overlap': 3, 'overlap_weight': 5.0, 'mask_ratio': 0.5, 'all_turns': True})
   with open(tmp_path / 'config.json', 'w') as f:
     json.dump(saved, f)
-  config = cli.saved_config(str(tmp_path))
+  config = workdirs.saved_config(str(tmp_path))
   assert (config.inpaint.hole, config.inpaint.overlap, config.inpaint.overlap_weight) == (0.25, 3, 5.0)
   assert config.mae.mask_ratio == 0.5 and config.rotation.all_turns is True
   assert 'hole' not in config.model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ssl_jax.data import images as images_lib
-from ssl_jax.models import vit
+from ssl_jax.models import sizes, vit
 from ssl_jax.models.layers import TransformerConfig
 from ssl_jax.tasks import masked_image
 from conftest import SHARED_DATA, read_metrics, tiny_config
@@ -24,9 +24,9 @@ def test_patchify_round_trip_and_named_sizes():
   assert patches.shape == (2, 64, 48)
   np.testing.assert_array_equal(patches[0, 1], images[0, :4, 4:8].reshape(-1))   # row-major patches
   np.testing.assert_array_equal(vit.unpatchify(patches, 4, 32, 32), images)
-  assert vit.size('vit:S/4') == dict(num_layers=12, num_heads=6, d_model=384, d_ff=1536, patch=4)
+  assert sizes.decode('vit:S/4') == dict(num_layers=12, num_heads=6, d_model=384, d_ff=1536, patch=4)
   with pytest.raises(ValueError, match='vit:S/4'):
-    vit.size('vit:XL/4')
+    sizes.decode('vit:XL/4')
 
 
 def test_vit_and_mae_shapes():

@@ -19,8 +19,7 @@ import numpy as np
 from ssl_jax import parallel
 
 
-class DataError(ValueError):
-  """Bad input data: the message names the thing and where it is."""
+from ssl_jax.errors import DataError  # noqa: E402  (raised here; its home is ssl_jax.errors)
 
 
 def embedded_corpus_paths() -> List[str]:

@@ -111,12 +111,17 @@ def has_imported_params(directory: str) -> bool:
 
 
 def imported_state(run, directory: str):
-  """A fresh state of Setup `run` with every parameter from `directory`'s params.safetensors
-  (a `convert --from_hf` import): each must be there, in this model's shape."""
-  params, _, _ = convert_files.load_params(directory)
+  """A fresh state of Setup `run` with every parameter from `directory`'s params.safetensors."""
   state = run.init_fn(jax.random.key(run.config.seed))
+  return state.replace(params=imported_params(directory, run.abstract_params))
 
-  def take(path, value, sharding):
+
+def imported_params(directory: str, abstract_params):
+  """Every parameter of `abstract_params` (shapes, dtypes and shardings) from `directory`'s
+  params.safetensors (a `convert --from_hf` import): each must be there, in this shape."""
+  params, _, _ = convert_files.load_params(directory)
+
+  def take(path, value):
     names = [p.key for p in path]
     node = params
     for name in names:
@@ -126,9 +131,9 @@ def imported_state(run, directory: str):
     if tuple(node.shape) != tuple(value.shape):
       raise ConfigError(f'{directory}: {"/".join(names)} has shape {node.shape}, this model wants {value.shape}')
     host = np.asarray(node, value.dtype)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.make_array_from_callback(host.shape, value.sharding, lambda index: host[index])
 
-  return state.replace(params=jax.tree_util.tree_map_with_path(take, state.params, run.state_shardings.params))
+  return jax.tree_util.tree_map_with_path(take, abstract_params)
 
 
 def apply_source(config, workdir: str, heads: dict) -> Optional[Source]:
@@ -143,6 +148,7 @@ def apply_source(config, workdir: str, heads: dict) -> Optional[Source]:
     raise ConfigError(f'init_from={config.init_from!r} holds a {source.family} model; task {config.task} '
                       f'fine-tunes {", ".join(heads)}')
   config.model.family = heads[source.family]
+  config.model.size = ''   # the shape is the source's
   for key, value in source.model.items():
     if key in SHAPE_KEYS and value not in (None, ''):
       config.model[key] = type(config.model[key])(value)

@@ -1,7 +1,7 @@
 """Models built from the `model` block of a config; the families are ssl_jax/models/families.py."""
 
 from ssl_jax.errors import ConfigError
-from ssl_jax.models import families
+from ssl_jax.models import families, sizes
 from ssl_jax.models.layers import REMAT_POLICIES, TransformerConfig
 
 
@@ -10,6 +10,7 @@ def run_transformer_config(config, choice) -> TransformerConfig:
   from the kernels, attention and dtype of `choice` (ssl_jax.kernels.choose)."""
   m = config.model
   family = families.get(m.family)
+  sizes.check_shape(m)
   if m.d_model % m.num_heads:
     raise ConfigError(f'model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}')
   vision = family.text is None

@@ -2,34 +2,17 @@
 a tanh pooler on [CLS], the masked-LM head (computed only at the masked positions, its
 output layer tied to the word embeddings) and the next-sentence head on the pooled vector.
 
-Sizes from the paper and google-research/bert's smaller models (Turc et al. 2019).
+Its named sizes (the paper's and google-research/bert's smaller ones) are in ssl_jax/models/sizes.py.
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssl_jax.errors import ConfigError
 from ssl_jax.kernels.ops import tied_logits
 from ssl_jax.models.layers import (Dense, Dropout, LayerNorm, Stack, TransformerConfig, activation_fn, check_length,
                                    param_init)
 
-# name: (layers, heads, d_model). d_ff is 4 * d_model, 512 positions, 2 segments.
-SIZES = {
-    'bert:tiny': (2, 2, 128),
-    'bert:mini': (4, 4, 256),
-    'bert:small': (4, 8, 512),
-    'bert:medium': (8, 8, 512),
-    'bert:base': (12, 12, 768),
-    'bert:large': (24, 16, 1024),
-}
 TYPE_VOCAB_SIZE = 2
-
-
-def size(name: str) -> dict:
-  if name not in SIZES:
-    raise ConfigError(f'unknown BERT size {name!r}; known: {", ".join(SIZES)}')
-  layers, heads, d_model = SIZES[name]
-  return dict(num_layers=layers, num_heads=heads, d_model=d_model, d_ff=4 * d_model, max_len=512)
 
 
 class BERT(nn.Module):

@@ -6,6 +6,8 @@ is one row here (and its module)."""
 import dataclasses
 from typing import Callable, Optional
 
+import jax.numpy as jnp
+
 from ssl_jax.errors import ConfigError
 from ssl_jax.models import bert, gpt, heads, vit
 from ssl_jax.models.layers import TransformerConfig
@@ -62,6 +64,7 @@ class Family:
   body: str                 # the pretrained family its parameters hold or build on: bert | gpt | vit
   body_key: str             # where that body sits in this family's tree ('' = it is the whole tree)
   text: Optional[str]       # 'bert' (needs [CLS] [SEP] [MASK] ...), 'any' (any tokenizer), None (images)
+  with_lengths: bool = False   # its input is tokens and each row's length (a decoder's classifier)
 
 
 FAMILIES = {f.name: f for f in (
@@ -76,7 +79,7 @@ FAMILIES = {f.name: f for f in (
     Family('bert_classifier', with_classes(heads.BertClassifier), False, 1e-12, 'bert', 'bert', 'bert'),
     Family('bert_tagger', with_classes(heads.BertTagger), False, 1e-12, 'bert', 'bert', 'bert'),
     Family('bert_qa', plain(heads.BertSpanQA), False, 1e-12, 'bert', 'bert', 'bert'),
-    Family('gpt_classifier', with_classes(heads.GPTClassifier), True, 1e-5, 'gpt', 'gpt', 'any'),
+    Family('gpt_classifier', with_classes(heads.GPTClassifier), True, 1e-5, 'gpt', 'gpt', 'any', with_lengths=True),
 )}
 
 # A body's own top-level parameter: present when a tree is the body itself (a pretraining
@@ -90,6 +93,17 @@ def get(name: str) -> Family:
   if name not in FAMILIES:
     raise ConfigError(f'unknown model.family {name!r}; known: {", ".join(FAMILIES)}')
   return FAMILIES[name]
+
+
+def example_inputs(config) -> dict:
+  """One example's model inputs, to build the parameters from (their shapes do not depend on
+  it): a token, or an image of data.image_size."""
+  family = get(config.model.family)
+  if family.text is None:
+    size = config.data.image_size
+    return {'images': jnp.zeros((1, size, size, 3), jnp.float32)}
+  tokens = {'tokens': jnp.zeros((1, 1), jnp.int32)}
+  return {**tokens, 'lengths': jnp.ones((1,), jnp.int32)} if family.with_lengths else tokens
 
 
 # The TransformerConfig fields a model shape (a converter's model_config, a run's model block) carries.

@@ -1,45 +1,14 @@
 """GPT decoder: learned positions, pre-LN blocks, final LayerNorm, tied input/output embedding.
 
-Sizes are named after their papers: GPT-1 (Radford et al. 2018), GPT-2 (2019) and the
-GPT-3 family (Brown et al. 2020, Table 2.1), plus small sizes that train on a CPU.
+Its named sizes (GPT-1, GPT-2, GPT-3 and CPU ones) are in ssl_jax/models/sizes.py.
 Parameter names follow GPT-2's layout (wte, wpe, h_i, ln_f) so its weights map across.
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssl_jax.errors import ConfigError
 from ssl_jax.kernels.ops import tied_cross_entropy, tied_logits
 from ssl_jax.models.layers import Dropout, LayerNorm, Stack, TransformerConfig, check_length, param_init
-
-# name: (layers, heads, d_model, context). d_ff is 4 * d_model for all of them.
-SIZES = {
-    'gpt:nano': (2, 2, 64, 128),
-    'gpt:baby': (4, 4, 128, 64),        # nanoGPT's CPU "baby GPT"
-    'gpt:small': (6, 6, 384, 256),      # nanoGPT's shakespeare_char model
-    'gpt1': (12, 12, 768, 512),
-    'gpt2:124M': (12, 12, 768, 1024),
-    'gpt2:350M': (24, 16, 1024, 1024),
-    'gpt2:774M': (36, 20, 1280, 1024),
-    'gpt2:1.5B': (48, 25, 1600, 1024),
-    'gpt3:125M': (12, 12, 768, 2048),
-    'gpt3:350M': (24, 16, 1024, 2048),
-    'gpt3:760M': (24, 16, 1536, 2048),
-    'gpt3:1.3B': (24, 16, 2048, 2048),   # the paper prints 24 heads of 128; 2048 = 16 x 128
-    'gpt3:2.7B': (32, 32, 2560, 2048),
-    'gpt3:6.7B': (32, 32, 4096, 2048),
-    'gpt3:13B': (40, 40, 5120, 2048),    # the paper prints 5140; 40 heads x 128 = 5120
-    'gpt3:175B': (96, 96, 12288, 2048),
-}
-
-
-def size(name: str) -> dict:
-  """Decodes a named size into model config fields; unknown names fail with the list."""
-  if name not in SIZES:
-    raise ConfigError(f'unknown GPT size {name!r}; known: {", ".join(SIZES)}')
-  layers, heads, d_model, context = SIZES[name]
-  return dict(num_layers=layers, num_heads=heads, d_model=d_model, d_ff=4 * d_model,
-              max_len=context)
 
 
 class GPT(nn.Module):

@@ -15,20 +15,6 @@ import numpy as np
 from ssl_jax.errors import ConfigError
 from ssl_jax.models.layers import Dense, Dropout, LayerNorm, Stack, TransformerConfig, activation_fn, param_init
 
-# name: (layers, heads, d_model); d_ff is 4 * d_model. The patch size follows the slash.
-SIZES = {'Ti': (12, 3, 192), 'S': (12, 6, 384), 'B': (12, 12, 768), 'L': (24, 16, 1024)}
-
-
-def size(name: str) -> dict:
-  """'vit:S/4' -> model fields (patch 4); unknown names fail with the list."""
-  try:
-    width, patch = name.split(':', 1)[1].split('/')
-    layers, heads, d_model = SIZES[width]
-    patch = int(patch)
-  except (ValueError, KeyError, IndexError):
-    raise ConfigError(f'unknown ViT size {name!r}; known: vit:{{{",".join(SIZES)}}}/<patch>, e.g. vit:S/4') from None
-  return dict(num_layers=layers, num_heads=heads, d_model=d_model, d_ff=4 * d_model, patch=patch)
-
 
 def patchify(images, patch: int):
   """(B, H, W, C) -> (B, N, patch * patch * C), patches in row-major order."""
