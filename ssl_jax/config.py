@@ -30,13 +30,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.family = 'gpt'        # a family of ssl_jax/models/families.py (run.py config lists them)
-  c.model.size = ''             # a named size, e.g. 'gpt2:124M' (decoded by the experiment)
-  c.model.num_layers = 4        # transformer blocks
-  c.model.num_heads = 4         # attention heads per block
-  c.model.d_model = 128         # width of the residual stream
-  c.model.d_ff = 512            # hidden width of each block's MLP
-  c.model.vocab_size = 0        # 0: from the tokenizer
-  c.model.max_len = 0           # learned positions; 0: data.seq_len
+  c.model.size = ''             # a named size (ssl_jax/models/sizes.py: gpt2:124M, bert:base, vit:S/4, ...): sets every shape key left at 0
+  c.model.num_layers = 0        # transformer blocks; 0: model.size's
+  c.model.num_heads = 0         # attention heads per block; 0: model.size's
+  c.model.d_model = 0           # width of the residual stream; 0: model.size's
+  c.model.d_ff = 0              # hidden width of each block's MLP; 0: model.size's
+  c.model.vocab_size = 0        # 0: model.size's if it names one, else the tokenizer's
+  c.model.max_len = 0           # learned positions; 0: model.size's (at least data.seq_len), else data.seq_len
   c.model.dropout = 0.0         # dropout rate on the embeddings and residual branches (not attention weights); 0 = off
   c.model.bias = True           # biases in the linear layers and norms (GPT-2, BERT: true)
   c.model.activation = 'gelu_tanh'  # gelu_tanh (GPT-2) | gelu (exact erf, BERT)
@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention = 'auto'    # auto | xla | splash (TPU Pallas) | cudnn (GPU flash) | cpu (blocked causal einsums)
   c.model.scan_layers = False   # scan one block over the layers: compile time independent of depth
   c.model.remat = 'none'        # none | dots (keep weight-matmul outputs) | full: recompute in the backward pass
-  c.model.patch = 0             # vision: patch size in pixels
+  c.model.patch = 0             # vision: patch size in pixels; 0: model.size's
   c.model.decoder_layers = 2    # MAE decoder
   c.model.decoder_heads = 4     # MAE decoder: attention heads
   c.model.decoder_d_model = 128  # MAE decoder: width
