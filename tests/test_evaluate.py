@@ -108,6 +108,50 @@ def test_sum_and_per_token_scores_pick_as_computed_by_hand(tiny_model):
   assert row['chance'] == pytest.approx(1 / 3) and row['shots'] == 0 and row['examples'] == 4
 
 
+class Copier:
+  """A decoder by hand that predicts whatever followed the current token where it last occurred
+  (an induction head): logit 5 on that token, 0 on every other; nothing seen, a tie."""
+
+  def __init__(self, vocab_size, max_len=64):
+    self.cfg, self.vocab_size = TransformerConfig(max_len=max_len, vocab_size=vocab_size), vocab_size
+
+  def apply(self, variables, inputs):                                    # (B, T) -> (B, T, V)
+    del variables
+    t = inputs.shape[1]
+    same = inputs[:, :, None] == inputs[:, None, :]                       # (B, T, S): token t is token s
+    earlier = jnp.arange(t)[None, :] < jnp.arange(t)[:, None]             # (T, S): s before t
+    after = jax.nn.one_hot(jnp.roll(inputs, -1, axis=1), self.vocab_size)  # (B, S, V): the token after s
+    return 5.0 * jnp.einsum('bts,bsv->btv', (same & earlier).astype(jnp.float32), after)
+
+
+class Chars:
+  alphabet = '#abpq:\n'
+
+  def encode(self, text):
+    return np.asarray([self.alphabet.index(c) for c in text], np.int32)
+
+
+def test_k_shot_prompts_hold_k_examples_and_change_the_answer(monkeypatch):
+  # The answer after "q:" is "b" in every demonstration; with none, the two choices tie and the
+  # first ("a", wrong) is taken. So K = 0 must score 0 and every K > 0 must score 1.
+  train = [{'context': f'{c}q:', 'choices': ['a', 'b'], 'label': 1} for c in 'ap']
+  test = [{'context': 'q:', 'choices': ['a', 'b'], 'label': 1}] * 3
+  contexts, score = [], evaluate.continuation_logprobs
+
+  def spy(model, params, requests):
+    contexts.append([''.join(Chars.alphabet[i] for i in ctx) for ctx, _ in requests])
+    return score(model, params, requests)
+
+  monkeypatch.setattr(evaluate, 'continuation_logprobs', spy)
+  rows = evaluate.evaluate(Copier(len(Chars.alphabet)), {}, Chars(), test, train, [0, 1, 2])
+  assert [(r['shots'], r['accuracy_sum'], r['accuracy_per_token']) for r in rows] == [(0, 0, 0), (1, 1, 1), (2, 1, 1)]
+  for k, prompts in zip([0, 1, 2], contexts):
+    assert len(prompts) == 2 * len(test)                               # each choice of each example
+    for prompt in prompts:
+      *shown, query = prompt.split('\n')
+      assert query == 'q:' and len(shown) == k and set(shown) <= {'aq:b', 'pq:b'} and len(set(shown)) == k
+
+
 def test_rouge_on_hand_worked_examples():
   r = summarize.rouge('The cat sat on the mat.', 'the cat is on the mat')
   assert r['rouge1'] == pytest.approx({'recall': 5 / 6, 'precision': 5 / 6, 'f1': 5 / 6})
