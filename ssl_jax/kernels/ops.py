@@ -210,34 +210,134 @@ def apply_if(ok, update, *old, impl: str):
 def tied_cross_entropy(h, table, targets, impl: str, logits_constraint=None, table_constraint=None,
                        max_chunk_bytes: int = 1 << 30):
   """Per-token cross-entropy (float32) of the tied projection of h (B, T, C) onto the rows of
-  `table` (V, C) against integer `targets` (B, T): a language model's loss without its logits.
+  `table` (V, C) against integer `targets` (B, T): a language model's loss, its logits kept
+  in h's compute dtype and its statistics (log-sum-exp, the target's logit) in float32.
 
-  The plain formulation never holds the (B, T, V) logits: it walks the sequence in chunks
-  (as few as keep one chunk's float32 logits under `max_chunk_bytes`), each under
-  jax.checkpoint so the backward pass recomputes them. For GPT-2's vocabulary at 32 x 1024
-  tokens the whole logits and their float32 copy are ~10 GB; a chunk is a fraction. On
-  CPU (`impl='cpu'`) the logits are made whole as before: memory is not what binds there.
-  `logits_constraint` (e.g. a logical sharding constraint) is applied to each logits array,
-  `table_constraint` to the table before the chunks read it (gathered once, not per chunk).
+  The plain formulation writes the logits once and keeps them for the backward pass, which
+  makes their gradient from them and the saved log-sum-exp: one pass of products forward,
+  two back, no recomputation. Only when one device's share of the logits (by the mesh and
+  the logical axis rules in force) would exceed `max_chunk_bytes` are they never held
+  whole: the vocabulary is walked in as few chunks as keep one under the budget, with an
+  online log-sum-exp forward, and backward each chunk's logits made again and its rows of
+  the table's gradient written once (the tokens' gradient, far smaller, is what sums over
+  the chunks). On CPU (`impl='cpu'`) the logits are made whole as before: memory is not
+  what binds there. `logits_constraint` (e.g. a logical sharding constraint) is applied to
+  each logits array and its gradient, `table_constraint` to the table before the products
+  read it (gathered once, not per chunk).
   """
   constrain = logits_constraint or (lambda x: x)
   if impl == 'cpu':
     logits = constrain(tied_logits(h, table, impl='cpu')).astype(jnp.float32)     # (B, T, V)
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   table = (table_constraint or (lambda x: x))(table)
-  b, t, c = h.shape
+  b, t, _ = h.shape
+  v = table.shape[0]
+  batch_shards, vocab_shards = _shards('batch'), _shards('vocab')
+  per_device = b * t * v * jnp.dtype(h.dtype).itemsize / (batch_shards * vocab_shards)
   chunks = 1
-  while b * (t // chunks) * table.shape[0] * 4 > max_chunk_bytes and t % (chunks * 2) == 0:
+  while per_device / chunks > max_chunk_bytes and (v // vocab_shards) % (chunks * 2) == 0:
     chunks *= 2
-
-  @jax.checkpoint
-  def chunk_loss(h_chunk, target_chunk):                      # (B, T/n, C), (B, T/n)
-    logits = constrain(tied_logits(h_chunk, table)).astype(jnp.float32)          # (B, T/n, V)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, target_chunk)
-
   if chunks == 1:
-    return chunk_loss(h, targets)
-  h_chunks = h.reshape(b, chunks, t // chunks, c).swapaxes(0, 1)                  # (n, B, T/n, C)
-  target_chunks = targets.reshape(b, chunks, t // chunks).swapaxes(0, 1)
-  losses = jax.lax.map(lambda pair: chunk_loss(*pair), (h_chunks, target_chunks))  # (n, B, T/n)
-  return losses.swapaxes(0, 1).reshape(b, t)
+    return _whole_loss(constrain, h, table, targets)
+  return _chunked_loss(constrain, chunks, vocab_shards, h, table, targets)
+
+
+def _shards(logical_axis: str) -> int:
+  """How many ways the mesh in force splits `logical_axis` by the logical rules in force (1
+  outside a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return 1
+  axes = nn.logical_to_mesh_axes((logical_axis,))[0]
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
+
+
+def _statistics(logits, targets):
+  """(log-sum-exp, the target's logit), float32, of logits (..., V) against integer targets.
+  Only the exponentials are taken in float32 (the maximum and the target's logit are exact
+  in any dtype), so that no float32 copy of the logits is shared by several reductions."""
+  peak = jax.lax.stop_gradient(logits.max(-1).astype(jnp.float32))
+  total = jnp.exp(logits.astype(jnp.float32) - peak[..., None]).sum(-1)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+  return peak + jnp.log(total), target_logit
+
+
+def _logit_grad(logits, lse, ids, targets, g):
+  """d loss / d logits = (softmax - one-hot(target)) x g, in the logits' dtype."""
+  p = jnp.exp(logits.astype(jnp.float32) - lse[..., None])
+  return ((p - (ids == targets[..., None])) * g[..., None]).astype(logits.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _whole_loss(constrain, h, table, targets):
+  return _whole_loss_fwd(constrain, h, table, targets)[0]
+
+
+def _whole_loss_fwd(constrain, h, table, targets):
+  logits = constrain(jnp.einsum('btc,vc->btv', h, table))             # (B, T, V), compute dtype
+  lse, target_logit = _statistics(logits, targets)
+  return lse - target_logit, (h, table, targets, logits, lse)
+
+
+def _whole_loss_bwd(constrain, saved, g):
+  h, table, targets, logits, lse = saved
+  d_logits = constrain(_logit_grad(logits, lse, jnp.arange(table.shape[0]), targets, g))   # (B, T, V)
+  d_h = jnp.einsum('btv,vc->btc', d_logits, table)
+  d_table = jnp.einsum('btv,btc->vc', d_logits, h)
+  return d_h.astype(h.dtype), d_table.astype(table.dtype), None
+
+
+_whole_loss.defvjp(_whole_loss_fwd, _whole_loss_bwd)
+
+
+def _vocab_chunks(table, chunks: int, shards: int):
+  """(chunks, V / chunks, C) slices of the table, and each one's vocabulary ids: chunk j holds
+  the j-th part of every shard's rows, so a chunk stays split over the devices as the table is."""
+  v, c = table.shape
+  rows = v // (shards * chunks)
+  ids = jnp.arange(v).reshape(shards, chunks, rows).swapaxes(0, 1).reshape(chunks, -1)
+  return table.reshape(shards, chunks, rows, c).swapaxes(0, 1).reshape(chunks, -1, c), ids
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _chunked_loss(constrain, chunks, shards, h, table, targets):
+  return _chunked_loss_fwd(constrain, chunks, shards, h, table, targets)[0]
+
+
+def _chunked_loss_fwd(constrain, chunks, shards, h, table, targets):
+  table_chunks, ids = _vocab_chunks(table, chunks, shards)
+
+  def step(carry, chunk):                                 # online log-sum-exp over the vocabulary
+    peak, total, target_logit = carry                     # (B, T) float32 each
+    rows, chunk_ids = chunk
+    logits = constrain(jnp.einsum('btc,vc->btv', h, rows))                          # (B, T, V/n)
+    new_peak = jnp.maximum(peak, logits.max(-1).astype(jnp.float32))   # as in _statistics
+    total = total * jnp.exp(peak - new_peak) + jnp.exp(logits.astype(jnp.float32) - new_peak[..., None]).sum(-1)
+    target_logit += jnp.where(chunk_ids == targets[..., None], logits, 0).sum(-1).astype(jnp.float32)
+    return (new_peak, total, target_logit), None
+
+  zeros = jnp.zeros(targets.shape, jnp.float32)
+  (peak, total, target_logit), _ = jax.lax.scan(step, (zeros - jnp.inf, zeros, zeros), (table_chunks, ids))
+  lse = peak + jnp.log(total)
+  return lse - target_logit, (h, table, targets, lse)
+
+
+def _chunked_loss_bwd(constrain, chunks, shards, saved, g):
+  h, table, targets, lse = saved
+  table_chunks, ids = _vocab_chunks(table, chunks, shards)
+
+  def step(d_h, chunk):
+    rows, chunk_ids = chunk
+    logits = constrain(jnp.einsum('btc,vc->btv', h, rows))                          # (B, T, V/n)
+    d_logits = constrain(_logit_grad(logits, lse, chunk_ids, targets, g))
+    d_h += jnp.einsum('btv,vc->btc', d_logits, rows, preferred_element_type=jnp.float32)
+    return d_h, jnp.einsum('btv,btc->vc', d_logits, h).astype(table.dtype)          # this chunk's rows
+
+  d_h, d_rows = jax.lax.scan(step, jnp.zeros(h.shape, jnp.float32), (table_chunks, ids))
+  v, c = table.shape
+  d_table = d_rows.reshape(chunks, shards, v // (shards * chunks), c).swapaxes(0, 1).reshape(v, c)
+  return d_h.astype(h.dtype), d_table, None
+
+
+_chunked_loss.defvjp(_chunked_loss_fwd, _chunked_loss_bwd)
