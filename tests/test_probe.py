@@ -45,9 +45,12 @@ def test_probe_matches_scikit_learn_on_cifar():
   theirs = sklearn_probe(train_x, train_y, test_x, test_y)
   ours = probe.linear_probe(train_x, train_y, test_x, test_y, 10)
   print('ours', ours, 'scikit-learn', theirs)
-  assert ours['accuracy'] >= theirs['accuracy'] - 0.01, (ours, theirs)
+  # Both ways, within what the README states: 0.5 point on the test images, 0.3 point at each C
+  # of the sweep (measured: equal, and at most 0.2 point: two of the 1,000 held-out images).
+  assert abs(ours['accuracy'] - theirs['accuracy']) <= 0.005 + 1e-9, (ours, theirs)
+  assert ours['C'] == theirs['C']
   for c in probe.CS:   # each fit of the sweep, not only the chosen one
-    assert abs(ours['sweep'][c] - theirs['sweep'][c]) <= 0.01, (c, ours['sweep'], theirs['sweep'])
+    assert abs(ours['sweep'][c] - theirs['sweep'][c]) <= 0.003 + 1e-9, (c, ours['sweep'], theirs['sweep'])
   # The choice is doing work here: the weakest regularisation tried is well below the chosen.
   assert ours['sweep'][ours['C']] > ours['sweep'][max(probe.CS)] + 0.01
 
