@@ -1,6 +1,9 @@
 """ssl_jax/kernels: every backend-specific formulation against the plain one it replaces, in
 values and gradients; the choice made from the platform; splash attention (interpret mode)."""
 
+import json
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -174,3 +177,48 @@ def test_apply_if_keeps_the_old_state_when_not_ok(impl):
   np.testing.assert_array_equal(kept[1]['m'], 0.0)
   np.testing.assert_array_equal(moved[0]['w'], 2.0)
   np.testing.assert_array_equal(moved[1]['m'], -1.0)
+
+
+SHARDED_SPLASH = """
+import json, sys
+import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ssl_jax import parallel
+from ssl_jax.kernels import attention as attn
+
+def loss(impl, q, k, v, g, causal, padding):
+  out = attn.attention(q, k, v, causal, padding, impl=impl)
+  real = jnp.ones(q.shape[:2], bool) if padding is None else padding
+  return jnp.sum(jnp.where(real[..., None, None], out * g, 0.0))
+
+report = []
+# 4 and 8 devices: the batch over data (and fsdp), the heads over tensor; causal, then padded (segment ids).
+for shape, causal, padding in [((2, 1, 2), True, None),
+                               ((2, 2, 2), False, jnp.arange(128)[None, :] < jnp.array([[100], [128], [7], [64]]))]:
+  mesh = Mesh(np.array(jax.devices()[:int(np.prod(shape))]).reshape(shape), parallel.AXES)
+  q, k, v, g = (jax.random.normal(key, (4, 128, 2, 16)) for key in jax.random.split(jax.random.key(len(report)), 4))
+  plain = jax.jit(jax.value_and_grad(lambda *a: loss('xla', *a, g, causal, padding), (0, 1, 2)))(q, k, v)
+  spec = NamedSharding(mesh, P(('data', 'fsdp'), None, 'tensor', None))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
+    fn = jax.value_and_grad(lambda *a: loss('splash_interpret', *a, g, causal, padding), (0, 1, 2))
+    program = str(jax.make_jaxpr(fn)(q, k, v))
+    splash = jax.jit(fn)(*(jax.device_put(x, spec) for x in (q, k, v)))
+  report.append({'devices': mesh.size, 'causal': causal, 'shard_map': 'shard_map' in program,
+                 'value': float(abs(splash[0] - plain[0]) / abs(plain[0])),
+                 'grads': max(float(jnp.abs(a - b).max()) for a, b in zip(splash[1], plain[1]))})
+print(json.dumps(report))
+"""
+
+
+def test_splash_attention_under_shard_map_on_4_and_8_devices_equals_the_plain_one():
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from conftest import ROOT  # pylint: disable=import-outside-toplevel
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  proc = subprocess.run([sys.executable, '-c', SHARDED_SPLASH], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert [(r['devices'], r['causal']) for r in report] == [(4, True), (8, False)]
+  for r in report:
+    assert r['shard_map'] and r['value'] < 1e-5 and r['grads'] < 2e-5, r
