@@ -264,3 +264,12 @@ def test_pyproject_agrees_with_the_requirements_and_the_tree():
       os.path.join(ROOT, 'ssl_jax')) if '__init__.py' in files)
   assert sorted(p for p in project['tool']['setuptools']['packages'] if p != 'ssl_jax.experiments') == packages
   assert project['project']['scripts']['ssl-jax'] == 'ssl_jax.command_line:entry'
+
+
+def test_importing_the_package_and_the_command_line_loads_no_jax():
+  # The command line sets JAX's flags (devices, platforms) after parsing: JAX must not be loaded before.
+  loaded = ('sorted(m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib", "flax", "optax", "orbax"))')
+  code = f'import sys, ssl_jax, ssl_jax.command_line; print({loaded}); ssl_jax.load; print("jax" in sys.modules)'
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split() == ['[]', 'True'], proc.stdout[:300]   # none; then ssl_jax.load brings it
