@@ -300,8 +300,12 @@ def costs(hlo: str, causal: bool = False) -> dict:
         flops += n * _dot_flops(inst, shapes)
       kind = inst.opcode[:-len('-start')] if inst.opcode.endswith('-start') else inst.opcode
       if kind in COLLECTIVES:
-        collectives[kind] += n * shape_bytes(inst.type if not inst.opcode.endswith('-start') else
-                                             _async_result(inst.type))
+        scattered = _scattered(inst, c['instructions']) if kind == 'all-reduce' else None
+        if scattered is not None:
+          collectives['reduce-scatter'] += n * scattered
+        else:
+          collectives[kind] += n * shape_bytes(inst.type if not inst.opcode.endswith('-start') else
+                                               _async_result(inst.type))
       if inst.opcode == 'custom-call':
         target = re.search(r'custom_call_target="([^"]+)"', inst.attrs)
         label = inst.name.split('.')[0] if target and target.group(1) == 'tpu_custom_call' else \
@@ -319,6 +323,18 @@ def costs(hlo: str, causal: bool = False) -> dict:
   return {'flops': flops, 'hbm_bytes': hbm, 'hbm_bytes_whole_operands': whole, 'on_chip_bytes': on_chip,
           'collective_bytes': collectives, 'custom_calls': dict(custom_calls),
           'top_hbm': by_op.most_common(10)}
+
+
+def _scattered(inst: Instruction, instructions: List[Instruction]):
+  """The bytes each device keeps of an all-reduce that is a reduce-scatter, else None: XLA:TPU
+  writes a reduce-scatter as a fusion of an all-reduce whose only users are dynamic-slices of
+  it by the device's partition id (`all-reduce-scatter`), which moves and keeps one shard."""
+  if inst.opcode != 'all-reduce':
+    return None
+  users = [i for i in instructions if inst.name in i.operands]
+  if users and all(u.opcode == 'dynamic-slice' and u.operands[0] == inst.name for u in users):
+    return sum(shape_bytes(u.type) for u in users)
+  return None
 
 
 def _op_name(inst: Instruction) -> str:

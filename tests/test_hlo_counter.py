@@ -193,3 +193,30 @@ ENTRY %main (a: (s32[], s32[], f32[8])) -> (s32[], s32[], f32[8]) {
                                                 ('(f32[2]{0}, s32[]{:T(128)S(6)})', 8, 4), ('pred[3]', 3, 0)])
 def test_split_bytes_reads_the_memory_space(text, hbm, on_chip):
   assert hlo.split_bytes(text) == (hbm, on_chip)
+
+
+def test_an_all_reduce_sliced_by_partition_is_a_reduce_scatter():
+  """XLA:TPU writes a reduce-scatter as a fusion of an all-reduce and a dynamic-slice at the
+  device's partition id: counted as a reduce-scatter of the shard each device keeps."""
+  text = '''HloModule m
+
+%all-reduce-scatter (input: bf16[768,3072]) -> bf16[192,3072] {
+  %input = bf16[768,3072]{1,0} parameter(0)
+  %ar = bf16[768,3072]{1,0} all-reduce(%input), replica_groups={{0,1,2,3}}, to_apply=%add
+  %pid = u32[] partition-id()
+  %rows = u32[] constant(192)
+  %start = u32[] multiply(%pid, %rows)
+  %zero = u32[] constant(0)
+  ROOT %ds = bf16[192,3072]{1,0} dynamic-slice(%ar, %start, %zero), dynamic_slice_sizes={192,3072}
+}
+
+ENTRY %main (g: bf16[768,3072], b: f32[768]) -> (bf16[192,3072], f32[768]) {
+  %g = bf16[768,3072]{1,0} parameter(0)
+  %b = f32[768]{0} parameter(1)
+  %shard = bf16[192,3072]{1,0} fusion(%g), kind=kCustom, calls=%all-reduce-scatter
+  %whole = f32[768]{0} all-reduce(%b), replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %t = (bf16[192,3072], f32[768]) tuple(%shard, %whole)
+}
+'''
+  got = hlo.costs(text)['collective_bytes']
+  assert got['reduce-scatter'] == 192 * 3072 * 2 and got['all-reduce'] == 768 * 4
