@@ -26,7 +26,15 @@ CASES = {
     'inpaint': ('vit_inpaint.py', VISION),
     'colorize': ('vit_colorize.py', VISION),
     'finetune_sst2': ('finetune_sst2.py', TEXT + ['--config.model.vocab_size=600', '--config.data.max_examples=400']),
+    # The transfer heads: an image classifier, a tagger, extractive QA, a decoder's classifier (GPT-1's).
+    'vit_classifier': ('finetune_images.py', VISION),
+    'bert_tagger': ('finetune_pos.py', TEXT + ['--config.model.vocab_size=600']),
+    'bert_qa': ('finetune_qa.py', TEXT + ['--config.model.vocab_size=600']),
+    'gpt_classifier': ('finetune_sst2.py', TEXT + ['--config.model.family=gpt_classifier', '--config.model.vocab_size=600',
+                                                   '--config.data.max_examples=400']),
 }
+SPLASH = ('gpt', 'bert', 'finetune_sst2', 'bert_tagger', 'bert_qa', 'gpt_classifier')   # text: the Pallas kernel
+WORDS = 'the cat sat on a mat while dogs ran far away'.split()
 
 
 def libtpu_present():
@@ -44,8 +52,21 @@ pytestmark = pytest.mark.skipif(not libtpu_present() and not os.environ.get('CI'
 def corpus_args(case, tmp_path, corpus):
   if case in ('gpt', 'bert'):
     return [f'--config.data.path={corpus}']
-  if case == 'finetune_sst2':
+  if case in ('finetune_sst2', 'gpt_classifier'):
     return [f'--config.data.path={shared_data("sst2", "train.tsv")}']
+  sentences = [[WORDS[(i + j) % len(WORDS)] for j in range(12)] for i in range(40)]
+  if case == 'bert_tagger':
+    path = tmp_path / 'tags.conllu'
+    path.write_text(''.join(f'# text = {" ".join(s)}\n' + ''.join(f'{j + 1}\t{w}\t{w}\t{"DET" if j % 2 else "NOUN"}'
+                                                                   f'\t_\t_\t0\troot\t_\t_\n' for j, w in enumerate(s)) + '\n'
+                            for s in sentences))
+    return [f'--config.data.path={path}']
+  if case == 'bert_qa':
+    path = tmp_path / 'squad.json'
+    paragraphs = [{'context': ' '.join(s), 'qas': [{'id': str(i), 'question': f'which word is {i}?', 'answers': [
+        {'text': s[3], 'answer_start': len(' '.join(s[:3])) + 1}]}]} for i, s in enumerate(sentences)]
+    path.write_text(json.dumps({'version': '1.1', 'data': [{'title': 'words', 'paragraphs': paragraphs}]}))
+    return [f'--config.data.path={path}']
   return []
 
 
@@ -62,7 +83,7 @@ def test_every_family_compiles_for_a_tpu_slice(case, tmp_path, corpus):
   assert r['kernels'] == 'xla' and r['dtype'] == 'bfloat16'
   assert r['involuntary_full_rematerializations'] == 0
   assert 'Involuntary full rematerialization' not in proc.stderr
-  if case in ('gpt', 'bert', 'finetune_sst2'):     # causal GPT, padded BERT: the Pallas kernel is in the program
+  if case in SPLASH:     # causal GPT, padded BERT: the Pallas kernel is in the program
     assert r['attention'] == 'splash' and any(k.startswith('splash_mha_fwd') for k in r['custom_calls'])
   b = r['bytes_per_device']
   # fsdp=4 splits every parameter's embed axis (64 -> 16): a device holds about a quarter.
