@@ -1,13 +1,21 @@
-"""Property-based tests: the config override parser and the data readers, given anything,
-either work or raise their documented error (ConfigError, DataError), never another."""
+"""Property-based tests: the config override parser and the data readers (ssl_jax/data/sources.py's
+text, JSONL and Parquet, plain and compressed, read whole or in units and pieces of any size;
+documents, TSV, CoNLL-U, SQuAD, images), given anything, either work or raise their documented
+error (ConfigError, DataError), never another."""
 
+import contextlib
+import gzip
+import json
 import os
+import re
 import tempfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ssl_jax import config as config_lib
-from ssl_jax.data import documents, labelled, squad, text
+import zstandard
+
+from ssl_jax.data import documents, labelled, sources, squad
 from ssl_jax.data.text import DataError
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -72,11 +80,131 @@ LINES = st.lists(st.one_of(st.text(max_size=60), st.sampled_from(
 BYTES = st.one_of(st.binary(max_size=400), LINES.map(lambda ls: '\n'.join(ls).encode('utf-8', 'surrogatepass')))
 
 
+def _compressed(data: bytes, compression: str) -> bytes:
+  if compression == '.gz':
+    return gzip.compress(data)
+  if compression == '.zst':
+    return zstandard.ZstdCompressor().compress(data)
+  return data
+
+
+def _read_units(path: str, unit_bytes: int, **kwargs):
+  """Every unit of the file read on its own, in order (as the token pipeline's workers read them)."""
+  return [text for unit in sources.units([path], unit_bytes=unit_bytes)
+          for text in sources.documents(unit, **kwargs)]
+
+
+@contextlib.contextmanager
+def _pieces_of(size: int):
+  saved, sources.PIECE_BYTES = sources.PIECE_BYTES, size
+  try:
+    yield
+  finally:
+    sources.PIECE_BYTES = saved
+
+
+COMPRESSION = st.sampled_from(['', '.gz', '.zst'])
+
+
 @SETTINGS
-@given(data=BYTES)
-def test_text_reader(data):
-  result = _with_file(data, '.txt', text.read_text)
-  assert result is None or isinstance(result, str)
+@given(data=BYTES, compression=COMPRESSION, unit_bytes=st.integers(1, 64), piece=st.integers(1, 64))
+def test_text_reader(data, compression, unit_bytes, piece):
+  """Text, whole or in units and pieces of any size, reads back as the file's UTF-8 text, or
+  is a DataError naming the file and a line."""
+  with tempfile.TemporaryDirectory() as d, _pieces_of(piece):
+    path = os.path.join(d, 'input.txt' + compression)
+    with open(path, 'wb') as f:
+      f.write(_compressed(data, compression))
+    try:
+      expected = data.decode('utf-8')
+      assert '\x00' not in expected
+    except (UnicodeDecodeError, AssertionError):
+      expected = None
+    try:
+      texts = _read_units(path, unit_bytes, separator=False)
+    except DataError as e:
+      assert expected is None and re.match(re.escape(path) + r':\d+: ', str(e)), str(e)
+      return
+    assert expected is not None and ''.join(texts) == expected
+    assert all(len(t.encode()) <= 2 * piece + 3 for t in texts[:-1])      # bounded, whatever the lines
+
+
+ROW = st.one_of(st.dictionaries(st.sampled_from(['text', 'body', 'id']), st.one_of(
+    st.text(max_size=30), st.integers(), st.none()), max_size=3).map(json.dumps),
+    st.sampled_from(['', '  ', '5', '"text"', '[1]', '{"text": "a"', '{"text": "\\ud800"}', 'null']),
+    st.text(max_size=20))
+
+
+def _expected_jsonl(lines):
+  """(texts, or the number of the first bad line) of JSONL lines, by the rules in sources.py."""
+  texts = []
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      return n
+    if not isinstance(row, dict) or not isinstance(row.get('text'), str):
+      return n
+    try:
+      row['text'].encode('utf-8')
+    except UnicodeEncodeError:
+      return n
+    texts.append(row['text'])
+  return texts
+
+
+@SETTINGS
+@given(lines=st.lists(ROW, max_size=12), compression=COMPRESSION, unit_bytes=st.integers(1, 80))
+def test_jsonl_reader(lines, compression, unit_bytes):
+  """The texts of the good lines, whole or in units, or a DataError naming the first bad line."""
+  expected = _expected_jsonl(lines)
+  with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, 'input.jsonl' + compression)
+    with open(path, 'wb') as f:
+      f.write(_compressed(''.join(line + '\n' for line in lines).encode('utf-8', 'surrogatepass'), compression))
+    try:
+      texts = _read_units(path, unit_bytes)
+    except DataError as e:
+      assert str(e).startswith(f'{path}:{expected}: '), (str(e), expected)
+      return
+    assert texts == expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(column=st.lists(st.one_of(st.none(), st.text(max_size=20)), max_size=30), group=st.integers(1, 8),
+       name=st.sampled_from(['text', 'body']), kind=st.sampled_from(['string', 'large_string', 'int64']))
+def test_parquet_reader(column, group, name, kind):
+  """A text column's non-null values in order, read row group by row group, or a DataError that
+  names the file (a missing or non-text column)."""
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  values = [None if v is None else len(v) for v in column] if kind == 'int64' else column
+  values = [v.encode('utf-8', 'surrogatepass').decode('utf-8', 'replace') if isinstance(v, str) else v for v in values]
+  with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, 'input.parquet')
+    pq.write_table(pa.table({name: pa.array(values, type=getattr(pa, kind)()), 'id': list(range(len(values)))}),
+                   path, row_group_size=group)
+    try:
+      texts = _read_units(path, 1)
+    except DataError as e:
+      assert str(e).startswith(f'{path}: ') and (name != 'text' or kind == 'int64'), str(e)
+      return
+    assert name == 'text' and kind != 'int64' and texts == [v for v in values if v is not None]
+
+
+@SETTINGS
+@given(data=st.binary(max_size=300), suffix=st.sampled_from(['.parquet', '.txt.gz', '.jsonl.zst', '.arrow']))
+def test_corrupt_files_are_data_errors(data, suffix):
+  with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, 'input' + suffix)
+    with open(path, 'wb') as f:
+      f.write(data)
+    try:
+      list(sources.iter_documents([path]))
+    except DataError as e:
+      assert str(e).startswith(path), str(e)
 
 
 @SETTINGS

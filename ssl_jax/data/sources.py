@@ -383,8 +383,8 @@ def _parquet_rows(unit: Unit, field: str) -> Iterator[str]:
 
 def _arrow_rows(unit: Unit, field: str) -> Iterator[str]:
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
-  source = pa.memory_map(unit.path) if not is_url(unit.path) else pa.py_buffer(_open_binary(unit.path).read())
   try:
+    source = pa.memory_map(unit.path) if not is_url(unit.path) else pa.py_buffer(_open_binary(unit.path).read())
     try:
       reader = pa.ipc.open_stream(source)
     except pa.ArrowInvalid:
@@ -396,5 +396,5 @@ def _arrow_rows(unit: Unit, field: str) -> Iterator[str]:
       for text in _column(batch, unit.path, field, f'record batch {b}:').to_pylist():
         if text is not None:
           yield text
-  except pa.ArrowException as e:
+  except (pa.ArrowException, OSError) as e:     # a bad stream's framing is an OSError
     raise DataError(f'{unit.path}: not a readable Arrow file ({str(e)[:160]})') from None
