@@ -21,7 +21,6 @@ def get_config(arg=None):
   c.model.family = 'mae'
   # A named encoder size; without one, a CPU-sized encoder: 4 layers, 192 wide, patches of 4 on 32x32 images.
   c.model.size = f'vit:{arg}' if arg else 'vit:mini/4'
-  c.mae.mask_ratio = 0.75
   c.model.decoder_layers, c.model.decoder_heads, c.model.decoder_d_model = 2, 4, 128
   c.model.dropout = 0.0
   c.data.image_size = 32

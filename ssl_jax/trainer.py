@@ -133,6 +133,7 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   # (the vocabulary size follows the tokenizer, the number of classes the data, unless set).
   task = tasks.get(config.task)
   tuning = finetune.prepare(config, workdir, task)   # before anything is written
+  task = tasks.get(config.task, config.model.family)  # the objective of the family's head
   data = task.make_data(config, workdir)
   resolve_from_data(config, data)
 

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from conftest import ROOT, run_cli
+from ssl_jax.models import sizes
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, 'experiments', '*.py')))
 # Variants each experiment documents; None is the plain `--config experiments/FILE.py`.
@@ -32,6 +33,7 @@ def test_every_experiment_loads_and_documents_its_command(path):
   name = os.path.basename(path)[:-3]
   for arg in VARIANTS.get(name, [None]):
     c = module.get_config(arg)
+    sizes.resolve(c)   # the shape its model.size names
     assert c.model.d_model % c.model.num_heads == 0
     assert c.train.steps > 0 and c.data.seq_len > 0
     for key in ('seed', 'init_from', 'model.num_layers', 'model.num_heads', 'model.d_model', 'model.d_ff',

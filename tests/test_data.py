@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import parallel
-from ssl_jax.data import text, tokenizer as tokenizers
+from ssl_jax.data import sources, text, tokenizer as tokenizers
 from ssl_jax.data.corpus import TextCorpus
 from conftest import tiny_config
 
@@ -104,11 +104,7 @@ def test_each_host_reads_only_its_rows_of_the_global_batch():
 
 def test_bad_inputs_are_named(tmp_path):
   with pytest.raises(text.DataError, match='no file matches'):
-    text.resolve_paths(str(tmp_path / 'missing*.txt'))
-  empty = tmp_path / 'empty.txt'
-  empty.write_text('  \n')
-  with pytest.raises(text.DataError, match='empty corpus'):
-    text.read_texts([str(empty)])
+    sources.resolve(str(tmp_path / 'missing*.txt'))
   binary = tmp_path / 'weights.bin'
   binary.write_bytes(bytes(range(256)) * 4)
   with pytest.raises(text.DataError, match='binary'):

@@ -19,6 +19,9 @@ def test_every_task_is_found_and_its_settings_are_a_config_group_of_its_own():
   assert {'clm', 'mlm_nsp', 'masked_image', 'inpaint', 'jigsaw', 'rotation', 'classify', 'tag', 'span_qa'} <= set(found)
   base, docs = config_lib.base_config(), config_lib.docs()
   for task in tasks.every():
+    if task.per_family:   # one objective per head, each a task of its own
+      assert all(tasks.get(task.name, family).heads.items() <= task.heads.items() for family in task.per_family)
+      continue
     assert callable(task.make_data) and callable(task.loss_fn) and callable(task.flops_per_step)
     assert task.fine_tuning == bool(task.best_metric)
     if task.name in GROUPS:

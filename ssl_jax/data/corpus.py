@@ -2,8 +2,6 @@
 
 import json
 
-import jax
-
 from ssl_jax import parallel, storage
 from ssl_jax.errors import ConfigError
 from ssl_jax.data import shard_readers, shards, sources, tokenizer as tokenizers
@@ -41,7 +39,7 @@ class TextCorpus:
         split = int(len(stream) * (1 - data.eval_fraction))
         self.train_tokens, self.eval_tokens = stream[:split], stream[split:]
     except (DataError, ConfigError):
-      if jax.process_index() == 0:
+      if parallel.is_first_host():
         remove_new(workdir, before)
       raise
 
@@ -118,11 +116,10 @@ def prepare_on_one_host(paths, workdir: str, settings, local_dir: str = '') -> d
   token stream. The token pipeline memory-maps keep.bin: on an object-store workdir each host
   reads a local copy (under data.cache_dir, as the token cache's)."""
   from ssl_jax.data import prepare  # pylint: disable=import-outside-toplevel
-  if jax.process_index() == 0:
+  if parallel.is_first_host():
     _, report = prepare.prepared_corpus(paths, workdir, settings, write_corpus=False, local_dir=local_dir)
     print(prepare.table(report), flush=True)
-  if jax.process_count() > 1:
-    parallel.barrier('ssl_jax corpus prepared')
+  parallel.barrier('ssl_jax corpus prepared')
   report = json.loads(storage.read_text(storage.join(workdir, 'prepare_report.json')))
   keep = prepare.local_copy(storage.join(workdir, 'prepared', prepare.KEEP_FILE), report['key'], local_dir)
   return prepare.selection(paths, keep, report, settings)
@@ -142,12 +139,12 @@ def run_tokenizer(config, workdir: str, texts_fn, special=()):
       tokenizers.check_matches(tok, config.data.tokenizer, storage.join(workdir, tokenizers.TOKENIZER_FILE),
                                 config.data)
     return tok
-  if jax.process_index() == 0:
+  if parallel.is_first_host():
     tok = tokenizers.load(config.init_from) if config.init_from else None
     if tok is None:
       tok = tokenizers.build(config.data.tokenizer, texts_fn, config.model.vocab_size, special, config.data)
     tokenizers.save(tok, workdir)
-  if jax.process_count() > 1:
-    parallel.barrier('ssl_jax tokenizer saved')
+  parallel.barrier('ssl_jax tokenizer saved')
+  if not parallel.is_first_host():
     tok = tokenizers.load(workdir)
   return tok

@@ -18,7 +18,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ssl_jax import parallel
-from ssl_jax.data.text import DataError, read_text, resolve_paths
+from ssl_jax.data import sources
+from ssl_jax.data.text import DataError, read_text
 
 IGNORE = -1   # label of positions that carry no loss (sub-word continuations, specials, padding)
 
@@ -82,9 +83,9 @@ def split(config, read) -> Tuple[list, list]:
   data.max_examples (0: all) then caps the training rows, taken from the front.
   """
   d = config.data
-  rows = read(resolve_paths(d.path, 'data.path')[0])
+  rows = read(sources.resolve(d.path, 'data.path')[0])
   if d.eval_path:
-    held_out = read(resolve_paths(d.eval_path, 'data.eval_path')[0])
+    held_out = read(sources.resolve(d.eval_path, 'data.eval_path')[0])
   else:
     cut = max(1, int(len(rows) * (1 - d.eval_fraction)))
     rows, held_out = rows[:cut], rows[cut:]

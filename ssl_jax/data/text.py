@@ -16,7 +16,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from ssl_jax import parallel
+from ssl_jax import parallel, storage
 
 
 from ssl_jax.errors import DataError  # noqa: E402  (raised here; its home is ssl_jax.errors)
@@ -35,37 +35,16 @@ def embedded_corpus_paths() -> List[str]:
   return paths
 
 
-def resolve_paths(spec: str, key: str = 'data.path') -> List[str]:
-  """Files named by a comma-separated list of paths and globs, in a stable order."""
-  if not spec:
-    return embedded_corpus_paths()
-  paths = []
-  for part in [p.strip() for p in spec.split(',') if p.strip()]:
-    matches = sorted(glob.glob(os.path.expanduser(part), recursive=True))
-    matches = [m for m in matches if os.path.isfile(m)]
-    if not matches:
-      raise DataError(f'{key}: no file matches {part!r}')
-    paths.extend(matches)
-  return paths
-
-
 def read_text(path: str) -> str:
-  """A text file as str; binary or non-UTF-8 content is a DataError that names the file."""
-  with open(path, 'rb') as f:
-    raw = f.read()
+  """A text file (a local path or a URL) as str; binary or non-UTF-8 content is a DataError
+  that names the file."""
+  raw = storage.read_bytes(path)
   if b'\x00' in raw[:65536]:
     raise DataError(f'{path}: looks like a binary file, not text')
   try:
     return raw.decode('utf-8')
   except UnicodeDecodeError as e:
     raise DataError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start})') from None
-
-
-def read_texts(paths: Sequence[str]) -> List[str]:
-  texts = [read_text(p) for p in paths]
-  if not any(t.strip() for t in texts):
-    raise DataError(f'empty corpus: {", ".join(paths[:3])}{" ..." if len(paths) > 3 else ""} hold no text')
-  return texts
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:

@@ -1,11 +1,12 @@
 """Objectives, one module each: a module of this package is a task when it defines `TASK`, a
 `Task` (so a new pretext task is a new file here, and nothing else). Helpers shared by
-several tasks (vision.py) define none.
+several tasks (vision.py, classification.py) define none.
 
 A task owns its settings: they are its own config group (`jigsaw.tile_size`, `mae.mask_ratio`,
 ...), declared in `Task.settings` and read from the config; a task never writes into the
 config. What the trainer, `eval` and fine-tuning ask of a task is the `Task` below; every
-field past `flops_per_step` is optional.
+field past `flops_per_step` is optional. A task of one objective per head (`classify`) has
+no functions of its own: `per_family` names the task that runs for each model family.
 """
 
 import dataclasses
@@ -39,10 +40,10 @@ class Task:
   (loss, metrics); with train False its metrics are summed over the held-out batches and
   handed to `summarize` (else averaged), unless the task `evaluate`s on the host itself."""
   name: str
-  make_data: Callable                      # (config, workdir) -> Data
-  model_inputs: Callable                   # batch -> the model's keyword arguments (init and loss)
-  loss_fn: Callable
-  flops_per_step: Callable                 # config -> (model FLOPs of a step, Megatron-convention FLOPs)
+  make_data: Optional[Callable] = None     # (config, workdir) -> Data
+  model_inputs: Optional[Callable] = None  # batch -> the model's keyword arguments
+  loss_fn: Optional[Callable] = None
+  flops_per_step: Optional[Callable] = None  # config -> (model FLOPs of a step, Megatron-convention FLOPs)
   group: str = ''                          # the config group of its settings ('' = no settings)
   settings: dict = dataclasses.field(default_factory=dict)   # {key: (default, what it does)}
   loss_arguments: Callable = no_arguments  # (config, data) -> keyword arguments of loss_fn
@@ -52,6 +53,7 @@ class Task:
   report: Optional[Callable] = None        # (setup, params) -> text, at the end of training (figures, plots)
   heads: Optional[dict] = None             # fine-tuning: pretrained body family -> the model family it becomes
   best_metric: str = ''                    # fine-tuning: the held-out metric whose best checkpoint is kept
+  per_family: Optional[dict] = None        # a task of one objective per head: model.family -> that task's name
 
   @property
   def fine_tuning(self) -> bool:
@@ -78,8 +80,15 @@ def every() -> tuple:
   return tuple(_all().values())
 
 
-def get(name: str) -> Task:
+def get(name: str, family: str = '') -> Task:
+  """The task `name`; with `family`, the objective it runs for that model family (a task of
+  one objective per head, e.g. classify, names another task for each)."""
   tasks = _all()
   if name not in tasks:
     raise ConfigError(f'unknown task {name!r}; known: {", ".join(tasks)}')
-  return tasks[name]
+  task = tasks[name]
+  if family and task.per_family is not None:
+    if family not in task.per_family:
+      raise ConfigError(f'task {name} takes model.family {", ".join(task.per_family)}; got {family!r}')
+    return tasks[task.per_family[family]]
+  return task

@@ -129,7 +129,7 @@ def model_inputs(batch) -> dict:
   return dict(images=batch['images'])
 
 
-def loss_fn(model, params, batch, rng, train: bool, bins=None, weights=None, sigma: float = 5.0):
+def loss_fn(model, params, batch, rng, train: bool, bins, weights, sigma: float):
   lab = rgb_to_lab(batch['images'])                                                        # (B, H, W, 3)
   logits = model.apply({'params': params}, grey_of(lab), deterministic=not train, rngs={'dropout': rng})  # (B, G, G, Q)
   ab = cell_colours(lab, lab.shape[1] // logits.shape[1])                                  # (B, G, G, 2)

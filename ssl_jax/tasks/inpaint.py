@@ -62,8 +62,7 @@ def reconstruct(model, params, images, hole: float, deterministic: bool = True, 
   return unpatchify(pixels.astype(jnp.float32), model.patch, size, size)
 
 
-def loss_fn(model, params, batch, rng, train: bool, hole: float = 0.5, overlap: int = 2,
-            overlap_weight: float = 10.0):
+def loss_fn(model, params, batch, rng, train: bool, hole: float, overlap: int, overlap_weight: float):
   images = batch['images']
   pred = reconstruct(model, params, images, hole, deterministic=not train, rng=rng)
   target = (images - MEAN) / STD

@@ -59,7 +59,7 @@ def model_inputs(batch, visible=None) -> dict:
   return dict(images=batch['images'], visible=visible)
 
 
-def loss_fn(model, params, batch, rng, train: bool, mask_ratio: float = 0.75):
+def loss_fn(model, params, batch, rng, train: bool, mask_ratio: float):
   n = (model.image_size // model.patch) ** 2
   visible, hidden = draw_visible(jax.random.fold_in(rng, 1), batch['index'], n, num_visible(n, mask_ratio))
   pred = model.apply({'params': params}, batch['images'], visible, deterministic=not train,
