@@ -68,7 +68,7 @@ def unit_documents(unit, text_field: str = 'text') -> Iterator[Document]:
       if doc:
         yield doc
     return
-  lines = _text_lines(sources.documents(unit, separator=False))
+  lines = text_lines(sources.documents(unit, separator=False))
   yield from (_conllu(lines) if is_conllu(unit.path) else _plain(lines))
 
 
@@ -78,7 +78,7 @@ def is_conllu(path: str) -> bool:
   return path[:len(path) - len(compression)].lower().endswith('.conllu')
 
 
-def _text_lines(pieces: Iterable[str]) -> Iterator[str]:
+def text_lines(pieces: Iterable[str]) -> Iterator[str]:
   """The lines (str.splitlines) of a text read in pieces: a piece may end inside a long line
   (sources.py reads in bounded blocks), whose start waits for the rest."""
   rest = ''
