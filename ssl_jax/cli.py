@@ -133,15 +133,15 @@ def _generate(config, workdir, flags) -> None:
 
 
 def _fewshot(config, workdir, flags) -> None:
-  from ssl_jax import evaluate, inference  # pylint: disable=import-outside-toplevel
-  restored, params, _ = inference.restore_for_inference(config, workdir, compile_steps=False)
-  evaluate.fewshot_command(restored, params, flags.task_file, flags.train_file, flags.shots, workdir)
+  from ssl_jax import evaluate, model_on_mesh  # pylint: disable=import-outside-toplevel
+  placed, params, _ = model_on_mesh.load(workdir, config)
+  evaluate.fewshot_command(placed, params, flags.task_file, flags.train_file, flags.shots, workdir)
 
 
 def _summarize(config, workdir, flags) -> None:
-  from ssl_jax import inference, summarize  # pylint: disable=import-outside-toplevel
-  restored, params, _ = inference.restore_for_inference(config, workdir, compile_steps=False)
-  summarize.summarize_command(restored, params, flags.input_file, workdir)
+  from ssl_jax import model_on_mesh, summarize  # pylint: disable=import-outside-toplevel
+  placed, params, _ = model_on_mesh.load(workdir, config)
+  summarize.summarize_command(placed, params, flags.input_file, workdir)
 
 
 def _convert(config, workdir, flags) -> None:

@@ -199,7 +199,7 @@ def fewshot_command(setup, params, task_file: str, train_file: str, shots: str, 
   if any(ks) and not train:
     raise DataError('shots above 0 need --train, the JSONL the examples are drawn from')
   params = jax.device_get(params)
-  results = evaluate(setup.model, params, setup.data.tokenizer, test, train, ks, seed=setup.config.seed)
+  results = evaluate(setup.model, params, setup.tokenizer, test, train, ks, seed=setup.config.seed)
   name = os.path.splitext(os.path.basename(task_file))[0]
   print(f'{name}: {len(test)} examples, accuracy against the number of examples in the prompt (K)')
   print(table(results), flush=True)

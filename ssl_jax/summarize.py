@@ -151,7 +151,7 @@ def summarize_command(setup, params, input_file: str, workdir: str) -> dict:
   """`run.py summarize`: summaries.jsonl and, where references exist, rouge.json: the mean ROUGE
   F1s, plain (`rouge1_f1`, ...) and Porter-stemmed (`rouge1_f1_stemmed`, ..., as papers report)."""
   rows = read_articles(input_file)
-  summaries = summarize(setup.model, jax.device_get(params), setup.data.tokenizer, [r['article'] for r in rows],
+  summaries = summarize(setup.model, jax.device_get(params), setup.tokenizer, [r['article'] for r in rows],
                         seed=setup.config.seed)
   scored, lines = [], []
   for row, summary in zip(rows, summaries):
