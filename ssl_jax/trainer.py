@@ -26,6 +26,7 @@ import optax
 
 from ssl_jax import (checkpoint, compile_cache, config as config_lib, finetune, kernels, metrics as metrics_lib,
                      model_on_mesh, optim, parallel, progress, storage, tasks, workdirs)
+from ssl_jax.data import corpus
 from ssl_jax.kernels import ops
 from ssl_jax.models import sizes
 from ssl_jax.workdirs import TrainingError
@@ -131,17 +132,19 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
 
   # Fine-tuning takes the shape and tokenizer of its pretrained body; then data and tokenizer
   # (the vocabulary size follows the tokenizer, the number of classes the data, unless set).
-  task = tasks.get(config.task)
-  tuning = finetune.prepare(config, workdir, task)   # before anything is written
-  task = tasks.get(config.task, config.model.family)  # the objective of the family's head
-  data = task.make_data(config, workdir)
-  resolve_from_data(config, data)
+  # A failed start (bad data, a model that does not fit it) removes what it wrote there.
+  with corpus.kept_only_if_good(workdir):
+    task = tasks.get(config.task)
+    tuning = finetune.prepare(config, workdir, task)   # before anything is written
+    task = tasks.get(config.task, config.model.family)  # the objective of the family's head
+    data = task.make_data(config, workdir)
+    resolve_from_data(config, data)
 
-  # The model on the mesh, and the optimizer.
-  placed = model_on_mesh.build(config, data.tokenizer, mesh, choice)
-  if data.tokenizer is not None and config.data.seq_len > placed.model_cfg.max_len:
-    raise config_lib.ConfigError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
-                                 f'{placed.model_cfg.max_len} positions (model.max_len)')
+    # The model on the mesh, and the optimizer.
+    placed = model_on_mesh.build(config, data.tokenizer, mesh, choice)
+    if data.tokenizer is not None and config.data.seq_len > placed.model_cfg.max_len:
+      raise config_lib.ConfigError(f'data.seq_len={config.data.seq_len} is longer than the model\'s '
+                                   f'{placed.model_cfg.max_len} positions (model.max_len)')
   frozen = tuning.frozen if tuning else None
   tx = optim.make(config.train, frozen, choice.kernels)
 

@@ -1,5 +1,6 @@
 """A run's text corpus: which files train, which are held out, and the run's tokenizer."""
 
+import contextlib
 import json
 
 from ssl_jax import parallel, storage
@@ -27,8 +28,7 @@ class TextCorpus:
     self.select = (prepare_on_one_host(self.train_paths, workdir, data.prepare, data.cache_dir)
                    if data.prepare.enabled else None)
     self.eval_paths = sources.resolve(data.eval_path, 'data.eval_path') if data.eval_path else []
-    before = set(storage.listdir(workdir))
-    try:
+    with kept_only_if_good(workdir):
       self.tokenizer = run_tokenizer(
           config, workdir, lambda: training_texts(config, self.train_paths + self.eval_paths, self.select), special)
       stream = self.token_stream(config, workdir, self.train_paths, self.select)
@@ -38,10 +38,6 @@ class TextCorpus:
       else:
         split = int(len(stream) * (1 - data.eval_fraction))
         self.train_tokens, self.eval_tokens = stream[:split], stream[split:]
-    except (DataError, ConfigError):
-      if parallel.is_first_host():
-        remove_new(workdir, before)
-      raise
 
   def token_stream(self, config, workdir: str, paths, select=None) -> shard_readers.ShardedTokens:
     d = config.data
@@ -103,11 +99,22 @@ _DATA_FILES = ('cache', tokenizers.TOKENIZER_FILE, tokenizers.SPM_FILE, tokenize
                'vocab.txt')
 
 
-def remove_new(workdir: str, before) -> None:
-  for name in _DATA_FILES:
-    path = storage.join(workdir, name)
-    if name not in before and storage.exists(path):
-      storage.remove(path)
+@contextlib.contextmanager
+def kept_only_if_good(workdir: str):
+  """What a run writes into its workdir (tokenizer, token cache) while its data and model are
+  made is removed again when they turn out bad (a DataError or ConfigError): the workdir is
+  left as it was, and a run with the right data starts clean instead of finding the wrong
+  tokenizer there."""
+  before = set(storage.listdir(workdir)) if storage.isdir(workdir) else set()
+  try:
+    yield
+  except (DataError, ConfigError):
+    if parallel.is_first_host():
+      for name in _DATA_FILES:
+        path = storage.join(workdir, name)
+        if name not in before and storage.exists(path):
+          storage.remove(path)
+    raise
 
 
 def prepare_on_one_host(paths, workdir: str, settings, local_dir: str = '') -> dict:

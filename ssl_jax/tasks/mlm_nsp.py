@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssl_jax import flops, parallel, storage
+from ssl_jax import flops, storage
 from ssl_jax.errors import ConfigError
 from ssl_jax.data import corpus, documents as documents_lib, shards, sources, tokenizer as tokenizers
 from ssl_jax.data.bert_examples import SPECIALS, PretrainingBatches
@@ -26,8 +26,7 @@ def make_data(config, workdir: str) -> Data:
   d = config.data
   train_paths = sources.resolve(d.path, 'data.path')
   eval_paths = sources.resolve(d.eval_path, 'data.eval_path') if d.eval_path else []
-  before = set(storage.listdir(workdir))
-  try:
+  with corpus.kept_only_if_good(workdir):
     tok = run_tokenizer(config, workdir, lambda: tokenizer_texts(config, train_paths + eval_paths), SPECIALS)
     ids = [tok.piece_id(p) for p in SPECIALS]   # ours are 0-4; an imported BERT's vocab.txt has them elsewhere
     if len(set(ids)) < len(SPECIALS) or min(ids) < 0:
@@ -38,10 +37,6 @@ def make_data(config, workdir: str) -> Data:
     else:
       split = max(1, int(len(train_docs) * (1 - d.eval_fraction)))
       train_docs, eval_docs = train_docs[:split], train_docs[split:]
-  except (DataError, ConfigError):
-    if parallel.is_first_host():
-      corpus.remove_new(workdir, before)
-    raise
   make = lambda docs, name: PretrainingBatches(
       docs, tok, d.seq_len, config.train.batch_size, config.seed, d.max_predictions, d.short_seq_prob,
       d.whole_word_masking, name=name)
