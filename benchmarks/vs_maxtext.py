@@ -117,11 +117,16 @@ def table(ours: dict, theirs: dict) -> str:
     lines = ['| per chip per step | ours | MaxText | ours / MaxText |', '|---|---:|---:|---:|']
     for key, label, unit in ROWS:
         a, b = ours.get(key), theirs.get(key)
-        fmt = lambda x: '-' if x is None else f'{x / _SCALE[unit]:,.3g}{" " + unit if unit else ""}'
+        fmt = lambda x: '-' if x is None else f'{_figure(x / _SCALE[unit])}{" " + unit if unit else ""}'
         ratio = f'{a / b:.2f}' if a is not None and b else ('-' if not a and not b else 'n/a')
         lines.append(f'| {label} | {fmt(a)} | {fmt(b)} | {ratio} |')
     lines.append(f'| bound by | {ours["bound_by"]} | {theirs["bound_by"]} | |')
     return '\n'.join(lines)
+
+
+def _figure(x: float) -> str:
+    """Three significant figures, without an exponent: 2,141 / 25.3 / 0.833."""
+    return f'{x:,.0f}' if abs(x) >= 100 else f'{x:.3g}'
 
 
 def commit_of(path: Path) -> str:
@@ -160,14 +165,19 @@ def main():
     parser.add_argument('--per-device-batch', type=int, default=8)
     parser.add_argument('--fsdp', type=int, default=4)
     parser.add_argument('--workdir', default='', help='keep both programs here (default: a temporary folder)')
+    parser.add_argument('--reread', action='store_true',
+                        help='read the programs an earlier run left in --workdir again instead of compiling')
     args = parser.parse_args()
+    if args.reread and not args.workdir:
+        parser.error('--reread reads an earlier run\'s --workdir')
     work = Path(args.workdir or tempfile.mkdtemp(prefix='vs_maxtext_'))
     chips = _chips(args.topology)
     ours_cmd = [sys.executable, 'run.py', 'plan', '--config', 'experiments/gpt.py:gpt2:124M', '--topology',
                 args.topology, '--config.mesh.data=1', f'--config.mesh.fsdp={args.fsdp}', '--config.mesh.tensor=1',
                 f'--config.train.batch_size={args.per_device_batch * chips}', '--config.model.dtype=bfloat16',
                 '--config.model.remat=full', '--config.model.scan_layers=true', '--workdir', str(work / 'ours')]
-    run_timed(ours_cmd, REPO, {'ALLOW_MULTIPLE_LIBTPU_LOAD': '1'})
+    if not args.reread:
+        run_timed(ours_cmd, REPO, {'ALLOW_MULTIPLE_LIBTPU_LOAD': '1'})
     r = json.loads((work / 'ours' / 'plan.json').read_text())
     ours = side((work / 'ours' / 'plan_hlo.txt').read_text(), r['bytes_per_device']['activations_and_temporaries'],
                 r['bytes_per_device']['generated_code'], r['compile_s'], r['flops_per_device'], r['accelerator'])
@@ -175,17 +185,26 @@ def main():
     argv, cwd, env = maxtext_command(args.maxtext.resolve(), args.maxtext_python, args.topology,
                                      args.per_device_batch, args.fsdp)
     env['XLA_FLAGS'] = f'--xla_dump_to={dump} --xla_dump_hlo_as_text'
-    out, compile_s = run_timed(argv, cwd, env, 'Jitting and compiling train step', 'Jitting and compilation complete')
-    (work / 'maxtext.log').write_text(out)
+    if args.reread:
+        out = (work / 'maxtext.log').read_text()
+        compile_s = float(re.search(r'compile_s=([\d.]+)', out).group(1))
+    else:
+        out, compile_s = run_timed(argv, cwd, env, 'Jitting and compiling train step',
+                                   'Jitting and compilation complete')
+        (work / 'maxtext.log').write_text(f'{out}\nvs_maxtext: compile_s={compile_s:.1f}\n')
     memory = memory_of(out)
     theirs = side(Path(train_step_program(str(dump))).read_text(), memory.get('temp_size_in_bytes'),
                   memory.get('generated_code_size_in_bytes'), round(compile_s, 1), r['flops_per_device'],
                   r['accelerator'])
+    commits = work / 'commits.json'     # of the trees the programs were compiled from
+    if not args.reread:
+        commits.write_text(json.dumps({'ssl_jax': commit_of(REPO), 'maxtext': commit_of(args.maxtext)}))
+    commit = json.loads(commits.read_text())
     print(f'{r["model"]} on {args.topology}, fsdp {args.fsdp}, {args.per_device_batch} x 1024 tokens per chip, bf16, '
-          f'remat full, scanned; ssl_jax {commit_of(REPO)}, MaxText {commit_of(args.maxtext)}; programs in {work}')
+          f'remat full, scanned; ssl_jax {commit["ssl_jax"]}, MaxText {commit["maxtext"]}; programs in {work}')
     print(table(ours, theirs))
-    print(json.dumps({'ours': ours, 'maxtext': theirs, 'ssl_jax_commit': commit_of(REPO),
-                      'maxtext_commit': commit_of(args.maxtext)}))
+    print(json.dumps({'ours': ours, 'maxtext': theirs, 'ssl_jax_commit': commit['ssl_jax'],
+                      'maxtext_commit': commit['maxtext']}))
 
 
 if __name__ == '__main__':
