@@ -180,8 +180,9 @@ def append(workdir: str, record: dict) -> None:
   storage.makedirs(workdir)
   line = json.dumps({k: _plain(v) if not isinstance(v, str) else v for k, v in record.items()}) + '\n'
   path = storage.join(workdir, METRICS_FILE)
+  kept = _truncate_after(path, math.inf)    # a record cut short would swallow this one's start
   if storage.is_url(path):     # rewritten whole: an object has no append
-    storage.write_text(path, (storage.read_text(path) if storage.exists(path) else '') + line)
+    storage.write_text(path, ''.join(kept) + line)
     return
   with open(path, 'a') as f:
     f.write(line)

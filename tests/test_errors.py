@@ -179,3 +179,11 @@ def test_a_record_cut_short_at_the_end_of_metrics_jsonl(tmp_path, corpus, traine
     f.write('not json\n{"step": 5}\n')
   line = fail(capsys, 'train', f'--config.data.path={corpus}', *TINY, *STEPS, '--workdir', workdir)
   assert line.startswith(f'error: {path}:5: not a metrics record')
+
+
+def test_an_eval_record_appended_after_one_cut_short(tmp_path, capsys):
+  from ssl_jax import metrics  # pylint: disable=import-outside-toplevel
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 1, "train_loss": 2.0}\n{"step": 2, "train_lo')
+  metrics.append(str(tmp_path), {'step': 2, 'eval_loss': 1.5})         # `run.py eval`'s record
+  assert metrics.read(str(tmp_path)) == [{'step': 1, 'train_loss': 2.0}, {'step': 2, 'eval_loss': 1.5}]
+  assert 'metrics.jsonl:2: a record cut short, left out' in capsys.readouterr().err
