@@ -70,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.whole_word_masking = False  # masked LM: mask every piece of a chosen word together
   c.data.image_size = 32        # vision: images are resized to this square
   c.data.max_examples = 0       # fine-tuning: use the first N training rows (0: all)
+  c.data.resume_on_change = False  # train: resume on a corpus whose content changed since the checkpoint (default: an error)
   c.data.prepare = ml_collections.ConfigDict()   # corpus cleaning before tokenisation (run.py prepare)
   c.data.prepare.enabled = False      # train: clean data.path first (cached in WORKDIR/prepared)
   c.data.prepare.documents = 'paragraphs'  # paragraphs (blank-line separated) | files

@@ -86,7 +86,8 @@ def restore_params(placed: ModelOnMesh, workdir: str, step: Optional[int] = None
   if storage.isdir(directory):
     ckpt = checkpoint.Checkpointer(workdir, create=False)
     try:
-      found = ckpt.restore({'params': placed.abstract_params}, expect_meta=placed.meta(), step=step, partial=True)
+      found = ckpt.restore({'params': placed.abstract_params}, expect_meta=ModelOnMesh.meta(placed), step=step,
+                           partial=True)
     finally:
       ckpt.close()
     if found is not None:

@@ -105,6 +105,12 @@ class Setup(model_on_mesh.ModelOnMesh):
   init_fn: Any = None       # rng -> a fresh state, created sharded
   tuning: Any = None        # finetune.FineTuning of a fine-tuning task: its source, frozen parameters, best metric
 
+  def meta(self) -> dict:
+    """What each checkpoint records: the model and tokenizer it fits (ModelOnMesh.meta) and the
+    fingerprint of the data it was trained on, where the task has one."""
+    found = model_on_mesh.ModelOnMesh.meta(self)
+    return {**found, 'data': self.data.fingerprint} if self.data.fingerprint else found
+
   def global_batch(self, local_batch: dict) -> dict:
     """This host's part of a batch -> the global batch, one array over the mesh."""
     return parallel.global_batch(local_batch, self.mesh)
@@ -218,9 +224,10 @@ def init_or_restore(run: Setup, ckpt: checkpoint.Checkpointer):
   e.g. BERT's phase 2 at length 512 starting from phase 1; a fine-tuning run takes only its
   body from there (ssl_jax/finetune) and its head fresh. The optimizer starts anew.
   """
-  restored = ckpt.restore(run.abstract_state, expect_meta=run.meta(), set_aside=True)
+  restored = ckpt.restore(run.abstract_state, expect_meta=model_on_mesh.ModelOnMesh.meta(run), set_aside=True)
   if restored is not None:
-    state, _, step = restored
+    state, meta, step = restored
+    check_data(run, meta.get('data', ''), step)
     return state, step
   state = run.init_fn(jax.random.key(run.config.seed))
   if run.tuning is not None:
@@ -235,6 +242,24 @@ def init_or_restore(run: Setup, ckpt: checkpoint.Checkpointer):
       raise checkpoint.CheckpointError(f'init_from={run.config.init_from}: no checkpoint to start from')
     state = state.replace(params=found[0].params)
   return state, 0
+
+
+def check_data(run: Setup, saved: str, step: int) -> None:
+  """A resume on training data whose content changed since checkpoint `step` was written is a
+  CheckpointError (its batches would not be the run's), unless data.resume_on_change asks to
+  go on (said on the first lines; later checkpoints record the new data)."""
+  now = run.data.fingerprint
+  if not saved or not now or saved == now:
+    return
+  where = run.config.data.path or 'the embedded corpus'
+  if not run.config.data.resume_on_change:
+    raise checkpoint.CheckpointError(
+        f'data.path ({where}) has changed since checkpoint {step} was written (its content {saved}, now {now}): '
+        'the batches would not be the run\'s. Restore those files, train in a new workdir, or go on with '
+        '--config.data.resume_on_change=true')
+  if parallel.is_first_host():
+    print(f'data: {where} has changed since checkpoint {step} (content {saved}, now {now}); going on, as '
+          'data.resume_on_change asks: the checkpoints from here record the new data', flush=True)
 
 
 def evaluate(run: Setup, params) -> dict:

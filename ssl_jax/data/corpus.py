@@ -32,12 +32,16 @@ class TextCorpus:
       self.tokenizer = run_tokenizer(
           config, workdir, lambda: training_texts(config, self.train_paths + self.eval_paths, self.select), special)
       stream = self.token_stream(config, workdir, self.train_paths, self.select)
+      caches = [stream.directory]
       if self.eval_paths:
         self.train_tokens = stream
         self.eval_tokens = self.token_stream(config, workdir, self.eval_paths)
+        caches.append(self.eval_tokens.directory)
       else:
         split = int(len(stream) * (1 - data.eval_fraction))
         self.train_tokens, self.eval_tokens = stream[:split], stream[split:]
+    # What the checkpoints record of the data: a resume on edited files is refused (trainer).
+    self.fingerprint = '+'.join(shard_readers.content_fingerprint(c) for c in caches)
 
   def token_stream(self, config, workdir: str, paths, select=None) -> shard_readers.ShardedTokens:
     d = config.data

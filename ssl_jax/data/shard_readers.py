@@ -30,6 +30,32 @@ def local_cache_dir(configured: str = '') -> str:
   return os.path.join(base, 'ssl_jax', 'tokens')
 
 
+def content_fingerprint(directory: str, sample_bytes: int = 1 << 16) -> str:
+  """A short hash of a cache's content: every shard's token count and up to `sample_bytes` of
+  its tokens at its start, middle and end (so not O(corpus) per start). The cache's own key
+  follows its files' sizes and times, which a copy or a touch changes without changing a
+  token; this follows the tokens (an edit that keeps every shard's length and misses the
+  samples goes unseen)."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(directory, INDEX)) as f:
+    index = json.load(f)
+  h = hashlib.sha1(json.dumps([index.get('tokenizer'), index.get('kind', 'tokens')]).encode())
+  files = {}   # shard stem -> its data files
+  for name in sorted(os.listdir(directory)):
+    if name.startswith('shard-') and not name.endswith('.json'):
+      files.setdefault(name.split('.')[0], []).append(name)
+  for meta in index['shards']:
+    for name in files.get(meta['shard'].split('.')[0], []):
+      path = os.path.join(directory, name)
+      size = os.path.getsize(path)
+      h.update(f'{name}|{meta.get("tokens")}|{size}|'.encode())
+      with open(path, 'rb') as f:
+        for at in sorted({0, max(0, size // 2 - sample_bytes // 2), max(0, size - sample_bytes)}):
+          f.seek(at)
+          h.update(f.read(sample_bytes))
+  return h.hexdigest()[:16]
+
+
 def unit_files(i: int, exts) -> list:
   """Shard i's files, its .json last: copied in this order, the .json says the rest is whole."""
   return [f'shard-{i:05d}.{ext}' for ext in exts] + [f'shard-{i:05d}.json']

@@ -27,6 +27,7 @@ class Data:
   unit: str = 'tokens'           # what throughput counts
   units_per_example: int = 0
   classes: tuple = ()            # what the model predicts (labels, colour bins); model.num_classes follows
+  fingerprint: str = ''          # of the training data's content, kept with each checkpoint ('' = none)
 
 
 def no_arguments(config, data) -> dict:

@@ -13,7 +13,7 @@ def make_data(config, workdir: str) -> Data:
   seq_len, batch, seed = config.data.seq_len, config.train.batch_size, config.seed
   train = LMBatches(corpus.train_tokens, seq_len, batch, seed, name='training split')
   held_out = LMBatches(corpus.eval_tokens, seq_len, batch, seed, name='held-out split')
-  return Data(train, held_out, corpus.tokenizer, units_per_example=seq_len)
+  return Data(train, held_out, corpus.tokenizer, units_per_example=seq_len, fingerprint=corpus.fingerprint)
 
 
 def model_inputs(batch) -> dict:

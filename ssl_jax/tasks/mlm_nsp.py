@@ -10,7 +10,7 @@ import optax
 
 from ssl_jax import flops, storage
 from ssl_jax.errors import ConfigError
-from ssl_jax.data import corpus, documents as documents_lib, shards, sources, tokenizer as tokenizers
+from ssl_jax.data import corpus, documents as documents_lib, shard_readers, shards, sources, tokenizer as tokenizers
 from ssl_jax.data.bert_examples import SPECIALS, PretrainingBatches
 from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.data.text import DataError
@@ -32,8 +32,10 @@ def make_data(config, workdir: str) -> Data:
     if len(set(ids)) < len(SPECIALS) or min(ids) < 0:
       raise ConfigError(f'data.tokenizer={config.data.tokenizer!r}: BERT needs the pieces {SPECIALS}, each its own id')
     train_docs = document_cache(config, workdir, tok, train_paths)
+    caches = [train_docs.directory]
     if eval_paths:
       eval_docs = document_cache(config, workdir, tok, eval_paths)
+      caches.append(eval_docs.directory)
     else:
       split = max(1, int(len(train_docs) * (1 - d.eval_fraction)))
       train_docs, eval_docs = train_docs[:split], train_docs[split:]
@@ -41,7 +43,8 @@ def make_data(config, workdir: str) -> Data:
       docs, tok, d.seq_len, config.train.batch_size, config.seed, d.max_predictions, d.short_seq_prob,
       d.whole_word_masking, name=name)
   return Data(make(train_docs, 'training documents'), make(eval_docs, 'held-out documents'), tok,
-              units_per_example=d.seq_len)
+              units_per_example=d.seq_len,
+              fingerprint='+'.join(shard_readers.content_fingerprint(c) for c in caches))
 
 
 def tokenizer_texts(config, paths):
