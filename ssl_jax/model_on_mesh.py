@@ -53,7 +53,7 @@ def build(config, tokenizer=None, mesh=None, choice=None) -> ModelOnMesh:
   """`config` resolved (model.vocab_size and model.num_classes set); `mesh` (default: over
   this job's devices) the one the program is built for; `choice` (default: made for the
   platform of its devices) which kernels it is built from."""
-  mesh = mesh or parallel.make_mesh(config.mesh)
+  mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh)
   choice = choice or kernels.choose(config.model, kernels.platform_of(mesh.devices.flat))
   model, model_cfg = models.build(config, choice)
   placed = ModelOnMesh(config=config, mesh=mesh, choice=choice, model=model, model_cfg=model_cfg,
