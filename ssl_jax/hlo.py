@@ -339,11 +339,11 @@ def _scattered(inst: Instruction, instructions: List[Instruction]):
 
 def _op_name(inst: Instruction) -> str:
   """What an instruction came from: its op_name metadata (the jitted function's path
-  stripped), else its opcode."""
+  stripped, unrolled layers' indices as h_*: one entry for every layer's), else its opcode."""
   m = re.search(r'op_name="([^"]*)"', inst.attrs)
   if not m:
-    return inst.opcode
-  return re.sub(r'^jit\([^)]*\)/', '', m.group(1))
+    return f'{inst.opcode} {inst.name.split(".")[0]}' if inst.opcode == 'custom-call' else inst.opcode
+  return re.sub(r'\bh_\d+\b', 'h_*', re.sub(r'^jit\([^)]*\)/', '', m.group(1)))
 
 
 def _views(name: str, users) -> list:
