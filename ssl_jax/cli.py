@@ -7,6 +7,7 @@ needs when it runs, after the command line has set JAX's flags.
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, Callable, Optional, Tuple
 
 from ssl_jax import config as config_lib, storage, workdirs
@@ -44,8 +45,8 @@ class Command:
   """`about` is its help; `config` where its config comes from: `experiment` (--config, else
   the default experiment), `resume` (as experiment, but a workdir's saved config when it has
   one and no --config is given), `saved` (the workdir's saved config unless --config is
-  given), `none` (convert: the files say what they hold); `workdir` whether it writes under
-  runs/<experiment> when none is given."""
+  given), `none` (convert: the files say what they hold); `default_workdir` whether it writes
+  under runs/<experiment> when no --workdir is given."""
   name: str
   about: str
   run: Callable                     # (config, workdir, flags) -> None
@@ -152,6 +153,9 @@ def _convert(config, workdir, flags) -> None:
 
 def _print_config(config, workdir, flags) -> None:
   del workdir, flags
+  from ssl_jax.models import sizes  # pylint: disable=import-outside-toplevel
+  for line in sizes.resolve(config):   # the shape model.size gives, as a run takes it
+    print(f'config: {line}', file=sys.stderr, flush=True)
   print(config_lib.describe(config), flush=True)
 
 
