@@ -360,8 +360,9 @@ def _fusion_traffic(instructions: List[Instruction]):
     - a parameter read only by dynamic-slices or gathers (its first operand): their results'
       size, the slice or the rows read;
     - a parameter that is only the buffer a dynamic-update-slice or scatter updates in place
-      (that update is a result of the fusion): the update's size, the rows it rewrites (a
-      scatter's are read too, to be added to), the result then written at the update's size.
+      (that update is a result of the fusion), and perhaps read by dynamic-slices too (a row
+      read, added to and written back): nothing more read for the update but a scatter's rows
+      (added to), the result then written at the update's size.
   """
   by_name = {i.name: i for i in instructions}
   users = collections.defaultdict(list)
@@ -387,11 +388,11 @@ def _fusion_traffic(instructions: List[Instruction]):
       continue
     uses = _views(inst.name, users)
     itemsize = shape_bytes(inst.type) / max(_elements(inst.type), 1)
-    if uses and all(u.opcode in _SLICE_READS and k == 0 for u, k in uses):
-      read[int(inst.operands[0])] = sum(_elements(u.type) * itemsize for u, _ in uses)
-    elif uses and all(u.name in in_place and k == 0 for u, k in uses):
-      read[int(inst.operands[0])] = sum(_elements(by_name[u.operands[_IN_PLACE[u.opcode]]].type) * itemsize
-                                        if u.opcode == 'scatter' else 0 for u, _ in uses)
+    # Slices read and slices updated in place (an accumulator's row read, added to, written back).
+    if uses and all(k == 0 and (u.opcode in _SLICE_READS or u.name in in_place) for u, k in uses):
+      read[int(inst.operands[0])] = sum(
+          _elements(u.type) * itemsize if u.opcode in _SLICE_READS else
+          _elements(by_name[u.operands[2]].type) * itemsize if u.opcode == 'scatter' else 0 for u, _ in uses)
   return read, written
 
 

@@ -220,3 +220,30 @@ ENTRY %main (g: bf16[768,3072], b: f32[768]) -> (bf16[192,3072], f32[768]) {
 '''
   got = hlo.costs(text)['collective_bytes']
   assert got['reduce-scatter'] == 192 * 3072 * 2 and got['all-reduce'] == 768 * 4
+
+
+def test_an_accumulator_row_read_and_written_back_in_place_moves_the_row():
+  """A scanned gradient accumulator: the layer's row of f32[12,1024] read by a dynamic-slice,
+  added to, and written back by a dynamic-update-slice in the same fusion."""
+  text = '''HloModule m
+
+%accumulate (p0: f32[12,1024], p1: f32[1024], p2: s32[]) -> f32[12,1024] {
+  %p0 = f32[12,1024]{1,0} parameter(0)
+  %p1 = f32[1024]{0} parameter(1)
+  %p2 = s32[] parameter(2)
+  %z = s32[] constant(0)
+  %row = f32[1,1024]{1,0} dynamic-slice(%p0, %p2, %z), dynamic_slice_sizes={1,1024}
+  %g = f32[1,1024]{1,0} bitcast(%p1)
+  %sum = f32[1,1024]{1,0} add(%row, %g)
+  ROOT %dus = f32[12,1024]{1,0} dynamic-update-slice(%p0, %sum, %p2, %z)
+}
+
+ENTRY %main (acc: f32[12,1024], g: f32[1024], i: s32[]) -> f32[12,1024] {
+  %acc = f32[12,1024]{1,0} parameter(0)
+  %g = f32[1024]{0} parameter(1)
+  %i = s32[] parameter(2)
+  ROOT %f = f32[12,1024]{1,0} fusion(%acc, %g, %i), kind=kLoop, calls=%accumulate
+}
+'''
+  row = 1024 * 4
+  assert hlo.costs(text)['hbm_bytes'] == row + row + 4 + row     # the row read, the gradient, the index; the row written
