@@ -183,3 +183,14 @@ def test_training_tokenises_the_kept_documents_from_the_sources(tmp_path, corpus
     np.testing.assert_array_equal(shard_readers.ShardedTokens(out).to_array(), tok.encode(prepared))
     with open(os.path.join(out, shard_readers.INDEX)) as f:
       assert json.load(f)['documents'] == report['documents_out']
+
+
+def test_a_line_longer_than_a_read_block_stays_one_line(tmp_path):
+  """sources.py reads text in blocks of at most 1 MiB: a 3 MiB line is still one line of one
+  paragraph, and the line numbers after it are the file's."""
+  path = tmp_path / 'long.txt'
+  text = 'first line\n' + 'x' * (3 << 20) + ' tail\n\nsecond paragraph\nend'
+  path.write_text(text)
+  docs = list(prepare.documents([str(path)]))
+  assert [(d.first_line, d.last_line) for d in docs] == [(1, 2), (4, 5)]
+  assert docs[0].text == 'first line\n' + 'x' * (3 << 20) + ' tail' and docs[1].text == 'second paragraph\nend'

@@ -63,9 +63,17 @@ class Document:
 
 
 def _lines(path: str) -> Iterator[str]:
-  """A text file's lines, streamed and decompressed (.gz, .zst); bad bytes are a DataError."""
-  for piece in sources.iter_documents([path], 'text', separator=False):   # pieces of whole lines
-    yield from io.StringIO(piece)
+  """A text file's lines (ended by '\n'), streamed and decompressed (.gz, .zst); bad bytes are
+  a DataError. A piece may end inside a line longer than sources.py's blocks: its start waits."""
+  carry = []
+  for piece in sources.iter_documents([path], 'text', separator=False):
+    for line in io.StringIO(piece):
+      carry.append(line)
+      if line.endswith('\n'):
+        yield ''.join(carry)
+        carry = []
+  if carry:
+    yield ''.join(carry)
 
 
 def documents(paths: List[str], mode: str = 'paragraphs', host: int = 0,
