@@ -1,8 +1,9 @@
 """softmax(q k^T / sqrt(hs) + mask) v, four ways: XLA's (every backend), XLA:CPU's blocked
 causal einsums, cuDNN's flash attention (GPU) and splash attention (TPU, Pallas).
 
-All take (B, Tq, nh, hs) queries and (B, Tk, nh, hs) keys and values and return
-(B, Tq, nh, hs). Training has Tq == Tk; decoding with a cache has Tk the cache's length,
+All take (B, Tq, nh, hs) queries and (B, Tk, kv heads, hs) keys and values and return
+(B, Tq, nh, hs): with fewer kv heads than query heads (grouped-query attention, Llama's), each
+kv head serves nh / kv heads consecutive query heads, and no path repeats k and v. Training has Tq == Tk; decoding with a cache has Tk the cache's length,
 `query_offset` the cache slot of the first query (causality counts from there) and
 `padding_mask` (B, Tk) the slots that hold real tokens. Decoding always takes the XLA
 path, which works on every target. `splash_interpret` is splash attention run by the Pallas
@@ -59,10 +60,23 @@ def allowed_mask(tq: int, tk: int, causal: bool, padding_mask=None, query_offset
 def einsum_attention(q, k, v, allowed):
   """The math written as two einsums (XLA:CPU runs its backward faster than
   jax.nn.dot_product_attention's); softmax in float32."""
+  if k.shape[2] != q.shape[2]:
+    return _grouped_einsum_attention(q, k, v, allowed)
   scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)  # (B, nh, Tq, Tk)
   scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+
+
+def _grouped_einsum_attention(q, k, v, allowed):
+  """einsum_attention with each kv head shared by a group of consecutive query heads."""
+  b, tq, h, d = q.shape
+  kv_heads = k.shape[2]
+  grouped = q.reshape(b, tq, kv_heads, h // kv_heads, d)                                  # (B, Tq, K, G, hs)
+  scores = jnp.einsum('bqkgd,bskd->bkgqs', grouped, k) / jnp.sqrt(d).astype(q.dtype)       # (B, K, G, Tq, Tk)
+  scores = jnp.where(allowed[:, :, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum('bkgqs,bskd->bqkgd', probs, v).reshape(b, tq, h, d)
 
 
 def causal_blocks(q, k, v):
@@ -115,7 +129,8 @@ def splash(q, k, v, causal: bool, padding_mask=None, interpret: bool = False):
                           block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
     kernel = sk.make_splash_mha(sm.MultiHeadMask([mask] * heads), block_sizes=sizes, head_shards=1,
                                 q_seq_shards=1, interpret=interpret)
-    to_heads = lambda x: x.transpose(0, 2, 1, 3)                      # (b, T', h, hs) -> (b, h, T', hs)
+    # (b, T', h, hs) -> (b, h, T', hs); k and v keep their fewer heads (the kernel groups queries).
+    to_heads = lambda x: x.transpose(0, 2, 1, 3)
     scaled = to_heads(q) * jnp.asarray(1 / np.sqrt(d), q.dtype)       # the kernel expects scaled queries
     if segments is None:
       out = jax.vmap(kernel)(scaled, to_heads(k), to_heads(v))
@@ -128,7 +143,11 @@ def splash(q, k, v, causal: bool, padding_mask=None, interpret: bool = False):
   if mesh.empty:
     out = per_shard(q, k, v, segments)
   else:
+    # Query and kv heads split alike, so each shard holds whole groups; when the kv heads do
+    # not divide, the heads stay whole.
     batch_axes, head_axes = _mesh_axes(mesh, ('batch', 'heads'), (b, h))
+    _, kv_axes = _mesh_axes(mesh, ('batch', 'heads'), (b, k.shape[2]))
+    head_axes = head_axes if kv_axes == head_axes else None
     spec = jax.sharding.PartitionSpec(batch_axes, None, head_axes, None)
     seg_spec = jax.sharding.PartitionSpec(batch_axes, None)
     if segments is None:

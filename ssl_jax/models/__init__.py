@@ -25,7 +25,15 @@ def run_transformer_config(config, choice) -> TransformerConfig:
       m.family, num_layers=m.num_layers, num_heads=m.num_heads, d_model=m.d_model, d_ff=m.d_ff,
       vocab_size=max(m.vocab_size, 0), max_len=m.max_len or config.data.seq_len, dropout=m.dropout,
       bias=m.bias, activation=m.activation, dtype=choice.dtype, kernels=choice.kernels,
-      attention=choice.attention, remat=remat, scan_layers=m.scan_layers)
+      attention=choice.attention, remat=remat, scan_layers=m.scan_layers, **_llama_fields(m))
+
+
+def _llama_fields(m) -> dict:
+  """The llama family's keys (the other families ignore them)."""
+  if m.num_kv_heads < 0 or m.num_heads % (m.num_kv_heads or m.num_heads):
+    raise ConfigError(f'model.num_kv_heads={m.num_kv_heads} does not divide model.num_heads={m.num_heads}')
+  return dict(num_kv_heads=m.num_kv_heads, rope_theta=m.rope_theta or 10000.0, rope_scaling=m.rope_scaling,
+              tie_embeddings=m.tie_embeddings)
 
 
 def build(config, choice):

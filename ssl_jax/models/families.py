@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import jax.numpy as jnp
 
 from ssl_jax.errors import ConfigError
-from ssl_jax.models import bert, gpt, heads, vit
+from ssl_jax.models import bert, gpt, heads, llama, vit
 from ssl_jax.models.layers import TransformerConfig
 
 
@@ -61,7 +61,7 @@ class Family:
   build: Callable           # (config, cfg) -> the flax module
   pre_norm: bool            # LayerNorm before each sub-layer (GPT-2, ViT) or after (BERT)
   ln_eps: float
-  body: str                 # the pretrained family its parameters hold or build on: bert | gpt | vit
+  body: str                 # the pretrained family its parameters hold or build on: bert | gpt | llama | vit
   body_key: str             # where that body sits in this family's tree ('' = it is the whole tree)
   text: Optional[str]       # 'bert' (needs [CLS] [SEP] [MASK] ...), 'any' (any tokenizer), None (images)
   with_lengths: bool = False   # its input is tokens and each row's length (a decoder's classifier)
@@ -69,6 +69,7 @@ class Family:
 
 FAMILIES = {f.name: f for f in (
     Family('gpt', plain(gpt.GPT), True, 1e-5, 'gpt', '', 'any'),
+    Family('llama', plain(llama.Llama), True, 1e-5, 'llama', '', 'any'),
     Family('bert', plain(bert.BERT), False, 1e-12, 'bert', '', 'bert'),
     Family('vit', image(vit.ViT), True, 1e-6, 'vit', '', None),
     Family('mae', _mae, True, 1e-6, 'vit', 'encoder', None),
@@ -84,7 +85,7 @@ FAMILIES = {f.name: f for f in (
 
 # A body's own top-level parameter: present when a tree is the body itself (a pretraining
 # run's), rather than a model holding the body under its body_key.
-BODY_MARKER = {'bert': 'word_embeddings', 'gpt': 'wte', 'vit': 'patch_embed'}
+BODY_MARKER = {'bert': 'word_embeddings', 'gpt': 'wte', 'llama': 'embed_tokens', 'vit': 'patch_embed'}
 # Where the families built on each body keep it (read off the table: they agree).
 BODY_KEY = {f.body: f.body_key for f in FAMILIES.values() if f.body_key}
 
@@ -108,7 +109,7 @@ def example_inputs(config) -> dict:
 
 # The TransformerConfig fields a model shape (a converter's model_config, a run's model block) carries.
 SHAPE_FIELDS = ('num_layers', 'num_heads', 'd_model', 'd_ff', 'vocab_size', 'max_len', 'activation', 'ln_eps',
-                'dropout', 'bias')
+                'dropout', 'bias', 'num_kv_heads', 'rope_theta', 'rope_scaling', 'tie_embeddings')
 
 
 def transformer_config(family: str, **fields) -> TransformerConfig:

@@ -37,10 +37,19 @@ class TransformerConfig:
   attention: str = 'xla'          # xla | cpu | cudnn | splash | splash_interpret (ssl_jax/kernels/attention.py)
   remat: str = 'none'            # none | dots | full (REMAT_POLICIES)
   scan_layers: bool = False       # one scanned block (parameters stacked under 'h'): compiles in O(1) layers
+  # Llama's (ssl_jax/models/llama.py); the other families ignore them.
+  num_kv_heads: int = 0           # key/value heads (grouped-query attention; 1 = multi-query); 0 = num_heads
+  rope_theta: float = 10000.0     # rotary base
+  rope_scaling: float = 0.0       # Llama-3's rotary frequency scaling factor (0 = none)
+  tie_embeddings: bool = True     # output projection = input embedding (else its own lm_head)
 
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
 
   @property
   def compute_dtype(self):
@@ -170,22 +179,30 @@ class Attention(nn.Module):
                 use_bias=cfg.bias, dtype=cfg.dtype, kernels=cfg.kernels, name='qkv')(x)   # (B, T, 3, nh, hs)
     q, k, v = ops.split_qkv(qkv, cfg.kernels)                                           # (B, T, nh, hs)
     q = nn.with_logical_constraint(q, ('batch', 'length', 'heads', 'kv'))
-    query_offset = None
-    if decode:
-      creating = not self.has_variable('cache', 'key')
-      cached_k = self.variable('cache', 'key', jnp.zeros, k.shape, k.dtype)   # (B, S, nh, hs)
-      cached_v = self.variable('cache', 'value', jnp.zeros, v.shape, v.dtype)
-      index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
-      if not creating:
-        query_offset = index.value
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, query_offset, 0, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, query_offset, 0, 0))
-        index.value = query_offset + k.shape[1]
-        k, v = cached_k.value, cached_v.value                          # (B, S, nh, hs)
+    k, v, query_offset = kv_cache(self, k, v, decode)
     y = attention(q, k, v, causal, padding_mask, query_offset, cfg.attention)   # (B, T, nh, hs)
     y = Dense((cfg.d_model,), ('heads', 'kv', 'embed'), self.out_std, in_axes=2,
               use_bias=cfg.bias, dtype=cfg.dtype, kernels=cfg.kernels, name='out')(y)   # (B, T, C)
     return y
+
+
+def kv_cache(module: nn.Module, k, v, decode: bool):
+  """With `decode`, writes k, v (B, T, kv heads, hs) into `module`'s `cache` collection (see
+  Attention) and returns the whole cache's (B, S, kv heads, hs) and the first query's slot;
+  otherwise k, v and None."""
+  if not decode:
+    return k, v, None
+  creating = not module.has_variable('cache', 'key')
+  cached_k = module.variable('cache', 'key', jnp.zeros, k.shape, k.dtype)   # (B, S, kv heads, hs)
+  cached_v = module.variable('cache', 'value', jnp.zeros, v.shape, v.dtype)
+  index = module.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+  if creating:
+    return k, v, None
+  query_offset = index.value
+  cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, query_offset, 0, 0))
+  cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, query_offset, 0, 0))
+  index.value = query_offset + k.shape[1]
+  return cached_k.value, cached_v.value, query_offset
 
 
 class MLP(nn.Module):
@@ -238,23 +255,28 @@ REMAT_POLICIES = {
 
 
 class Stack(nn.Module):
-  """`num_layers` blocks, each rematerialised in the backward pass as `cfg.remat` says."""
+  """`num_layers` blocks, each rematerialised in the backward pass as `cfg.remat` says.
+
+  `block` is the block's module (layers.Block unless a family brings its own, which is then
+  also given each token's `positions`)."""
   cfg: TransformerConfig
   causal: bool
+  block: Optional[type] = None
 
   @nn.compact
-  def __call__(self, x, padding_mask=None, deterministic: bool = True, decode: bool = False):
+  def __call__(self, x, padding_mask=None, deterministic: bool = True, decode: bool = False, positions=None):
+    extra = () if positions is None else (positions,)
     if self.cfg.scan_layers:
       scanned = nn.scan(_ScanStep, variable_axes={'params': 0, 'cache': 0},
                         split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
                         length=self.cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = scanned(self.cfg, self.causal, deterministic, decode, name='h')(x, padding_mask)
+      x, _ = scanned(self.cfg, self.causal, deterministic, decode, self.block, name='h')(x, padding_mask, *extra)
       return x
-    block = Block
+    block = self.block or Block
     if self.cfg.remat != 'none':
-      block = nn.remat(Block, static_argnums=(3, 4), policy=REMAT_POLICIES[self.cfg.remat])
+      block = nn.remat(block, static_argnums=(3, 4), policy=REMAT_POLICIES[self.cfg.remat])
     for i in range(self.cfg.num_layers):
-      x = block(self.cfg, self.causal, name=f'h_{i}')(x, padding_mask, deterministic, decode)
+      x = block(self.cfg, self.causal, name=f'h_{i}')(x, padding_mask, deterministic, decode, *extra)
     return x
 
 
@@ -264,10 +286,11 @@ class _ScanStep(nn.Module):
   causal: bool
   deterministic: bool
   decode: bool
+  block: Optional[type] = None
 
   @nn.compact
-  def __call__(self, x, padding_mask):
-    block = Block
+  def __call__(self, x, padding_mask, *extra):
+    block = self.block or Block
     if self.cfg.remat != 'none':
-      block = nn.remat(Block, static_argnums=(3, 4), policy=REMAT_POLICIES[self.cfg.remat])
-    return block(self.cfg, self.causal, name='block')(x, padding_mask, self.deterministic, self.decode), None
+      block = nn.remat(block, static_argnums=(3, 4), policy=REMAT_POLICIES[self.cfg.remat])
+    return block(self.cfg, self.causal, name='block')(x, padding_mask, self.deterministic, self.decode, *extra), None

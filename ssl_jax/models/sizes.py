@@ -6,7 +6,9 @@ GPT-3 family (Brown et al. 2020, Table 2.1), plus small sizes that train on a CP
 large ones bring GPT-2's vocabulary (50,257 padded to 50,304, a multiple of 128 that divides
 a tensor-parallel mesh). BERT's from the paper and google-research/bert's smaller models
 (Turc et al. 2019). ViT's from Dosovitskiy et al. (Ti from DeiT), plus CPU sizes, with the
-patch after a slash: `vit:S/4`.
+patch after a slash: `vit:S/4`. Llama's from the released models' configs (SmolLM-135M,
+Llama-3.2 1B, Llama-3 8B and 70B), plus CPU sizes whose parameters match GPT's of the same
+name (gpt:nano, gpt:baby) for a like-for-like comparison.
 """
 
 from ssl_jax.errors import ConfigError
@@ -52,12 +54,24 @@ VIT = {
     'L': (24, 16, 1024),
 }
 
+# name: (layers, heads, kv heads, d_model, d_ff, positions, vocabulary or 0 = the tokenizer's,
+#        rotary theta, rotary scaling factor (Llama 3.1's; 0 = none), tied output embedding).
+LLAMA = {
+    'llama:nano': (2, 2, 1, 64, 192, 128, 0, 10000.0, 0.0, True),       # gpt:nano's parameters
+    'llama:baby': (4, 4, 2, 128, 384, 64, 0, 10000.0, 0.0, True),       # gpt:baby's parameters
+    'smollm:135M': (30, 9, 3, 576, 1536, 2048, 49152, 10000.0, 0.0, True),
+    'llama3.2:1B': (16, 32, 8, 2048, 8192, 8192, 128256, 500000.0, 32.0, True),
+    'llama3:8B': (32, 32, 8, 4096, 14336, 8192, 128256, 500000.0, 0.0, False),
+    'llama3:70B': (80, 64, 8, 8192, 28672, 8192, 128256, 500000.0, 0.0, False),
+}
+
 # The keys a size decides, in the order they are reported.
-KEYS = ('num_layers', 'num_heads', 'd_model', 'd_ff', 'max_len', 'vocab_size', 'patch')
+KEYS = ('num_layers', 'num_heads', 'num_kv_heads', 'd_model', 'd_ff', 'max_len', 'vocab_size', 'rope_theta',
+        'rope_scaling', 'patch')
 
 
 def known() -> list:
-  return list(GPT) + list(BERT) + [f'vit:{w}/<patch>' for w in VIT]
+  return list(GPT) + list(BERT) + list(LLAMA) + [f'vit:{w}/<patch>' for w in VIT]
 
 
 def decode(name: str) -> dict:
@@ -66,6 +80,10 @@ def decode(name: str) -> dict:
     layers, heads, d_model, positions, vocab = GPT[name]
     return dict(num_layers=layers, num_heads=heads, d_model=d_model, d_ff=4 * d_model, max_len=positions,
                 **({'vocab_size': vocab} if vocab else {}))
+  if name in LLAMA:
+    layers, heads, kv_heads, d_model, d_ff, positions, vocab, theta, scaling, _ = LLAMA[name]
+    return dict(num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, d_model=d_model, d_ff=d_ff,
+                max_len=positions, rope_theta=theta, rope_scaling=scaling, **({'vocab_size': vocab} if vocab else {}))
   if name in BERT:
     layers, heads, d_model = BERT[name]
     return dict(num_layers=layers, num_heads=heads, d_model=d_model, d_ff=4 * d_model, max_len=512)
@@ -74,6 +92,12 @@ def decode(name: str) -> dict:
     layers, heads, d_model = VIT[width]
     return dict(num_layers=layers, num_heads=heads, d_model=d_model, d_ff=4 * d_model, patch=int(patch))
   raise ConfigError(f'unknown model.size {name!r}; known: {", ".join(known())}')
+
+
+def tied(name: str) -> bool:
+  """Whether a Llama size ties its output projection to its embedding (the experiment's
+  default for model.tie_embeddings, a switch rather than a shape key)."""
+  return LLAMA[name][-1]
 
 
 def resolve(config) -> list:
