@@ -6,13 +6,16 @@ for a causal mask touch half the score matrix on average. The Megatron conventio
 most published MFU figures use counts the full matrix; both are reported. Both count only
 work a step executes: where every score is computed (BERT, ViT) they agree, and nothing
 is counted that never runs (BERT's MLM head beyond the masked positions, MAE's encoder on
-the hidden patches).
+the hidden patches). Below them, the FLOPs of a compiled program's convolutions and splash
+attention kernels, as ssl_jax/hlo.py reads them off its optimized text.
 """
 
+import re
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Dense bf16 peak per device, from datasheets (FLOP/s). Overridable with bench.peak_flops.
 PEAKS = {
@@ -153,3 +156,55 @@ def datasheet_peak(kind: str):
     if kind.startswith(name) or name in kind:
       return PEAKS[name]
   return None
+
+
+# Program FLOPs of instructions of a compiled program (ssl_jax/hlo.py reads them off its text).
+
+def convolution_macs(lhs, rhs, out, attrs: str) -> float:
+  """Multiply-adds of a convolution, padding excluded: XLA:TPU writes many dots as
+  convolutions whose "spatial" dimensions are padded axes of the dot (a QKV projection
+  becomes a window of 3 x 12 over padding), so each output element sums only the taps that
+  land on real input: batch x output features x input features per group x, per spatial
+  dimension, the (output, tap) pairs inside the input. `lhs`, `rhs`, `out`: the operands' and
+  result's dimensions; `attrs`: the HLO instruction's attributes (dim_labels, window)."""
+  labels = re.search(r'dim_labels=(\w+)_(\w+)->(\w+)', attrs)
+  if not (lhs and rhs and out and labels):
+    return 0.0
+  lhs_l, rhs_l, out_l = labels.groups()
+  macs = float(out[out_l.index('b')] * out[out_l.index('f')] * rhs[rhs_l.index('i')])
+  window = re.search(r'window=\{([^}]*)\}', attrs)
+  fields = dict(f.split('=', 1) for f in window.group(1).split()) if window else {}
+  per_dim = lambda key, default: ([int(v) for v in fields[key].split('x')] if key in fields else None) or default
+  spatial = sorted(c for c in out_l if c.isdigit())
+  n = len(spatial)
+  sizes = per_dim('size', [rhs[rhs_l.index(c)] for c in spatial])
+  strides = per_dim('stride', [1] * n)
+  lhs_dilation = per_dim('lhs_dilate', [1] * n)
+  rhs_dilation = per_dim('rhs_dilate', [1] * n)
+  pads = [tuple(int(x) for x in p.split('_')) for p in fields['pad'].split('x')] if 'pad' in fields else [(0, 0)] * n
+  for i, c in enumerate(spatial):
+    length, outputs = lhs[lhs_l.index(c)], out[out_l.index(c)]
+    span = (length - 1) * lhs_dilation[i] + 1
+    positions = np.arange(outputs) * strides[i] - pads[i][0]
+    pairs = 0
+    for tap in range(sizes[i]):
+      p = positions + tap * rhs_dilation[i]
+      pairs += int(np.count_nonzero((p >= 0) & (p < span) & (p % lhs_dilation[i] == 0)))
+    macs *= pairs
+  return macs      # (with feature groups the kernel's input-feature axis is already per group)
+
+
+def splash_attention_flops(kernel: str, operand_dims, causal: bool) -> float:
+  """Analytic FLOPs of a splash attention kernel (its HLO name, its operands' dimensions), from
+  its (B, H, T, D) query operand: the forward pass is 2 products of 2 B H T^2 D, the dq kernel 3
+  and the dkv kernel 4 (each recomputes the scores); causal masking skips about half."""
+  products = 4 if 'dkv' in kernel else 3 if '_dq' in kernel else 2
+  # q, k and v share one (B, H, T, D) shape: the commonest 4-d operand shape (the kernel also
+  # takes small mask tables and, backward, statistics of other shapes).
+  shapes_4d = [tuple(d) for d in operand_dims]
+  shapes_4d = [d for d in shapes_4d if len(d) == 4]
+  if not shapes_4d:
+    return 0.0
+  q = max(set(shapes_4d), key=lambda d: (shapes_4d.count(d), int(np.prod(d))))
+  t, d = q[-2], q[-1]
+  return products * 2.0 * int(np.prod(q[:-2])) * t * t * d * (0.5 if causal else 1.0)

@@ -28,6 +28,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from ssl_jax import flops as flops_lib
+
 COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute')
 _DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 2, 'f32': 4, 's32': 4,
                 'u32': 4, 'f64': 8, 's64': 8, 'u64': 8, 'c64': 8, 'f8e4m3fn': 1, 'f8e5m2': 1, 's4': 1, 'u4': 1}
@@ -201,59 +203,8 @@ def _dot_flops(inst: Instruction, shapes: Dict[str, str]) -> float:
     m = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', inst.attrs)
     contracted = int(np.prod([lhs[int(d)] for d in m.group(1).split(',') if d])) if m and lhs else 1
     return 2.0 * out * contracted
-  return 2.0 * _conv_macs(inst, shapes)
-
-
-def _conv_macs(inst: Instruction, shapes: Dict[str, str]) -> float:
-  """Multiply-adds of a convolution, padding excluded: XLA:TPU writes many dots as
-  convolutions whose "spatial" dimensions are padded axes of the dot (a QKV projection
-  becomes a window of 3 x 12 over padding), so each output element sums only the taps that
-  land on real input: batch x output features x input features per group x, per spatial
-  dimension, the (output, tap) pairs inside the input."""
-  lhs = dims_of(shapes.get(inst.operands[0], '')) if inst.operands else []
-  rhs = dims_of(shapes.get(inst.operands[1], '')) if len(inst.operands) > 1 else []
-  out = dims_of(inst.type)
-  labels = re.search(r'dim_labels=(\w+)_(\w+)->(\w+)', inst.attrs)
-  if not (lhs and rhs and out and labels):
-    return 0.0
-  lhs_l, rhs_l, out_l = labels.groups()
-  macs = float(out[out_l.index('b')] * out[out_l.index('f')] * rhs[rhs_l.index('i')])
-  window = re.search(r'window=\{([^}]*)\}', inst.attrs)
-  fields = dict(f.split('=', 1) for f in window.group(1).split()) if window else {}
-  per_dim = lambda key, default: ([int(v) for v in fields[key].split('x')] if key in fields else None) or default
-  spatial = sorted(c for c in out_l if c.isdigit())
-  n = len(spatial)
-  sizes = per_dim('size', [rhs[rhs_l.index(c)] for c in spatial])
-  strides = per_dim('stride', [1] * n)
-  lhs_dilation = per_dim('lhs_dilate', [1] * n)
-  rhs_dilation = per_dim('rhs_dilate', [1] * n)
-  pads = [tuple(int(x) for x in p.split('_')) for p in fields['pad'].split('x')] if 'pad' in fields else [(0, 0)] * n
-  for i, c in enumerate(spatial):
-    length, outputs = lhs[lhs_l.index(c)], out[out_l.index(c)]
-    span = (length - 1) * lhs_dilation[i] + 1
-    positions = np.arange(outputs) * strides[i] - pads[i][0]
-    pairs = 0
-    for tap in range(sizes[i]):
-      p = positions + tap * rhs_dilation[i]
-      pairs += int(np.count_nonzero((p >= 0) & (p < span) & (p % lhs_dilation[i] == 0)))
-    macs *= pairs
-  return macs      # (with feature groups the kernel's input-feature axis is already per group)
-
-
-def flash_attention_flops(inst: Instruction, shapes: Dict[str, str], causal: bool) -> float:
-  """Analytic FLOPs of a splash attention kernel, from its (B, H, T, D) query operand: the
-  forward pass is 2 products of 2 B H T^2 D, the dq kernel 3 and the dkv kernel 4 (each
-  recomputes the scores); causal masking skips about half."""
-  products = 4 if 'dkv' in inst.name else 3 if '_dq' in inst.name else 2
-  # q, k and v share one (B, H, T, D) shape: the commonest 4-d operand shape (the kernel also
-  # takes small mask tables and, backward, statistics of other shapes).
-  shapes_4d = [tuple(dims_of(shapes.get(o, ''))) for o in inst.operands]
-  shapes_4d = [d for d in shapes_4d if len(d) == 4]
-  if not shapes_4d:
-    return 0.0
-  q = max(set(shapes_4d), key=lambda d: (shapes_4d.count(d), int(np.prod(d))))
-  t, d = q[-2], q[-1]
-  return products * 2.0 * int(np.prod(q[:-2])) * t * t * d * (0.5 if causal else 1.0)
+  lhs, rhs = (dims_of(shapes.get(o, '')) for o in (inst.operands + ['', ''])[:2])
+  return 2.0 * flops_lib.convolution_macs(lhs, rhs, dims_of(inst.type), inst.attrs)
 
 
 def costs(hlo: str, causal: bool = False) -> dict:
@@ -312,7 +263,8 @@ def costs(hlo: str, causal: bool = False) -> dict:
             (target.group(1) if target else 'custom-call')
         custom_calls[label] += int(n)
         if label.startswith('splash_mha'):
-          flops += n * flash_attention_flops(inst, shapes, causal)
+          flops += n * flops_lib.splash_attention_flops(inst.name, [dims_of(shapes.get(o, '')) for o in inst.operands],
+                                                        causal)
       if name not in fused and inst.opcode not in _NO_TRAFFIC:
         whole += n * (shape_bytes(inst.type) + sum(shape_bytes(shapes.get(o, '')) for o in inst.operands))
         moved, local = _traffic(inst, shapes, computations, fusion_io)
