@@ -218,10 +218,12 @@ def report(r: dict) -> str:
       f'  program FLOPs per step       {r["program_flops_per_device"]:>14.3e}  (recomputation included)',
       f'  HBM traffic per step         {_gb(r["hbm_bytes_per_device"]):>14}  (slices and rows as read; '
       f'{_gb(r["hbm_bytes_per_device_whole_operands"])} with every operand whole)',
-      f'  on-chip traffic per step     {_gb(r["on_chip_bytes_per_device"]):>14}  (VMEM and SMEM, not in the roofline)',
       '  collectives per step         ' + (', '.join(f'{k} {_gb(v)}' for k, v in
                                                     r['collective_bytes_per_device'].items() if v) or 'none'),
   ]
+  if r['on_chip_bytes_per_device']:    # a TPU program's VMEM and SMEM traffic
+    lines.insert(-1, f'  on-chip traffic per step     {_gb(r["on_chip_bytes_per_device"]):>14}  '
+                     '(VMEM and SMEM, not in the roofline)')
   roof = r['roofline']
   if roof:
     lines.append(f'roofline on {r["accelerator"]}: compute {roof["compute_s"] * 1e3:,.1f} ms, memory '
