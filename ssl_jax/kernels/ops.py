@@ -257,7 +257,7 @@ def _statistics(logits, targets):
   """(log-sum-exp, the target's logit), float32, of logits (..., V) against integer targets.
   Only the exponentials are taken in float32 (the maximum and the target's logit are exact
   in any dtype), so that no float32 copy of the logits is shared by several reductions."""
-  peak = jax.lax.stop_gradient(logits.max(-1).astype(jnp.float32))
+  peak = logits.max(-1).astype(jnp.float32)
   total = jnp.exp(logits.astype(jnp.float32) - peak[..., None]).sum(-1)
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
   return peak + jnp.log(total), target_logit
