@@ -60,7 +60,8 @@ def test_the_model_on_a_mesh_is_the_training_runs_model(corpus, tmp_path):
   placed = model_on_mesh.build(workdirs.saved_config(workdir), run.tokenizer)
   shapes = lambda tree: jax.tree_util.tree_map(lambda x: (x.shape, x.dtype, x.sharding.spec), tree)
   assert shapes(placed.abstract_params) == shapes(run.abstract_state.params) == shapes(run.abstract_params)
-  assert placed.meta() == run.meta() and placed.num_params == run.num_params
+  assert placed.meta() == model_on_mesh.ModelOnMesh.meta(run) and placed.num_params == run.num_params
+  assert run.meta() == {**placed.meta(), 'data': run.data.fingerprint}   # checkpoints record the data too
 
 
 def test_model_size_decides_the_shape_and_explicit_keys_win():
