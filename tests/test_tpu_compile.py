@@ -17,6 +17,7 @@ TEXT = ['--config.data.seq_len=128', '--config.model.max_len=128']
 VISION = ['--config.data.image_size=16', '--config.model.patch=4']
 CASES = {
     'gpt': ('default.py', TEXT),
+    'llama': ('llama.py:llama:nano', TEXT + ['--config.model.num_kv_heads=1']),   # 2 query heads on 1 kv head
     'bert': ('bert.py:tiny', TEXT + ['--config.model.vocab_size=600', '--config.data.max_predictions=5']),
     'mae': ('vit_mae.py', VISION + ['--config.model.decoder_layers=1', '--config.model.decoder_d_model=32',
                                     '--config.model.decoder_heads=2']),
@@ -33,7 +34,7 @@ CASES = {
     'gpt_classifier': ('finetune_sst2.py', TEXT + ['--config.model.family=gpt_classifier', '--config.model.vocab_size=600',
                                                    '--config.data.max_examples=400']),
 }
-SPLASH = ('gpt', 'bert', 'finetune_sst2', 'bert_tagger', 'bert_qa', 'gpt_classifier')   # text: the Pallas kernel
+SPLASH = ('gpt', 'llama', 'bert', 'finetune_sst2', 'bert_tagger', 'bert_qa', 'gpt_classifier')   # text: the Pallas kernel
 WORDS = 'the cat sat on a mat while dogs ran far away'.split()
 
 
@@ -50,7 +51,7 @@ pytestmark = pytest.mark.skipif(not libtpu_present() and not os.environ.get('CI'
 
 
 def corpus_args(case, tmp_path, corpus):
-  if case in ('gpt', 'bert'):
+  if case in ('gpt', 'llama', 'bert'):
     return [f'--config.data.path={corpus}']
   if case in ('finetune_sst2', 'gpt_classifier'):
     return [f'--config.data.path={shared_data("sst2", "train.tsv")}']
