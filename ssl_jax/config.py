@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention = 'auto'    # auto | xla | splash (TPU Pallas) | cudnn (GPU flash) | cpu (blocked causal einsums)
   c.model.scan_layers = False   # scan one block over the layers: compile time independent of depth
   c.model.remat = 'none'        # none | dots (keep weight-matmul outputs) | full: recompute in the backward pass
+  c.model.ln_eps = 0.0          # the norms' epsilon; 0: the family's (an import records its checkpoint's)
   c.model.num_kv_heads = 0      # llama: key/value heads (grouped-query attention; 1 = multi-query); 0: model.size's, else num_heads
   c.model.rope_theta = 0.0      # llama: rotary base; 0: model.size's, else 10,000
   c.model.rope_scaling = 0.0    # llama: Llama-3.1's rotary frequency scaling factor (e.g. 8, 32); 0: model.size's, else none

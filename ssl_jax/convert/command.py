@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 
 from ssl_jax import checkpoint, storage
 from ssl_jax.config import base_config
-from ssl_jax.convert import bert, gpt2
+from ssl_jax.convert import bert, gpt2, llama
 from ssl_jax.convert.files import (HF_CONFIG, MODEL_FILE, PARAMS_FILE, VOCAB_FILE, ConversionError, has_params,
                                    load_params, read_json, save_params, write_json, write_text)
 from ssl_jax.data import tokenizer as tokenizers
@@ -23,7 +23,9 @@ from ssl_jax.data.text import DataError
 from ssl_jax.data.tokenizer import read_vocab
 from ssl_jax.models import families
 
-CONVERTIBLE = ('bert', 'gpt')   # the families with a Hugging Face counterpart
+CONVERTIBLE = ('bert', 'gpt', 'llama')   # the families with a Hugging Face counterpart
+DECODERS = ('gpt', 'llama')
+LLAMA_KEYS = ('num_kv_heads', 'rope_theta', 'rope_scaling', 'tie_embeddings')
 
 
 def load_workdir_params(workdir: str) -> Tuple[dict, dict, Optional[List[str]]]:
@@ -49,8 +51,9 @@ def load_workdir_params(workdir: str) -> Tuple[dict, dict, Optional[List[str]]]:
   model_config = dict(family=model['family'], num_layers=model['num_layers'], num_heads=model['num_heads'],
                       d_model=model['d_model'], d_ff=model['d_ff'], vocab_size=model['vocab_size'],
                       max_len=model.get('max_len') or seq_len, activation=model['activation'],
-                      ln_eps=families.get(model['family']).ln_eps,
-                      dropout=model.get('dropout', 0.0), bias=model.get('bias', True))
+                      ln_eps=model.get('ln_eps') or families.get(model['family']).ln_eps,
+                      dropout=model.get('dropout', 0.0), bias=model.get('bias', True),
+                      **{k: model[k] for k in LLAMA_KEYS if k in model and (model[k] or k == 'tie_embeddings')})
   try:
     params = checkpoint.read_params(workdir)
   except checkpoint.CheckpointError as e:
@@ -75,9 +78,12 @@ def convert_command(from_hf: Optional[str], to_hf: Optional[str], workdir: str) 
     if model_config.get('family') == 'gpt':
       report = {'from': workdir, 'to': to_hf, 'files': gpt2.save_hf_gpt2(params, model_config, to_hf),
                 'note': 'weights only: our char or sentencepiece tokenizer is not GPT-2\'s byte-level BPE'}
+    elif model_config.get('family') == 'llama':
+      report = {'from': workdir, 'to': to_hf, 'files': llama.save_hf_llama(params, model_config, to_hf),
+                'note': 'weights only: a char or sentencepiece tokenizer has no tokenizer.json'}
     else:
       report = {'from': workdir, 'to': to_hf, 'files': bert.save_hf_bert(params, model_config, to_hf, vocab)}
-    if vocab is None and model_config.get('family') != 'gpt':
+    if vocab is None and model_config.get('family') not in DECODERS:
       report['note'] = f'no {VOCAB_FILE} in {workdir}: the run\'s tokenizer is not WordPiece, so none was written'
     tok = tokenizers.load(workdir)
     if tok is not None and tok.kind == 'huggingface':   # transformers reads it as it is
@@ -101,10 +107,14 @@ def import_hf(from_hf: str, workdir: str) -> dict:
   if model_type == 'gpt2':
     params, model_config = gpt2.load_hf_gpt2(from_hf)
     model_config['fresh_init'] = []
+  elif model_type in llama.MODEL_TYPES:
+    params, model_config = llama.load_hf_llama(from_hf)
+    model_config['fresh_init'] = []
   elif model_type in ('bert', None):
     params, model_config, _ = bert.load_hf_bert(from_hf)
   else:
-    raise ConversionError(f'{os.path.join(from_hf, HF_CONFIG)}: model_type {model_type!r}; bert and gpt2 convert')
+    raise ConversionError(f'{os.path.join(from_hf, HF_CONFIG)}: model_type {model_type!r}; bert, gpt2, '
+                          f'{", ".join(llama.MODEL_TYPES)} convert')
   try:
     tok = tokenizers.load(from_hf)
   except (DataError, OSError, ValueError) as e:
@@ -134,10 +144,13 @@ def run_config(model_config: dict, tok, name: str) -> dict:
   c = base_config()
   family = model_config['family']
   c.experiment = f'imported_{name}'
-  c.task = 'clm' if family == 'gpt' else 'mlm_nsp'
+  c.task = 'clm' if family in DECODERS else 'mlm_nsp'
   c.model.family = family
-  for key in ('num_layers', 'num_heads', 'd_model', 'd_ff', 'vocab_size', 'max_len', 'activation', 'bias', 'dropout'):
-    c.model[key] = type(c.model[key])(model_config[key])
-  c.data.seq_len = model_config['max_len'] if family == 'gpt' else min(128, model_config['max_len'])
+  for key in ('num_layers', 'num_heads', 'd_model', 'd_ff', 'vocab_size', 'max_len', 'activation', 'bias', 'dropout',
+              'ln_eps') + LLAMA_KEYS:
+    if key in model_config:
+      c.model[key] = type(c.model[key])(model_config[key])
+  # A decoder's windows are its context (a long-context llama's capped at 4,096 tokens).
+  c.data.seq_len = min(4096, model_config['max_len']) if family in DECODERS else min(128, model_config['max_len'])
   c.data.tokenizer = tok.kind if tok is not None else 'char'
   return c.to_dict()

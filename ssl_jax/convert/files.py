@@ -34,6 +34,7 @@ from ssl_jax.models.layers import TransformerConfig
 
 HF_CONFIG = 'config.json'
 HF_WEIGHTS = 'model.safetensors'
+HF_WEIGHTS_INDEX = 'model.safetensors.index.json'   # a checkpoint in several files: weight_map name -> file
 HF_WEIGHTS_TORCH = 'pytorch_model.bin'
 VOCAB_FILE = 'vocab.txt'
 PARAMS_FILE = 'params.safetensors'
@@ -93,18 +94,33 @@ def read_json(path: str) -> dict:
     raise ConversionError(f'{path} is not valid JSON ({e})') from None
 
 
+def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
+  try:
+    return load_file(path)
+  except TypeError:
+    # numpy has no bfloat16: such a checkpoint is read through JAX's arrays, then widened.
+    from safetensors.flax import load_file as load_jax_file  # pylint: disable=import-outside-toplevel
+    return {k: np.asarray(v, np.float32) for k, v in load_jax_file(path).items()}
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConversionError(f'{path} does not read as safetensors ({e})') from None
+
+
 def read_hf_tensors(directory: str) -> Dict[str, np.ndarray]:
-  """The checkpoint's tensors by name, with old TF-era LayerNorm names made current."""
+  """The checkpoint's tensors by name (one safetensors file, the files an index names, or
+  pytorch_model.bin), with old TF-era LayerNorm names made current."""
   path = os.path.join(directory, HF_WEIGHTS)
+  index = os.path.join(directory, HF_WEIGHTS_INDEX)
   if os.path.exists(path):
-    try:
-      tensors = load_file(path)
-    except TypeError:
-      # numpy has no bfloat16: such a checkpoint is read through JAX's arrays, then widened.
-      from safetensors.flax import load_file as load_jax_file  # pylint: disable=import-outside-toplevel
-      tensors = {k: np.asarray(v, np.float32) for k, v in load_jax_file(path).items()}
-    except Exception as e:  # pylint: disable=broad-except
-      raise ConversionError(f'{path} does not read as safetensors ({e})') from None
+    tensors = _read_safetensors(path)
+  elif os.path.exists(index):
+    weight_map = read_json(index).get('weight_map')
+    if not isinstance(weight_map, dict):
+      raise ConversionError(f'{index} has no weight_map')
+    tensors = {}
+    for name in sorted(set(weight_map.values())):
+      if not os.path.exists(os.path.join(directory, name)):
+        raise ConversionError(f'{index} names {name}, which is not in {directory}')
+      tensors.update(_read_safetensors(os.path.join(directory, name)))
   elif os.path.exists(os.path.join(directory, HF_WEIGHTS_TORCH)):
     try:
       import torch  # pylint: disable=import-outside-toplevel
@@ -119,6 +135,30 @@ def read_hf_tensors(directory: str) -> Dict[str, np.ndarray]:
     name = re.sub(r'LayerNorm\.gamma$', 'LayerNorm.weight', re.sub(r'LayerNorm\.beta$', 'LayerNorm.bias', name))
     renamed[name] = x
   return renamed
+
+
+def write_hf_tensors(tensors: Dict[str, np.ndarray], directory: str, max_shard_bytes: int = 5 * 2**30) -> List[str]:
+  """Writes `tensors` as model.safetensors, or, past `max_shard_bytes`, as model-0000i-of-0000n
+  files and their index (transformers' layout); returns the file names."""
+  shards, size = [{}], 0
+  for name, x in tensors.items():
+    if shards[-1] and size + x.nbytes > max_shard_bytes:
+      shards.append({})
+      size = 0
+    shards[-1][name] = x
+    size += x.nbytes
+  if len(shards) == 1:
+    names = [HF_WEIGHTS]
+  else:
+    names = [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors' for i in range(len(shards))]
+  for name, shard in zip(names, shards):
+    write_atomically(storage.join(directory, name), lambda p, shard=shard: save_file(shard, p, metadata={'format': 'pt'}))
+  if len(shards) > 1:
+    weight_map = {t: name for name, shard in zip(names, shards) for t in shard}
+    write_json(storage.join(directory, HF_WEIGHTS_INDEX),
+               {'metadata': {'total_size': int(sum(x.nbytes for x in tensors.values()))}, 'weight_map': weight_map})
+    names.append(HF_WEIGHTS_INDEX)
+  return names
 
 
 # Our plain file format (params.safetensors + model.json + vocab.txt).

@@ -25,7 +25,8 @@ def run_transformer_config(config, choice) -> TransformerConfig:
       m.family, num_layers=m.num_layers, num_heads=m.num_heads, d_model=m.d_model, d_ff=m.d_ff,
       vocab_size=max(m.vocab_size, 0), max_len=m.max_len or config.data.seq_len, dropout=m.dropout,
       bias=m.bias, activation=m.activation, dtype=choice.dtype, kernels=choice.kernels,
-      attention=choice.attention, remat=remat, scan_layers=m.scan_layers, **_llama_fields(m))
+      attention=choice.attention, remat=remat, scan_layers=m.scan_layers, **_llama_fields(m),
+      **({'ln_eps': m.ln_eps} if m.ln_eps else {}))
 
 
 def _llama_fields(m) -> dict:
