@@ -55,8 +55,8 @@ class Model:
   def generate(self, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8, top_k: int = 200,
                top_p: float = 1.0, stop: Sequence[str] = (), seed: int = 0) -> str:
     """The text a decoder continues `prompt` with (temperature 0: greedy)."""
-    if self.family != 'gpt':
-      raise ValueError(f'generate needs a decoder (model.family gpt), not {self.family}')
+    if self.family not in ('gpt', 'llama'):
+      raise ValueError(f'generate needs a decoder (model.family gpt or llama), not {self.family}')
     [text] = generation.complete(self.setup.model, self.params, self.tokenizer, [prompt], max_new_tokens, stop,
                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     return text

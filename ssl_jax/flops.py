@@ -40,6 +40,9 @@ def matmul_params(config) -> int:
   """Parameters used in matrix products per token, the tied output head included."""
   m = config.model
   per_layer = 4 * m.d_model * m.d_model + 2 * m.d_model * m.d_ff
+  if m.family == 'llama':   # q and o; k and v over the kv heads only; SwiGLU's three matrices
+    kv_width = (m.get('num_kv_heads') or m.num_heads) * (m.d_model // m.num_heads)
+    per_layer = 2 * m.d_model * m.d_model + 2 * m.d_model * kv_width + 3 * m.d_model * m.d_ff
   return m.num_layers * per_layer + m.d_model * m.vocab_size
 
 

@@ -151,3 +151,13 @@ def test_splash_with_grouped_kv_heads_equals_plain_attention_in_values_and_gradi
   np.testing.assert_allclose(splash[0], plain[0], rtol=1e-5)
   for a, b in zip(splash[1], plain[1]):
     np.testing.assert_allclose(a, b, atol=3e-5)
+
+
+def test_model_flops_count_the_grouped_kv_and_swiglu_matrices():
+  import os  # pylint: disable=import-outside-toplevel
+  from ssl_jax import config as config_lib, flops  # pylint: disable=import-outside-toplevel
+  from conftest import ROOT  # pylint: disable=import-outside-toplevel
+  config = config_lib.load(os.path.join(ROOT, 'experiments', 'llama.py:llama3:8B'))
+  sizes.resolve(config)
+  # Every parameter but the embedding table and the norms' scales is a matrix each token meets.
+  assert flops.matmul_params(config) == count('llama3:8B') - 128256 * 4096 - (2 * 32 + 1) * 4096
