@@ -40,19 +40,21 @@ GPT3_BLOCK = dict(decoder_block='gpt3', enable_dropout='false', logits_via_embed
                   fused_qkv='true', opt_type='adam_pax', normalization_layer_epsilon='1.e-05')
 
 
-def maxtext_command(checkout: Path, python: str, topology: str, per_device_batch: int, fsdp: int, extra=()):
+def maxtext_command(checkout: Path, python: str, topology: str, per_device_batch: int, fsdp: int, work: Path,
+                    extra=()):
     """(argv, cwd, env additions) of MaxText's train_compile for our target, in either layout of its tree:
-    src/maxtext (a package, model files overridable) or MaxText/ (scripts, model keys spelled out)."""
+    src/maxtext (a package, model files overridable) or MaxText/ (scripts, model keys spelled out; its
+    base.yml copied into `work` with a gelu MLP)."""
     chips = topology.split(':')[0] + '-' + str(2 * _chips(topology))    # v5p:2x2x1 -> v5p-8 (cores)
     settings = [f'compile_topology={chips}', 'compile_topology_num_slices=1', f'per_device_batch_size={per_device_batch}',
                 f'ici_fsdp_parallelism={fsdp}', 'enable_checkpointing=false', 'run_name=vs_ssl_jax',
-                f'base_output_directory={tempfile.gettempdir()}/vs_maxtext_out']
+                f'base_output_directory={work / "maxtext_out"}']
     if (checkout / 'src' / 'maxtext').is_dir():
         argv = [python, '-m', 'maxtext.trainers.pre_train.train_compile', 'src/maxtext/configs/base.yml',
                 'model_name=gpt3-6b', 'override_model_config=true']
         env = {'PYTHONPATH': str(checkout / 'src')}
     else:   # its CLI takes no lists: the gelu goes into a copy of base.yml
-        base = Path(tempfile.mkdtemp(prefix='vs_maxtext_config_')) / 'base.yml'
+        base = work / 'maxtext_base.yml'
         text = (checkout / 'MaxText' / 'configs' / 'base.yml').read_text()
         base.write_text(re.sub(r'(?m)^mlp_activations:.*$', 'mlp_activations: ["gelu"]', text))
         argv = [python, 'MaxText/train_compile.py', str(base), 'model_name=default',
@@ -183,7 +185,7 @@ def main():
                 r['bytes_per_device']['generated_code'], r['compile_s'], r['flops_per_device'], r['accelerator'])
     dump = work / 'maxtext_dump'
     argv, cwd, env = maxtext_command(args.maxtext.resolve(), args.maxtext_python, args.topology,
-                                     args.per_device_batch, args.fsdp)
+                                     args.per_device_batch, args.fsdp, work)
     env['XLA_FLAGS'] = f'--xla_dump_to={dump} --xla_dump_hlo_as_text'
     if args.reread:
         out = (work / 'maxtext.log').read_text()

@@ -76,15 +76,16 @@ def test_memory_of_reads_the_compiled_memory_stats_line():
 def test_maxtext_command_for_either_layout(tmp_path):
   new = tmp_path / 'new'
   (new / 'src' / 'maxtext').mkdir(parents=True)
-  argv, cwd, env = vs_maxtext.maxtext_command(new, 'py', 'v5p:2x2x1', 8, 4)
+  argv, cwd, env = vs_maxtext.maxtext_command(new, 'py', 'v5p:2x2x1', 8, 4, tmp_path)
   assert argv[:3] == ['py', '-m', 'maxtext.trainers.pre_train.train_compile'] and cwd == new
   assert 'compile_topology=v5p-8' in argv and 'per_device_batch_size=8' in argv and 'ici_fsdp_parallelism=4' in argv
   assert 'override_model_config=true' in argv and env['PYTHONPATH'] == str(new / 'src')
   old = tmp_path / 'old'
   (old / 'MaxText' / 'configs').mkdir(parents=True)
   (old / 'MaxText' / 'configs' / 'base.yml').write_text('a: 1\nmlp_activations: ["silu", "linear"]\nb: 2\n')
-  argv, cwd, env = vs_maxtext.maxtext_command(old, 'py', 'v5p:2x2x1', 8, 4)
+  argv, cwd, env = vs_maxtext.maxtext_command(old, 'py', 'v5p:2x2x1', 8, 4, tmp_path)
   assert argv[1] == 'MaxText/train_compile.py' and 'decoder_block=gpt3' in argv and 'vocab_size=50304' in argv
+  assert argv[2] == str(tmp_path / 'maxtext_base.yml')
   with open(argv[2]) as f:
     assert f.read() == 'a: 1\nmlp_activations: ["gelu"]\nb: 2\n'
   assert env['DECOUPLE_GCLOUD'] == 'TRUE'
