@@ -25,12 +25,22 @@ CAUSAL_BLOCK = 64
 SPLASH_BLOCK = 128
 
 
-def attention(q, k, v, causal: bool, padding_mask=None, query_offset=None, impl: str = 'xla'):
-  """Dispatches to the implementation `impl` names (kernels.choose), where it applies."""
+def attention(q, k, v, causal: bool, padding_mask=None, query_offset=None, impl: str = 'xla', segment_ids=None):
+  """Dispatches to the implementation `impl` names (kernels.choose), where it applies.
+
+  `segment_ids` (B, T) (training only: packed documents) keeps each query to the keys of its
+  own segment; splash honours them in its kernel, the other paths by a mask through XLA's
+  attention (cuDNN's takes only lengths, so packed rows leave it)."""
   tq, tk = q.shape[1], k.shape[1]
   training = query_offset is None and tq == tk
   if impl in ('splash', 'splash_interpret') and training and tq >= SPLASH_BLOCK:
-    return splash(q, k, v, causal, padding_mask, interpret=impl == 'splash_interpret')
+    return splash(q, k, v, causal, padding_mask, interpret=impl == 'splash_interpret', segment_ids=segment_ids)
+  if segment_ids is not None:
+    same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]          # (B, 1, T, T)
+    allowed = allowed_mask(tq, tk, causal, padding_mask) & same
+    if impl == 'cpu':
+      return einsum_attention(q, k, v, allowed)
+    return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation='xla')
   if impl == 'cudnn' and training and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128 \
       and q.shape[-1] % 8 == 0:
     return cudnn(q, k, v, causal, padding_mask)
@@ -98,14 +108,15 @@ def cudnn(q, k, v, causal: bool, padding_mask=None):
                                       key_value_seq_lengths=lengths, implementation='cudnn')
 
 
-def splash(q, k, v, causal: bool, padding_mask=None, interpret: bool = False):
+def splash(q, k, v, causal: bool, padding_mask=None, interpret: bool = False, segment_ids=None):
   """TPU splash attention (Pallas), one kernel per example over its heads, under shard_map:
   the batch split as the `batch` logical axis says, the heads as `heads` says.
 
   A sequence that is not a multiple of SPLASH_BLOCK is padded up to one; padding (added, or
   the batch's own padding_mask) gets segment id 0 and real tokens 1, so that no real query
   sees a padded key. Padded queries see only padded keys: their outputs are meaningless
-  and finite, and nothing downstream reads them.
+  and finite, and nothing downstream reads them. Packed documents' `segment_ids` become
+  1 + their id, so that padding stays apart from every document.
   """
   # Imported here: the Pallas TPU package is only needed where splash is chosen.
   from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=import-outside-toplevel
@@ -113,9 +124,10 @@ def splash(q, k, v, causal: bool, padding_mask=None, interpret: bool = False):
   b, t, h, d = q.shape
   padded_t = -(-t // SPLASH_BLOCK) * SPLASH_BLOCK
   segments = None
-  if padding_mask is not None or padded_t != t:
+  if padding_mask is not None or padded_t != t or segment_ids is not None:
     real = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
-    segments = jnp.pad(real, ((0, 0), (0, padded_t - t))).astype(jnp.int32)     # (B, T')
+    ids = real.astype(jnp.int32) if segment_ids is None else jnp.where(real, segment_ids.astype(jnp.int32) + 1, 0)
+    segments = jnp.pad(ids, ((0, 0), (0, padded_t - t)))                         # (B, T')
   if padded_t != t:
     q, k, v = (jnp.pad(x, ((0, 0), (0, padded_t - t), (0, 0), (0, 0))) for x in (q, k, v))
 

@@ -258,14 +258,15 @@ class Stack(nn.Module):
   """`num_layers` blocks, each rematerialised in the backward pass as `cfg.remat` says.
 
   `block` is the block's module (layers.Block unless a family brings its own, which is then
-  also given each token's `positions`)."""
+  also given each token's `positions` and packed documents' `segment_ids`)."""
   cfg: TransformerConfig
   causal: bool
   block: Optional[type] = None
 
   @nn.compact
-  def __call__(self, x, padding_mask=None, deterministic: bool = True, decode: bool = False, positions=None):
-    extra = () if positions is None else (positions,)
+  def __call__(self, x, padding_mask=None, deterministic: bool = True, decode: bool = False, positions=None,
+               segment_ids=None):
+    extra = () if positions is None else (positions, segment_ids)
     if self.cfg.scan_layers:
       scanned = nn.scan(_ScanStep, variable_axes={'params': 0, 'cache': 0},
                         split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,

@@ -56,6 +56,14 @@ def rotate(x, positions, cfg: TransformerConfig):
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+def segment_positions(segment_ids):
+  """(B, T) positions counting from the first token of each run of equal segment ids."""
+  t = segment_ids.shape[1]
+  index = jnp.broadcast_to(jnp.arange(t), segment_ids.shape)
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+  return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+
+
 class RMSNorm(nn.Module):
   """x / sqrt(mean(x^2) + eps) * scale, in float32, returned in the compute dtype."""
   cfg: TransformerConfig
@@ -76,7 +84,7 @@ class LlamaAttention(nn.Module):
   out_std: float
 
   @nn.compact
-  def __call__(self, x, positions, padding_mask=None, decode: bool = False):
+  def __call__(self, x, positions, padding_mask=None, decode: bool = False, segment_ids=None):
     cfg = self.cfg
     project = lambda heads, name: Dense((heads, cfg.head_dim), ('embed', 'heads', 'kv'), cfg.init_std,
                                         use_bias=cfg.bias, dtype=cfg.dtype, kernels=cfg.kernels, name=name)(x)
@@ -85,7 +93,7 @@ class LlamaAttention(nn.Module):
     v = project(cfg.kv_heads, 'v_proj')                               # (B, T, nkv, hs)
     q = nn.with_logical_constraint(q, ('batch', 'length', 'heads', 'kv'))
     k, v, query_offset = kv_cache(self, k, v, decode)                 # (B, S, nkv, hs) when decoding
-    y = attention(q, k, v, True, padding_mask, query_offset, cfg.attention)   # (B, T, nh, hs)
+    y = attention(q, k, v, True, padding_mask, query_offset, cfg.attention, segment_ids)   # (B, T, nh, hs)
     return Dense((cfg.d_model,), ('heads', 'kv', 'embed'), self.out_std, in_axes=2, use_bias=False,
                  dtype=cfg.dtype, kernels=cfg.kernels, name='o_proj')(y)   # (B, T, C)
 
@@ -111,12 +119,12 @@ class LlamaBlock(nn.Module):
   causal: bool
 
   @nn.compact
-  def __call__(self, x, padding_mask, deterministic: bool, decode: bool, positions):
+  def __call__(self, x, padding_mask, deterministic: bool, decode: bool, positions, segment_ids=None):
     cfg = self.cfg
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)    # residual projections, as GPT-2's
     drop = lambda h: Dropout(cfg.dropout)(h, deterministic=deterministic)
     x = x + drop(LlamaAttention(cfg, out_std, name='self_attn')(
-        RMSNorm(cfg, name='input_layernorm')(x), positions, padding_mask, decode))
+        RMSNorm(cfg, name='input_layernorm')(x), positions, padding_mask, decode, segment_ids))
     x = x + drop(SwiGLU(cfg, out_std, name='mlp')(RMSNorm(cfg, name='post_attention_layernorm')(x)))
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
@@ -126,20 +134,24 @@ class Llama(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, deterministic: bool = True, return_hidden: bool = False, *, positions=None,
-               padding_mask=None, decode: bool = False, targets=None):
+               padding_mask=None, decode: bool = False, targets=None, segment_ids=None):
     """tokens (B, T) int -> logits (B, T, vocab) in float32 (or the final hidden states, or with
     `targets` the per-token cross-entropy (B, T)); `positions`, `padding_mask` and `decode` as
-    GPT's (ssl_jax/models/gpt.py): rotary positions count from each row's first token."""
+    GPT's (ssl_jax/models/gpt.py): rotary positions count from each row's first token.
+
+    `segment_ids` (B, T) packs several documents into a row (consecutive runs of one id):
+    attention stays inside each, and positions restart at each one's first token."""
     cfg = self.cfg
     _, t = tokens.shape
     if positions is None:
       check_length(t, cfg)       # the context the model is made for (rotary positions have no table)
-      positions = jnp.arange(t)
+      positions = jnp.arange(t) if segment_ids is None else segment_positions(segment_ids)
     embed = self.param('embed_tokens', param_init(cfg.init_std, ('vocab', 'embed')), (cfg.vocab_size, cfg.d_model))
     x = jnp.asarray(embed, cfg.compute_dtype)[tokens]                         # (B, T, C)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     x = Dropout(cfg.dropout)(x, deterministic=deterministic)
-    x = Stack(cfg, causal=True, block=LlamaBlock, name='layers')(x, padding_mask, deterministic, decode, positions)
+    x = Stack(cfg, causal=True, block=LlamaBlock, name='layers')(x, padding_mask, deterministic, decode, positions,
+                                                                 segment_ids)
     x = RMSNorm(cfg, name='norm')(x)
     if return_hidden:
       return x
