@@ -56,3 +56,44 @@ def test_splash_with_segment_ids_and_grouped_kv_heads_equals_plain_masked_attent
   np.testing.assert_allclose(splash[0], plain[0], rtol=1e-5)
   for a, b in zip(splash[1], plain[1]):
     np.testing.assert_allclose(a, b, atol=3e-5)
+
+
+SHARDED = """
+import json
+import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ssl_jax import parallel
+from ssl_jax.kernels.attention import attention
+
+mesh = Mesh(np.array(jax.devices()[:4]).reshape(2, 1, 2), parallel.AXES)   # batch over data, heads over tensor
+segments = jnp.repeat(jnp.array([[0, 1], [0, 0], [3, 4], [1, 2]]), 64, axis=1)   # (4, 128): packed rows
+report = []
+for kv_heads in (2, 1):          # 2 kv heads split with their query groups; 1 stays whole
+  q, g = (jax.random.normal(key, (4, 128, 4, 16)) for key in jax.random.split(jax.random.key(kv_heads), 2))
+  k, v = (jax.random.normal(key, (4, 128, kv_heads, 16)) for key in jax.random.split(jax.random.key(9), 2))
+  loss = lambda impl: lambda q, k, v: jnp.sum(attention(q, k, v, True, impl=impl, segment_ids=segments) * g)
+  plain = jax.jit(jax.value_and_grad(loss('xla'), (0, 1, 2)))(q, k, v)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_RULES):
+    fn = jax.value_and_grad(loss('splash_interpret'), (0, 1, 2))
+    program = str(jax.make_jaxpr(fn)(q, k, v))
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, P(('data', 'fsdp'), None, 'tensor', None)))
+    splash = jax.jit(fn)(put(q), put(k) if kv_heads == 2 else k, put(v) if kv_heads == 2 else v)
+  report.append({'kv_heads': kv_heads, 'shard_map': 'shard_map' in program,
+                 'value': float(abs(splash[0] - plain[0]) / abs(plain[0])),
+                 'grads': max(float(jnp.abs(a - b).max()) for a, b in zip(splash[1], plain[1]))})
+print(json.dumps(report))
+"""
+
+
+def test_splash_with_grouped_kv_heads_and_segments_under_shard_map_on_4_devices():
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from conftest import ROOT  # pylint: disable=import-outside-toplevel
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  proc = subprocess.run([sys.executable, '-c', SHARDED], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for r in json.loads(proc.stdout.strip().splitlines()[-1]):
+    assert r['shard_map'] and r['value'] < 1e-5 and r['grads'] < 3e-5, r
