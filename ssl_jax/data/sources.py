@@ -195,7 +195,7 @@ def _open_binary(path: str):
   """A binary stream of the file's bytes, decompressed (.gz, .zst)."""
   if is_url(path):
     import fsspec  # pylint: disable=import-outside-toplevel
-    raw = fsspec.open(path, 'rb').open()
+    raw = io.BufferedReader(fsspec.open(path, 'rb').open())   # its readline takes a size limit
   else:
     raw = open(path, 'rb')  # pylint: disable=consider-using-with
   compression = compression_of(path)
