@@ -86,10 +86,9 @@ def test_export_loads_in_transformers_with_the_same_logits_and_round_trips_bit_i
          {k: v for k, v in model_config.items() if k != 'unused_tensors'}
 
 
+@pytest.mark.parametrize('saved', ['qwen2'], indirect=True)   # one model type through the command line
 def test_run_py_imports_and_the_workdir_gives_the_same_logits_through_ssl_jax_load(saved, tmp_path):
-  model_type, model, directory = saved
-  if model_type != 'qwen2':
-    pytest.skip('one model type through the command line is enough')
+  _, model, directory = saved
   workdir = str(tmp_path / 'imported')
   run_cli('convert', '--from_hf', directory, '--workdir', workdir)
   import ssl_jax  # pylint: disable=import-outside-toplevel
