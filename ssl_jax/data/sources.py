@@ -331,7 +331,7 @@ def _text_pieces(unit: Unit, separator: bool = True) -> Iterator[str]:
       text = ''.join(piece)
       cut = len(text) if text.endswith('\n') else max(text.rfind(' '), text.rfind('\n')) + 1 or len(text)
       yield text[:cut]
-      piece, size = [text[cut:]], len(text) - cut
+      piece, size = [text[cut:]], len(text[cut:].encode())   # bytes, as `size` counts
   try:
     decoder.decode(b'', final=True)
   except UnicodeDecodeError as e:
