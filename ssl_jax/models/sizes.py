@@ -91,7 +91,7 @@ def decode(name: str) -> dict:
   if name.startswith('vit:') and width in VIT and slash and patch.isdigit() and int(patch) > 0:
     layers, heads, d_model = VIT[width]
     return dict(num_layers=layers, num_heads=heads, d_model=d_model, d_ff=4 * d_model, patch=int(patch))
-  raise ConfigError(f'unknown model.size {name!r}; known: {", ".join(known())}')
+  raise ConfigError(f'unknown model.size {name!r}; known: {", ".join(known())} (a ViT names its patch: vit:S/4)')
 
 
 def tied(name: str) -> bool:
