@@ -33,7 +33,7 @@ from ssl_jax import storage
 from ssl_jax.convert.files import (FROM_HF_ACTIVATION, HF_CONFIG, HF_WEIGHTS, TO_HF_ACTIVATION, VOCAB_FILE,
                                    ConversionError, Pair, copy_tensor, flatten_tree, get_path, layer_norm_pair,
                                    linear_pair, read_hf_tensors, read_json, transformer_config, unflatten_tree,
-                                   write_atomically, write_json, write_vocab)
+                                   to_ours, write_atomically, write_json, write_vocab, abstract_params)
 from ssl_jax.data.wordpiece import read_vocab
 from ssl_jax.models.bert import BERT, TYPE_VOCAB_SIZE
 from ssl_jax.models.layers import TransformerConfig
@@ -98,10 +98,7 @@ def hf_config_from_model(model_config: dict, heads: bool = True) -> dict:
   }
 
 def _abstract_params(cfg: TransformerConfig) -> dict:
-  """Shapes of every parameter of BERT(cfg), heads included, without computing any."""
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  boxed = jax.eval_shape(lambda rng: BERT(cfg).init(rng, tokens)['params'], jax.random.key(0))
-  return nn.meta.unbox(boxed)
+  return abstract_params(BERT(cfg))   # heads included
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -177,12 +174,7 @@ def load_hf_bert(directory: str, seed: int = 0) -> Tuple[dict, dict, Optional[Li
     if not all(n in tensors for n in pair.hf):
       (fresh if pair.path[0] in OPTIONAL else missing).append(pair)
       continue
-    value = np.asarray(pair.to_ours(*[tensors[n] for n in pair.hf]), np.float32)
-    want = get_path(abstract, pair.path).shape
-    if value.shape != want:
-      raise ConversionError(f'{directory}: {", ".join(pair.hf)} of shape {tensors[pair.hf[0]].shape} does not fit '
-                            f'our {"/".join(pair.path)} of shape {want} (config.json says otherwise?)')
-    flat[pair.path] = value
+    flat[pair.path] = to_ours(pair, tensors, abstract, directory)
     used.update(pair.hf)
   if missing:
     names = [n for p in missing for n in p.hf if n not in tensors]

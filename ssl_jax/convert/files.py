@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+from flax import linen as nn
 from safetensors.numpy import load as load_bytes, load_file, save_file
 
 from ssl_jax import storage
@@ -200,6 +201,24 @@ def load_params(directory: str) -> Tuple[dict, dict, Optional[List[str]]]:
 
 
 # Tree and file helpers.
+
+def abstract_params(module) -> dict:
+  """Shapes of every parameter of a text model `module` (initialised on one token), without
+  computing any."""
+  tokens = jax.numpy.zeros((1, 1), jax.numpy.int32)
+  return nn.meta.unbox(jax.eval_shape(lambda rng: module.init(rng, tokens)['params'], jax.random.key(0)))
+
+
+def to_ours(pair: 'Pair', tensors: Dict[str, np.ndarray], abstract: dict, directory: str) -> np.ndarray:
+  """`pair`'s parameter made from the Hugging Face `tensors`, in float32; a ConversionError
+  when it is not the shape our model (`abstract`) wants."""
+  value = np.asarray(pair.to_ours(*[tensors[n] for n in pair.hf]), np.float32)
+  want = get_path(abstract, pair.path).shape
+  if value.shape != want:
+    raise ConversionError(f'{directory}: {", ".join(pair.hf)} of shape {tensors[pair.hf[0]].shape} does not fit '
+                          f'our {"/".join(pair.path)} of shape {want} (config.json says otherwise?)')
+  return value
+
 
 def get_path(tree, path):
   for k in path:

@@ -25,15 +25,14 @@ import os
 from typing import List, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 from safetensors.numpy import save_file
 
 from ssl_jax import storage
 from ssl_jax.convert.files import (FROM_HF_ACTIVATION, HF_CONFIG, HF_WEIGHTS, TO_HF_ACTIVATION, ConversionError,
                                    Pair, copy_tensor, flatten_tree, get_path, layer_norm_pair, read_hf_tensors,
-                                   read_json, transformer_config, unflatten_tree, write_atomically, write_json)
+                                   read_json, to_ours, transformer_config, unflatten_tree, write_atomically,
+                                   write_json, abstract_params)
 from ssl_jax.models.gpt import GPT
 from ssl_jax.models.layers import TransformerConfig
 
@@ -95,9 +94,7 @@ def hf_config_from_model(model_config: dict) -> dict:
 
 
 def _abstract_params(cfg: TransformerConfig) -> dict:
-  """Shapes of every parameter of GPT(cfg), without computing any."""
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  return nn.meta.unbox(jax.eval_shape(lambda rng: GPT(cfg).init(rng, tokens)['params'], jax.random.key(0)))
+  return abstract_params(GPT(cfg))
 
 
 def _conv1d(name, ours_shape=None, hf_shape=None):
@@ -143,12 +140,7 @@ def load_hf_gpt2(directory: str) -> Tuple[dict, dict]:
   if missing:
     raise ConversionError(f'{directory}: {len(missing)} tensors of GPT-2 are missing, e.g. {", ".join(missing[:3])}')
   for pair in pairs(cfg):
-    value = np.asarray(pair.to_ours(*[tensors[n] for n in pair.hf]), np.float32)
-    want = get_path(abstract, pair.path).shape
-    if value.shape != want:
-      raise ConversionError(f'{directory}: {pair.hf[0]} of shape {tensors[pair.hf[0]].shape} does not fit our '
-                            f'{"/".join(pair.path)} of shape {want} (config.json says otherwise?)')
-    flat[pair.path] = value
+    flat[pair.path] = to_ours(pair, tensors, abstract, directory)
     used.update(pair.hf)
   head = tensors.get('lm_head.weight')
   if head is not None and not np.array_equal(head, tensors['wte.weight']):

@@ -23,14 +23,12 @@ import os
 from typing import List, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 from ssl_jax import storage
 from ssl_jax.convert.files import (HF_CONFIG, ConversionError, Pair, copy_tensor, flatten_tree, get_path,
                                    read_hf_tensors, read_json, transformer_config, unflatten_tree, write_hf_tensors,
-                                   write_json)
+                                   write_json, to_ours, abstract_params)
 from ssl_jax.models import llama
 from ssl_jax.models.layers import TransformerConfig
 
@@ -113,8 +111,7 @@ def hf_config_from_model(model_config: dict) -> dict:
 
 
 def _abstract_params(cfg: TransformerConfig) -> dict:
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  return nn.meta.unbox(jax.eval_shape(lambda rng: llama.Llama(cfg).init(rng, tokens)['params'], jax.random.key(0)))
+  return abstract_params(llama.Llama(cfg))
 
 
 def _linear(name: str, ours_shape: tuple, heads_out: bool):
@@ -161,12 +158,7 @@ def load_hf_llama(directory: str) -> Tuple[dict, dict]:
                           f'e.g. {", ".join(missing[:3])}')
   flat, used = {}, set()
   for pair in pairs(cfg):
-    value = np.asarray(pair.to_ours(*[tensors[n] for n in pair.hf]), np.float32)
-    want = get_path(abstract, pair.path).shape
-    if value.shape != want:
-      raise ConversionError(f'{directory}: {pair.hf[0]} of shape {tensors[pair.hf[0]].shape} does not fit our '
-                            f'{"/".join(pair.path)} of shape {want} (config.json says otherwise?)')
-    flat[pair.path] = value
+    flat[pair.path] = to_ours(pair, tensors, abstract, directory)
     used.update(pair.hf)
   head = tensors.get('lm_head.weight')
   if cfg.tie_embeddings and head is not None:
