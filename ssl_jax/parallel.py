@@ -179,9 +179,11 @@ class HostShare:
     return step * self.size + self.within
 
 
-def host_share(global_batch: int, host: int = None, hosts: int = None) -> HostShare:
+def host_share(global_batch, host: int = None, hosts: int = None) -> HostShare:
   """This host's share of a global batch of `global_batch` rows (`host` and `hosts` default
-  to this process's; tests pass them to play another host)."""
+  to this process's; tests pass them to play another host). A HostShare is its own share."""
+  if isinstance(global_batch, HostShare):
+    return global_batch
   if host is None or hosts is None:
     host, hosts = this_host()
   if global_batch % hosts:

@@ -65,7 +65,7 @@ class PretrainingBatches:
     if len(self.documents) < 2 or not self.documents.num_pairs():   # a pair is needed for IsNext
       raise DataError(f'{name}: BERT pretraining needs at least 2 documents, one of 2+ sentences '
                       f'(found {len(self.documents)} documents)')
-    self.share = parallel.host_share(global_batch) if isinstance(global_batch, int) else global_batch
+    self.share = parallel.host_share(global_batch)
     if seq_len < 8:
       raise DataError(f'data.seq_len={seq_len} is too short for [CLS] A [SEP] B [SEP]')
     self.seq_len, self.global_batch, self.seed = seq_len, self.share.size, seed

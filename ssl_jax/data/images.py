@@ -121,7 +121,7 @@ class ImageBatches:
     """global_batch: the global batch size, or this host's parallel.HostShare of it."""
     if len(images) == 0:
       raise DataError('no images')
-    self.share = parallel.host_share(global_batch) if isinstance(global_batch, int) else global_batch
+    self.share = parallel.host_share(global_batch)
     self.images, self.labels = images, labels
     self.global_batch, self.seed, self.augment, self.min_scale = self.share.size, seed, augment, min_scale
     self.rows = self.share.within

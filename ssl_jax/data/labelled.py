@@ -203,7 +203,7 @@ class LabelledBatches:
     self.size = len(next(iter(arrays.values())))
     if self.size == 0:
       raise DataError(f'{name}: no examples')
-    self.share = parallel.host_share(global_batch) if isinstance(global_batch, int) else global_batch
+    self.share = parallel.host_share(global_batch)
     self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
     self.global_batch, self.seed = self.share.size, seed
     self.num_batches = -(-self.size // self.global_batch)

@@ -100,7 +100,7 @@ class LMBatches:
     if len(tokens) < seq_len + 2:
       raise DataError(f'{name}: {len(tokens)} tokens is shorter than one sequence of '
                       f'{seq_len + 1} (data.seq_len + 1)')
-    self.share = parallel.host_share(global_batch) if isinstance(global_batch, int) else global_batch
+    self.share = parallel.host_share(global_batch)
     self.tokens = tokens
     self.seq_len = seq_len
     self.global_batch = self.share.size
