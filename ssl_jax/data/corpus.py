@@ -16,8 +16,8 @@ class TextCorpus:
 
   Without `data.eval_path` the last `data.eval_fraction` of the training stream is held out
   (nanoGPT's split of tinyshakespeare: first 90% train, last 10% val). Bad input (a corrupt
-  file, a JSONL line without the field, ...) is a DataError, and the tokenizer and cache this
-  run had begun to write are removed: the workdir is left as it was.
+  file, a JSONL line without the field, ...) is a DataError; the trainer's setup then removes
+  the tokenizer and cache this run had begun to write (`kept_only_if_good`).
   """
 
   def __init__(self, config, workdir: str, special=()):
@@ -28,20 +28,19 @@ class TextCorpus:
     self.select = (prepare_on_one_host(self.train_paths, workdir, data.prepare, data.cache_dir)
                    if data.prepare.enabled else None)
     self.eval_paths = sources.resolve(data.eval_path, 'data.eval_path') if data.eval_path else []
-    with kept_only_if_good(workdir):
-      self.tokenizer = run_tokenizer(
-          config, workdir, lambda: training_texts(config, self.train_paths + self.eval_paths, self.select), special)
-      stream = self.token_stream(config, workdir, self.train_paths, self.select)
-      caches = [stream.directory]
-      if self.eval_paths:
-        self.train_tokens = stream
-        self.eval_tokens = self.token_stream(config, workdir, self.eval_paths)
-        caches.append(self.eval_tokens.directory)
-      else:
-        split = int(len(stream) * (1 - data.eval_fraction))
-        self.train_tokens, self.eval_tokens = stream[:split], stream[split:]
+    self.tokenizer = run_tokenizer(
+        config, workdir, lambda: training_texts(config, self.train_paths + self.eval_paths, self.select), special)
+    stream = self.token_stream(config, workdir, self.train_paths, self.select)
+    caches = [stream.directory]
+    if self.eval_paths:
+      self.train_tokens = stream
+      self.eval_tokens = self.token_stream(config, workdir, self.eval_paths)
+      caches.append(self.eval_tokens.directory)
+    else:
+      split = int(len(stream) * (1 - data.eval_fraction))
+      self.train_tokens, self.eval_tokens = stream[:split], stream[split:]
     # What the checkpoints record of the data: a resume on edited files is refused (trainer).
-    self.fingerprint = '+'.join(shard_readers.content_fingerprint(c) for c in caches)
+    self.fingerprint = shard_readers.content_fingerprint(*caches)
 
   def token_stream(self, config, workdir: str, paths, select=None) -> shard_readers.ShardedTokens:
     d = config.data

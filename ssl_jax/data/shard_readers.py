@@ -30,7 +30,12 @@ def local_cache_dir(configured: str = '') -> str:
   return os.path.join(base, 'ssl_jax', 'tokens')
 
 
-def content_fingerprint(directory: str, sample_bytes: int = 1 << 16) -> str:
+def content_fingerprint(*directories: str) -> str:
+  """The caches' content fingerprints (`_fingerprint`), joined by '+'."""
+  return '+'.join(_fingerprint(d) for d in directories)
+
+
+def _fingerprint(directory: str, sample_bytes: int = 1 << 16) -> str:
   """A short hash of a cache's content: every shard's token count and up to `sample_bytes` of
   its tokens at its start, middle and end (so not O(corpus) per start). The cache's own key
   follows its files' sizes and times, which a copy or a touch changes without changing a

@@ -10,7 +10,7 @@ import optax
 
 from ssl_jax import flops, storage
 from ssl_jax.errors import ConfigError
-from ssl_jax.data import corpus, documents as documents_lib, shard_readers, shards, sources, tokenizer as tokenizers
+from ssl_jax.data import documents as documents_lib, shard_readers, shards, sources, tokenizer as tokenizers
 from ssl_jax.data.bert_examples import SPECIALS, PretrainingBatches
 from ssl_jax.data.corpus import run_tokenizer
 from ssl_jax.data.text import DataError
@@ -20,31 +20,30 @@ from ssl_jax.tasks import Data, Task
 def make_data(config, workdir: str) -> Data:
   """Documents of data.path (held out: data.eval_path, else the last data.eval_fraction of
   documents), tokenised a sentence at a time into the workdir's cache and read memory-mapped
-  (ssl_jax/data/shards.py); bad input leaves the workdir as it was."""
+  (ssl_jax/data/shards.py); on bad input the trainer's setup leaves the workdir as it was."""
   if config.data.tokenizer == 'char':
     raise ConfigError('BERT needs a sub-word vocabulary: data.tokenizer=sentencepiece (or a .model path)')
   d = config.data
   train_paths = sources.resolve(d.path, 'data.path')
   eval_paths = sources.resolve(d.eval_path, 'data.eval_path') if d.eval_path else []
-  with corpus.kept_only_if_good(workdir):
-    tok = run_tokenizer(config, workdir, lambda: tokenizer_texts(config, train_paths + eval_paths), SPECIALS)
-    ids = [tok.piece_id(p) for p in SPECIALS]   # ours are 0-4; an imported BERT's vocab.txt has them elsewhere
-    if len(set(ids)) < len(SPECIALS) or min(ids) < 0:
-      raise ConfigError(f'data.tokenizer={config.data.tokenizer!r}: BERT needs the pieces {SPECIALS}, each its own id')
-    train_docs = document_cache(config, workdir, tok, train_paths)
-    caches = [train_docs.directory]
-    if eval_paths:
-      eval_docs = document_cache(config, workdir, tok, eval_paths)
-      caches.append(eval_docs.directory)
-    else:
-      split = max(1, int(len(train_docs) * (1 - d.eval_fraction)))
-      train_docs, eval_docs = train_docs[:split], train_docs[split:]
+  tok = run_tokenizer(config, workdir, lambda: tokenizer_texts(config, train_paths + eval_paths), SPECIALS)
+  ids = [tok.piece_id(p) for p in SPECIALS]   # ours are 0-4; an imported BERT's vocab.txt has them elsewhere
+  if len(set(ids)) < len(SPECIALS) or min(ids) < 0:
+    raise ConfigError(f'data.tokenizer={config.data.tokenizer!r}: BERT needs the pieces {SPECIALS}, each its own id')
+  train_docs = document_cache(config, workdir, tok, train_paths)
+  caches = [train_docs.directory]
+  if eval_paths:
+    eval_docs = document_cache(config, workdir, tok, eval_paths)
+    caches.append(eval_docs.directory)
+  else:
+    split = max(1, int(len(train_docs) * (1 - d.eval_fraction)))
+    train_docs, eval_docs = train_docs[:split], train_docs[split:]
   make = lambda docs, name: PretrainingBatches(
       docs, tok, d.seq_len, config.train.batch_size, config.seed, d.max_predictions, d.short_seq_prob,
       d.whole_word_masking, name=name)
   return Data(make(train_docs, 'training documents'), make(eval_docs, 'held-out documents'), tok,
               units_per_example=d.seq_len,
-              fingerprint='+'.join(shard_readers.content_fingerprint(c) for c in caches))
+              fingerprint=shard_readers.content_fingerprint(*caches))
 
 
 def tokenizer_texts(config, paths):
