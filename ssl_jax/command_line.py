@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 
 from ssl_jax import cli, config as config_lib   # the commands' table and experiments (neither loads JAX)
 
@@ -22,15 +23,8 @@ PROG = 'ssl-jax' if os.path.basename(sys.argv[0]) == 'ssl-jax' else 'run.py'
 
 def _usage() -> str:
   """The module docstring with the table's commands filled in."""
-  lines = []
-  for c in cli.COMMANDS.values():
-    words, line = c.about.split(), f'  {c.name:<9} '
-    for word in words:
-      if len(line) + len(word) > 100:
-        lines.append(line.rstrip())
-        line = ' ' * 12
-      line += word + ' '
-    lines.append(line.rstrip())
+  lines = [textwrap.fill(c.about, 100, initial_indent=f'  {c.name:<9} ', subsequent_indent=' ' * 12,
+                         break_on_hyphens=False) for c in cli.COMMANDS.values()]
   return __doc__.format(commands='\n'.join(lines))
 
 
