@@ -65,10 +65,6 @@ LLAMA = {
     'llama3:70B': (80, 64, 8, 8192, 28672, 8192, 128256, 500000.0, 0.0, False),
 }
 
-# The keys a size decides, in the order they are reported.
-KEYS = ('num_layers', 'num_heads', 'num_kv_heads', 'd_model', 'd_ff', 'max_len', 'vocab_size', 'rope_theta',
-        'rope_scaling', 'patch')
-
 
 def known() -> list:
   return list(GPT) + list(BERT) + list(LLAMA) + [f'vit:{w}/<patch>' for w in VIT]
