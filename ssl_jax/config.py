@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0                    # seed of every random draw: initialisation, data order, masks, dropout
   c.task = 'clm'                # objective: a task of ssl_jax/tasks (run.py config lists them)
   c.init_from = ''              # a workdir (or Hugging Face directory) to start the body from
-  c.init = ''                   # eval: 'random' evaluates the model at its random initialisation
+  c.init = ''                   # 'random': eval scores the random initialisation; finetune takes init_from's shape and tokenizer, not its weights
   c.compile_cache = 'auto'      # JAX's persistent compilation cache: auto (under ~/.cache/ssl_jax) | a folder | '' (off)
 
   c.model = ml_collections.ConfigDict()
