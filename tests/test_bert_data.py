@@ -95,6 +95,25 @@ def test_is_next_pairs_are_consecutive_sentences_of_one_document(corpus_docs, to
   assert 800 < seen_not_next < 1200
 
 
+def test_without_nsp_an_example_is_one_chunk_of_a_single_sentence_corpus(corpus_docs, tok):
+  """mlm_nsp.nsp=false: one document of unrelated lines (SST-2's rows) is enough; an example is
+  `[CLS] consecutive sentences [SEP]`, all segment 0."""
+  lines = [s for d in corpus_docs for s in d]
+  with pytest.raises(documents.DataError):
+    make([[s] for s in lines], tok)                     # single-sentence documents: no IsNext pair
+  data, encoded = make([lines], tok, seq_len=32, nsp=False)
+  sep = tok.piece_id('[SEP]')
+  for i in range(200):
+    tokens_a, tokens_b, _, (doc, a, _, b) = data.pair(np.random.default_rng([0, i]))
+    assert doc == 0 and not tokens_b and not b and a == list(range(a[0], a[-1] + 1))
+    assert 0 < len(tokens_a) <= 30
+    assert tokens_a == np.concatenate([encoded[0][j] for j in a]).tolist()[:30]
+  batch = data.batch(0)
+  n = batch['padding'].sum(1)
+  assert (batch['segments'] == 0).all() and ((batch['inputs'] == sep).sum(1) == 1).all()
+  assert (batch['inputs'][np.arange(32), n - 1] == sep).all() and (batch['weights'].sum(1) >= 1).all()
+
+
 def test_batches_are_pure_functions_of_seed_step_and_row(corpus_docs, tok):
   data, encoded = make(corpus_docs, tok)
   again, _ = make(corpus_docs, tok)

@@ -19,6 +19,10 @@ of hosts, sees the very same pairs and the very same masks:
 Unlike the original, NotNext is decided before the chunk is read (so labels are an exact
 coin flip; the original forces NotNext for one-sentence chunks) and nothing is written to
 disk: pairs are drawn afresh at every step.
+
+With nsp off (mlm_nsp.nsp=false: RoBERTa's FULL-SENTENCES within a document) an example is
+the chunk of step 2 alone, `[CLS] A [SEP]`, truncated at its end; its NSP label is 0 and
+unused. A corpus of single sentences (one document of unrelated lines) then needs no pairs.
 """
 
 from typing import List, Sequence
@@ -59,15 +63,19 @@ class PretrainingBatches:
 
   def __init__(self, documents, tokenizer, seq_len: int, global_batch,
                seed: int, max_predictions: int = 20, short_seq_prob: float = 0.1, whole_word: bool = False,
-               mask_prob: float = 0.15, name: str = 'data'):
+               mask_prob: float = 0.15, name: str = 'data', nsp: bool = True):
     """global_batch: the global batch size, or this host's parallel.HostShare of it."""
     self.documents = documents if hasattr(documents, 'pair_document') else InMemoryDocuments(documents)
-    if len(self.documents) < 2 or not self.documents.num_pairs():   # a pair is needed for IsNext
+    if nsp and (len(self.documents) < 2 or not self.documents.num_pairs()):   # a pair is needed for IsNext
       raise DataError(f'{name}: BERT pretraining needs at least 2 documents, one of 2+ sentences '
-                      f'(found {len(self.documents)} documents)')
+                      f'(found {len(self.documents)} documents; mlm_nsp.nsp=false needs one)')
+    if not len(self.documents):
+      raise DataError(f'{name}: no documents')
+    self.nsp = nsp
     self.share = parallel.host_share(global_batch)
     if seq_len < 8:
       raise DataError(f'data.seq_len={seq_len} is too short for [CLS] A [SEP] B [SEP]')
+    self.max_tokens = seq_len - 3 if nsp else seq_len - 2
     self.seq_len, self.global_batch, self.seed = seq_len, self.share.size, seed
     self.max_predictions, self.short_seq_prob = max_predictions, short_seq_prob
     self.whole_word, self.mask_prob = whole_word, mask_prob
@@ -81,8 +89,10 @@ class PretrainingBatches:
 
   def pair(self, rng: np.random.Generator):
     """(tokens_a, tokens_b, label, where): where = (doc_a, a_sentences, doc_b, b_sentences)."""
-    max_tokens = self.seq_len - 3
+    max_tokens = self.max_tokens
     target = max_tokens
+    if not self.nsp:
+      return self.single(rng, target)
     if rng.random() < self.short_seq_prob:
       target = int(rng.integers(2, max_tokens + 1))
     label = IS_NEXT if rng.random() < 0.5 else NOT_NEXT
@@ -127,10 +137,26 @@ class PretrainingBatches:
         longer.pop()
     return tokens_a, tokens_b, label, (doc_id, a, b_doc, b)
 
+  def single(self, rng: np.random.Generator, target: int):
+    """pair()'s result with no B: consecutive sentences of one document from a random start,
+    up to `target` tokens (the drawn length; a long last sentence is cut at max_tokens)."""
+    if rng.random() < self.short_seq_prob:
+      target = int(rng.integers(2, self.max_tokens + 1))
+    doc_id = int(rng.integers(len(self.documents)))
+    doc = self.documents.document(doc_id)
+    start = int(rng.integers(len(doc)))
+    end, length = start, 0
+    while end < len(doc.lengths) and length < target:
+      length += doc.lengths[end]
+      end += 1
+    tokens = doc.tokens(start, end).tolist()[:self.max_tokens]
+    return tokens, [], IS_NEXT, (doc_id, list(range(start, end)), doc_id, [])
+
   def example(self, entropy) -> dict:
     rng = np.random.default_rng(entropy)
     tokens_a, tokens_b, label, _ = self.pair(rng)
-    tokens = [self.cls, *tokens_a, self.sep, *tokens_b, self.sep]
+    tail = [*tokens_b, self.sep] if self.nsp else []
+    tokens = [self.cls, *tokens_a, self.sep, *tail]
     n = len(tokens)
     inputs = np.full(self.seq_len, self.pad, np.int32)
     inputs[:n] = tokens

@@ -1,7 +1,10 @@
 """BERT's objective: masked language modelling plus next-sentence prediction.
 
 The MLM head runs only at the gathered masked positions (data.max_predictions per
-sequence), which is where its vocabulary projection's FLOPs are counted too.
+sequence), which is where its vocabulary projection's FLOPs are counted too. With
+mlm_nsp.nsp=false the objective is masked LM alone over `[CLS] A [SEP]` (RoBERTa's choice;
+what a corpus of unrelated single sentences allows): the NSP head is still built, so the
+parameter tree stays BERT's, but no loss reaches it.
 """
 
 import jax
@@ -40,7 +43,7 @@ def make_data(config, workdir: str) -> Data:
     train_docs, eval_docs = train_docs[:split], train_docs[split:]
   make = lambda docs, name: PretrainingBatches(
       docs, tok, d.seq_len, config.train.batch_size, config.seed, d.max_predictions, d.short_seq_prob,
-      d.whole_word_masking, name=name)
+      d.whole_word_masking, name=name, nsp=config.mlm_nsp.nsp)
   return Data(make(train_docs, 'training documents'), make(eval_docs, 'held-out documents'), tok,
               units_per_example=d.seq_len,
               fingerprint=shard_readers.content_fingerprint(*caches))
@@ -95,13 +98,15 @@ def cross_entropy_and_hits(logits, labels):
   return cross_entropy, label_shifted >= 0
 
 
-def loss_fn(model, params, batch, rng, train: bool):
+def loss_fn(model, params, batch, rng, train: bool, nsp: bool = True):
   out = model.apply({'params': params}, **model_inputs(batch), deterministic=not train, rngs={'dropout': rng})
   weights = batch['weights']                                                       # (B, P), 0 on padding
   mlm_ce, mlm_hits = cross_entropy_and_hits(out['mlm_logits'], batch['labels'])    # (B, P)
   denominator = jnp.maximum(weights.sum(), 1.0)
   mlm_loss = (mlm_ce * weights).sum() / denominator
   mlm_accuracy = (mlm_hits * weights).sum() / denominator
+  if not nsp:
+    return mlm_loss, {'loss': mlm_loss, 'mlm_loss': mlm_loss, 'mlm_accuracy': mlm_accuracy}
   nsp_loss = optax.softmax_cross_entropy_with_integer_labels(out['nsp_logits'], batch['nsp']).mean()
   nsp_accuracy = (out['nsp_logits'].argmax(-1) == batch['nsp']).mean()
   loss = mlm_loss + nsp_loss
@@ -114,4 +119,7 @@ def flops_per_step(config):
                                    config.data.max_predictions)
 
 
-TASK = Task('mlm_nsp', make_data, model_inputs, loss_fn, flops_per_step)
+TASK = Task('mlm_nsp', make_data, model_inputs, loss_fn, flops_per_step, group='mlm_nsp',
+            settings={'nsp': (True, 'next-sentence prediction beside masked LM (false: masked LM alone over '
+                                    '[CLS] A [SEP], e.g. a corpus of single sentences)')},
+            loss_arguments=lambda config, data: {'nsp': config.mlm_nsp.nsp})
