@@ -133,6 +133,8 @@ def describe_start(run, start: int) -> str:
   """What the run starts from: a checkpoint of its own, a pretrained body, or nothing."""
   if start:
     return f'resumed from step {start} of {run.workdir}'
+  if run.tuning is not None and run.tuning.source is not None and run.config.init == 'random':
+    return f'random init (seed {run.config.seed}) in the shape and tokenizer of init_from={run.config.init_from}'
   if run.tuning is not None and run.tuning.source is not None:
     return f'body loaded from init_from={run.config.init_from} ({run.tuning.source.family}); head fresh'
   if run.config.init_from:

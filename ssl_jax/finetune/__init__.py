@@ -23,8 +23,10 @@ class FineTuning:
   best_metric: str
 
   def initial_params(self, config, params, shardings):
-    """The fresh model's parameters with the source's body in them (the head stays fresh)."""
-    if self.source is None:
+    """The fresh model's parameters with the source's body in them (the head stays fresh);
+    with init=random, all fresh: the source's shape and tokenizer without its weights (the
+    random-initialisation baseline of the very same model)."""
+    if self.source is None or config.init == 'random':
       return params
     return body.load_body(self.source, params, shardings, families.get(config.model.family).body)
 
