@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ssl_jax.kernels.ops import tied_logits
 from ssl_jax.models.layers import (Dense, Dropout, LayerNorm, Stack, TransformerConfig, activation_fn, check_length,
-                                   param_init)
+                                   param_init, segment_positions)
 
 TYPE_VOCAB_SIZE = 2
 
@@ -20,8 +20,14 @@ class BERT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, segment_ids=None, padding_mask=None, masked_positions=None,
-               deterministic: bool = True, return_hidden: bool = False):
+               deterministic: bool = True, return_hidden: bool = False, pack_ids=None, pool_positions=None):
     """tokens, segment_ids, padding_mask: (B, T); masked_positions: (B, P) indices into T.
+    (segment_ids are BERT's token types, sentence A or B.)
+
+    Packed examples (several short ones a row, data.pack): `pack_ids` (B, T) numbers each
+    token's example (consecutive runs of one id); attention stays inside each and positions
+    restart at its first token. `pool_positions` (B, K) are the examples' [CLS] tokens: the
+    pooled vectors are then (B, K, C), one an example.
 
     Returns a dict: `hidden` (B, T, C), `pooled` (B, C), `nsp_logits` (B, 2) and
     `mlm_logits` (B, P, V) at the masked positions (at every position if none are given);
@@ -37,14 +43,16 @@ class BERT(nn.Module):
     position = self.param('position_embeddings', param_init(cfg.init_std, (None, 'embed')), (cfg.max_len, cfg.d_model))
     segment = self.param('token_type_embeddings', param_init(cfg.init_std, (None, 'embed')),
                          (TYPE_VOCAB_SIZE, cfg.d_model))
-    x = (jnp.asarray(word, dtype)[tokens] + jnp.asarray(position[:t], dtype)
+    positions = position[:t] if pack_ids is None else position[segment_positions(pack_ids)]   # (T or B, T, C)
+    x = (jnp.asarray(word, dtype)[tokens] + jnp.asarray(positions, dtype)
          + jnp.asarray(segment, dtype)[segment_ids])                               # (B, T, C)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     x = LayerNorm(cfg, name='embeddings_ln')(x)
     x = Dropout(cfg.dropout)(x, deterministic=deterministic)
-    x = Stack(cfg, causal=False, name='blocks')(x, padding_mask, deterministic)     # (B, T, C)
+    x = Stack(cfg, causal=False, name='blocks')(x, padding_mask, deterministic, False, None, pack_ids)  # (B, T, C)
+    cls = x[:, 0] if pool_positions is None else jnp.take_along_axis(x, pool_positions[..., None], axis=1)
     pooled = jnp.tanh(Dense((cfg.d_model,), ('embed', 'mlp'), cfg.init_std, dtype=cfg.dtype,
-                            name='pooler')(x[:, 0]))                                # (B, C) from [CLS]
+                            name='pooler')(cls))                                    # (B, C) (or B, K, C) from [CLS]
     if return_hidden:
       return {'hidden': x, 'pooled': pooled}
     nsp_logits = Dense((2,), ('mlp', None), cfg.init_std, dtype=cfg.dtype, kernels=cfg.kernels,

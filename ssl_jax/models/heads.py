@@ -29,10 +29,13 @@ class BertClassifier(nn.Module):
   per_token: bool = False
 
   @nn.compact
-  def __call__(self, tokens, segment_ids=None, padding_mask=None, deterministic: bool = True):
+  def __call__(self, tokens, segment_ids=None, padding_mask=None, deterministic: bool = True, pack_ids=None,
+               cls_positions=None):
+    """Packed rows (data.pack) give `pack_ids` (B, T) and each example's [CLS] position
+    `cls_positions` (B, K): the logits are then (B, K, classes), one row an example."""
     out = BERT(self.cfg, name='bert')(tokens, segment_ids, padding_mask, deterministic=deterministic,
-                                      return_hidden=True)
-    x = out['hidden'] if self.per_token else out['pooled']                          # (B, T, C) or (B, C)
+                                      return_hidden=True, pack_ids=pack_ids, pool_positions=cls_positions)
+    x = out['hidden'] if self.per_token else out['pooled']                  # (B, T, C) or (B, C) or (B, K, C)
     x = Dropout(self.cfg.dropout)(x, deterministic=deterministic)
     return {'logits': _head(self.cfg, self.num_classes)(x).astype(jnp.float32)}
 

@@ -62,6 +62,15 @@ def check_length(length: int, cfg: TransformerConfig) -> None:
     raise ValueError(f'sequence of {length} tokens is longer than the model\'s {cfg.max_len} positions')
 
 
+def segment_positions(segment_ids):
+  """(B, T) positions counting from the first token of each run of equal segment ids (packed
+  documents or examples: each starts at position 0)."""
+  t = segment_ids.shape[1]
+  index = jnp.broadcast_to(jnp.arange(t), segment_ids.shape)
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+  return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+
+
 def param_init(std: float, names):
   return nn.with_logical_partitioning(nn.initializers.normal(std), names)
 
@@ -168,19 +177,21 @@ class Attention(nn.Module):
   the next free slot. The call that creates the cache (model.init with decode) takes S
   from its input's length; later calls write their T tokens at `index` and attend over
   all S slots, padding_mask (B, S) then marking the slots that hold real tokens.
+  `segment_ids` (B, T) (packed documents or examples) keeps each query to its own segment.
   """
   cfg: TransformerConfig
   out_std: float
 
   @nn.compact
-  def __call__(self, x, *, causal: bool, padding_mask: Optional[jax.Array] = None, decode: bool = False):
+  def __call__(self, x, *, causal: bool, padding_mask: Optional[jax.Array] = None, decode: bool = False,
+               segment_ids=None):
     cfg = self.cfg
     qkv = Dense((3, cfg.num_heads, cfg.head_dim), ('embed', 'qkv', 'heads', 'kv'), cfg.init_std,
                 use_bias=cfg.bias, dtype=cfg.dtype, kernels=cfg.kernels, name='qkv')(x)   # (B, T, 3, nh, hs)
     q, k, v = ops.split_qkv(qkv, cfg.kernels)                                           # (B, T, nh, hs)
     q = nn.with_logical_constraint(q, ('batch', 'length', 'heads', 'kv'))
     k, v, query_offset = kv_cache(self, k, v, decode)
-    y = attention(q, k, v, causal, padding_mask, query_offset, cfg.attention)   # (B, T, nh, hs)
+    y = attention(q, k, v, causal, padding_mask, query_offset, cfg.attention, segment_ids)   # (B, T, nh, hs)
     y = Dense((cfg.d_model,), ('heads', 'kv', 'embed'), self.out_std, in_axes=2,
               use_bias=cfg.bias, dtype=cfg.dtype, kernels=cfg.kernels, name='out')(y)   # (B, T, C)
     return y
@@ -221,12 +232,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Attention then MLP, each with a residual; LayerNorm before (pre-LN) or after (post-LN)."""
+  """Attention then MLP, each with a residual; LayerNorm before (pre-LN) or after (post-LN).
+  Its positions are learned ones added below the stack: `positions` is taken and unused."""
   cfg: TransformerConfig
   causal: bool
 
   @nn.compact
-  def __call__(self, x, padding_mask=None, deterministic: bool = True, decode: bool = False):
+  def __call__(self, x, padding_mask=None, deterministic: bool = True, decode: bool = False, positions=None,
+               segment_ids=None):
+    del positions
     cfg = self.cfg
     # GPT-2: residual projections scaled by 1/sqrt(2 * layers) at init.
     out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers) if cfg.pre_norm else cfg.init_std
@@ -235,11 +249,11 @@ class Block(nn.Module):
     mlp = MLP(cfg, out_std, name='mlp')
     if cfg.pre_norm:
       x = x + drop(attn(LayerNorm(cfg, name='ln1')(x), causal=self.causal, padding_mask=padding_mask,
-                            decode=decode))
+                            decode=decode, segment_ids=segment_ids))
       x = x + drop(mlp(LayerNorm(cfg, name='ln2')(x)))
     else:
       x = LayerNorm(cfg, name='ln1')(x + drop(attn(x, causal=self.causal, padding_mask=padding_mask,
-                                                decode=decode)))
+                                                decode=decode, segment_ids=segment_ids)))
       x = LayerNorm(cfg, name='ln2')(x + drop(mlp(x)))
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
@@ -257,8 +271,8 @@ REMAT_POLICIES = {
 class Stack(nn.Module):
   """`num_layers` blocks, each rematerialised in the backward pass as `cfg.remat` says.
 
-  `block` is the block's module (layers.Block unless a family brings its own, which is then
-  also given each token's `positions` and packed documents' `segment_ids`)."""
+  `block` is the block's module (layers.Block unless a family brings its own). Each block is
+  also given each token's `positions` and packed documents' `segment_ids` when either is set."""
   cfg: TransformerConfig
   causal: bool
   block: Optional[type] = None
@@ -266,7 +280,7 @@ class Stack(nn.Module):
   @nn.compact
   def __call__(self, x, padding_mask=None, deterministic: bool = True, decode: bool = False, positions=None,
                segment_ids=None):
-    extra = () if positions is None else (positions, segment_ids)
+    extra = () if positions is None and segment_ids is None else (positions, segment_ids)
     if self.cfg.scan_layers:
       scanned = nn.scan(_ScanStep, variable_axes={'params': 0, 'cache': 0},
                         split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,

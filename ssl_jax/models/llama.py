@@ -21,7 +21,8 @@ import numpy as np
 
 from ssl_jax.kernels.attention import attention
 from ssl_jax.kernels.ops import tied_cross_entropy, tied_logits
-from ssl_jax.models.layers import Dense, Dropout, Stack, TransformerConfig, check_length, kv_cache, param_init
+from ssl_jax.models.layers import (Dense, Dropout, Stack, TransformerConfig, check_length, kv_cache, param_init,
+                                   segment_positions)
 
 # Llama 3.1/3.2's rotary scaling (its released configs): the context it was trained at and the
 # wavelength band, in units of that context, between kept and divided frequencies.
@@ -54,14 +55,6 @@ def rotate(x, positions, cfg: TransformerConfig):
   cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]  # (B or 1, T, 1, hs/2)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
-
-
-def segment_positions(segment_ids):
-  """(B, T) positions counting from the first token of each run of equal segment ids."""
-  t = segment_ids.shape[1]
-  index = jnp.broadcast_to(jnp.arange(t), segment_ids.shape)
-  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
-  return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
 
 
 class RMSNorm(nn.Module):
