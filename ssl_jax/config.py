@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.whole_word_masking = False  # masked LM: mask every piece of a chosen word together
   c.data.image_size = 32        # vision: images are resized to this square
   c.data.max_examples = 0       # fine-tuning: use the first N training rows (0: all)
+  c.data.pack = False           # clm: segment ids keep each window's documents apart (attention, positions, no cross-document target); classify_text: several examples a row, each its own [CLS]
+  c.data.pack_examples = 0      # classify_text with data.pack: most examples a row (K, the labels' width); 0 = data.seq_len // 4
   c.data.resume_on_change = False  # train: resume on a corpus whose content changed since the checkpoint (default: an error)
   c.data.prepare = ml_collections.ConfigDict()   # corpus cleaning before tokenisation (run.py prepare)
   c.data.prepare.enabled = False      # train: clean data.path first (cached in WORKDIR/prepared)

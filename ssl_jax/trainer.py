@@ -142,7 +142,7 @@ def setup(config, workdir: str, compile_steps: bool = True, devices=None, choice
   with corpus.kept_only_if_good(workdir):
     task = tasks.get(config.task)
     tuning = finetune.prepare(config, workdir, task)   # before anything is written
-    task = tasks.get(config.task, config.model.family)  # the objective of the family's head
+    task = tasks.get(config.task, config.model.family, config.data.get('pack', False))  # the family head's objective
     data = task.make_data(config, workdir)
     resolve_from_data(config, data)
 

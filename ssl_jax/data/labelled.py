@@ -189,13 +189,57 @@ def encode_tags(tokenizer, sentences, seq_len: int, tag_ids: np.ndarray) -> dict
           'words_kept': kept}
 
 
+def pack_rows(arrays: dict, max_examples: int, seed: int) -> dict:
+  """Encoded examples (encode_pairs' rows, with `labels` (N,)) packed several a row (data.pack).
+
+  Taken in an order shuffled by `seed`, each example goes to the open row with the least room
+  that holds it (best fit), a row holding at most `max_examples`. A packed row carries its
+  examples one after another, each with its own [CLS], then padding: `tokens`, `segments`
+  (token types), `padding` (T,) as before, `pack_ids` (T,) each token's example in the row
+  (-1 for padding), and per example slot (K = max_examples) `cls_positions`, `labels` and
+  `valid` (1 for a real example, 0 for an empty slot).
+  """
+  tokens, padding = arrays['tokens'], arrays['padding']
+  n, seq_len = tokens.shape
+  lengths = padding.sum(1)
+  pad = int(tokens[~padding][0]) if (~padding).any() else 0
+  rows, open_rows = [], [[] for _ in range(seq_len + 1)]     # open_rows[r]: rows with room r
+  for i in np.random.default_rng([seed, 11]).permutation(n):
+    room = next((r for r in range(lengths[i], seq_len + 1) if open_rows[r]), None)
+    if room is None:
+      row, room = len(rows), seq_len
+      rows.append([])
+    else:
+      row = open_rows[room].pop()
+    rows[row].append(i)
+    room -= lengths[i]
+    if len(rows[row]) < max_examples and room > 0:
+      open_rows[room].append(row)
+  out = {'tokens': np.full((len(rows), seq_len), pad, tokens.dtype), 'segments': np.zeros((len(rows), seq_len), np.int32),
+         'pack_ids': np.full((len(rows), seq_len), -1, np.int32)}
+  for key, dtype in (('cls_positions', np.int32), ('labels', np.int32), ('valid', np.float32)):
+    out[key] = np.zeros((len(rows), max_examples), dtype)
+  for r, members in enumerate(rows):
+    at = 0
+    for k, i in enumerate(members):
+      length = lengths[i]
+      out['tokens'][r, at:at + length] = tokens[i, :length]
+      out['segments'][r, at:at + length] = arrays['segments'][i, :length]
+      out['pack_ids'][r, at:at + length] = k
+      out['cls_positions'][r, k], out['labels'][r, k], out['valid'][r, k] = at, arrays['labels'][i], 1.0
+      at += length
+  out['padding'] = out['pack_ids'] >= 0
+  return out
+
+
 class LabelledBatches:
   """Rows of equal-length arrays served as global batches; each host gets its own rows.
 
   `batch(step)`: rows of a permutation drawn per epoch from (seed, epoch), so the batch at
   step s is a pure function of (seed, s) and every row is seen once an epoch.
   `eval_batch(i)`: rows i*B ... (i+1)*B - 1 in order; past the end, row 0 again with
-  `weight` 0. `num_batches` held-out batches cover every row once.
+  `weight` 0. `num_batches` held-out batches cover every row once. Packed rows (pack_rows)
+  weigh each example slot: `weight` (B, K) is the row's weight times the slot's `valid`.
   """
 
   def __init__(self, arrays: dict, global_batch, seed: int, name: str = 'data'):
@@ -215,6 +259,8 @@ class LabelledBatches:
   def _take(self, index: np.ndarray, weight: np.ndarray, positions: np.ndarray) -> dict:
     out = {k: v[index] for k, v in self.arrays.items()}
     out['weight'] = weight.astype(np.float32)
+    if 'valid' in out:      # packed rows: one weight an example
+      out['weight'] = out['weight'][:, None] * out.pop('valid')
     out['index'] = positions.astype(np.int32)
     return out
 

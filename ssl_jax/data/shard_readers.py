@@ -93,6 +93,7 @@ class ShardedTokens:
     total = int(self._ends[-1]) if len(counts) else 0
     self.start, self.stop = start, total if stop is None else stop
     self._maps: dict = {}
+    self._document_ends: Optional[np.ndarray] = None
 
   def __len__(self) -> int:
     return self.stop - self.start
@@ -138,6 +139,17 @@ class ShardedTokens:
 
   def to_array(self) -> np.ndarray:
     return self[np.arange(len(self))]
+
+  def document_ends(self) -> np.ndarray:
+    """(documents,) int64: where each document that ends in this stream ends (the index of the
+    next one's first token), from the shards' .docs; the stream's end is one if a document
+    ends there. Read once and kept (8 bytes a document)."""
+    if self._document_ends is None:
+      ends = [np.fromfile(os.path.join(self.directory, m['shard'].rsplit('.', 1)[0] + '.docs'), np.int64)
+              + self._starts[s] for s, m in enumerate(self.index['shards'])]
+      ends = np.concatenate(ends) - self.start if ends else np.zeros(0, np.int64)
+      self._document_ends = ends[(ends > 0) & (ends <= len(self))]
+    return self._document_ends
 
 
 class ShardedDocuments:

@@ -82,6 +82,15 @@ def permute(index: np.ndarray, n: int, key: Sequence[int], rounds: int = 4) -> n
   return out.astype(np.int64)
 
 
+def window_segments(document_ends: np.ndarray, offsets: np.ndarray, length: int) -> np.ndarray:
+  """(rows, length) int32: for the window of `length` tokens at each offset, the number of
+  documents that start inside it at or before each token (a document starts where one of the
+  sorted `document_ends` is), so 0 for the document the window begins in."""
+  index = np.asarray(offsets, np.int64)[:, None] + np.arange(length)[None, :]      # (rows, length)
+  ended = np.searchsorted(document_ends, index, side='right')                       # ends <= each token
+  return (ended - ended[:, :1]).astype(np.int32)
+
+
 class LMBatches:
   """Windows of a token stream: row r of step s is tokens[o : o + seq_len + 1].
 
@@ -93,10 +102,19 @@ class LMBatches:
   `batch(step)` is a pure function of (seed, step); eval batches (`eval_batch(i)`) are the
   held-out stream's non-overlapping windows in an order fixed for the whole run, so eval
   losses are comparable and `num_batches` of them cover the split.
+
+  With `pack` (data.pack), windows are cut as without, and each row also carries
+  `segment_ids` (B, T), which document of the window each input token belongs to (0 for the
+  one the window starts in, then one more at each document start), and `target_mask`
+  (B, T), 0 where the target is the next document's first token (not predicted across the
+  boundary, as MaxText and Levanter do). Documents are where the token cache says they end
+  (`document_ends`, ShardedTokens'; a text file is one document, a JSONL/Parquet/Arrow row one).
   """
 
-  def __init__(self, tokens: np.ndarray, seq_len: int, global_batch, seed: int, name: str = 'data'):
-    """global_batch: the global batch size, or this host's parallel.HostShare of it."""
+  def __init__(self, tokens: np.ndarray, seq_len: int, global_batch, seed: int, name: str = 'data',
+               pack: bool = False, document_ends=None):
+    """global_batch: the global batch size, or this host's parallel.HostShare of it.
+    document_ends: with `pack`, each document's end in `tokens` (default: tokens.document_ends())."""
     if len(tokens) < seq_len + 2:
       raise DataError(f'{name}: {len(tokens)} tokens is shorter than one sequence of '
                       f'{seq_len + 1} (data.seq_len + 1)')
@@ -106,6 +124,10 @@ class LMBatches:
     self.global_batch = self.share.size
     self.local_batch = self.share.local
     self.seed = seed
+    self.document_ends = None
+    if pack:
+      ends = tokens.document_ends() if document_ends is None else document_ends
+      self.document_ends = np.sort(np.asarray(ends, np.int64))
 
   def _read(self, offsets: np.ndarray) -> dict:
     if hasattr(self.tokens, 'windows'):      # the token cache's shards: a slice copy a row
@@ -113,7 +135,12 @@ class LMBatches:
     else:
       idx = offsets[:, None] + np.arange(self.seq_len + 1)[None, :]    # (b, T + 1)
       window = np.asarray(self.tokens[idx], dtype=np.int32)
-    return {'inputs': window[:, :-1], 'targets': window[:, 1:]}
+    out = {'inputs': window[:, :-1], 'targets': window[:, 1:]}
+    if self.document_ends is not None:
+      segments = window_segments(self.document_ends, offsets, self.seq_len + 1)    # (b, T + 1)
+      out['segment_ids'] = segments[:, :-1]
+      out['target_mask'] = (segments[:, 1:] == segments[:, :-1]).astype(np.float32)
+    return out
 
   def train_offsets(self, step: int) -> np.ndarray:
     """The first token of each of this host's rows at `step`."""

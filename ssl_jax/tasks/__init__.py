@@ -55,6 +55,7 @@ class Task:
   heads: Optional[dict] = None             # fine-tuning: pretrained body family -> the model family it becomes
   best_metric: str = ''                    # fine-tuning: the held-out metric whose best checkpoint is kept
   per_family: Optional[dict] = None        # a task of one objective per head: model.family -> that task's name
+  packs: bool = False                      # takes data.pack (several documents or examples a row)
 
   @property
   def fine_tuning(self) -> bool:
@@ -81,9 +82,10 @@ def every() -> tuple:
   return tuple(_all().values())
 
 
-def get(name: str, family: str = '') -> Task:
+def get(name: str, family: str = '', pack: bool = False) -> Task:
   """The task `name`; with `family`, the objective it runs for that model family (a task of
-  one objective per head, e.g. classify, names another task for each)."""
+  one objective per head, e.g. classify, names another task for each); with `pack`
+  (data.pack), a ConfigError unless that objective packs its rows."""
   tasks = _all()
   if name not in tasks:
     raise ConfigError(f'unknown task {name!r}; known: {", ".join(tasks)}')
@@ -91,5 +93,8 @@ def get(name: str, family: str = '') -> Task:
   if family and task.per_family is not None:
     if family not in task.per_family:
       raise ConfigError(f'task {name} takes model.family {", ".join(task.per_family)}; got {family!r}')
-    return tasks[task.per_family[family]]
+    task = tasks[task.per_family[family]]
+  if pack and not task.packs:
+    raise ConfigError(f'data.pack=true: task {task.name}{f" (model.family {family})" if family else ""} does not '
+                      f'pack rows; {" and ".join(t.name for t in tasks.values() if t.packs)} do')
   return task

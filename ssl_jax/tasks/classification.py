@@ -12,7 +12,8 @@ from ssl_jax.data.corpus import run_tokenizer
 
 def scored(logits, batch, train: bool, extra_loss=None):
   """(loss, metrics) of class logits (B, classes) against batch['labels'], each row weighted by
-  batch['weight'] (0: padding past the held-out split's end); `extra_loss` (loss, name) adds
+  batch['weight'] (0: padding past the held-out split's end); packed rows' logits (B, K,
+  classes) against labels and weights (B, K), one an example; `extra_loss` (loss, name) adds
   an auxiliary term (a decoder's language modelling)."""
   weight = batch.get('weight', jnp.ones(logits.shape[:1]))
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['labels'])      # (B,)
@@ -36,10 +37,11 @@ def summarize(totals: dict) -> dict:
           'eval_examples': int(totals['count'])}
 
 
-def text_rows(config, workdir: str, special, encode):
+def text_rows(config, workdir: str, special, encode, pack: bool = False):
   """(train batches, held-out batches, tokenizer, classes) of data.path's TSV (`text[, text_b],
   label`), each row encoded by `encode(tokenizer, texts, texts_b, seq_len)`; `special`: the
-  pieces a new vocabulary must hold."""
+  pieces a new vocabulary must hold. With `pack`, several encoded rows a row
+  (labelled.pack_rows, at most data.pack_examples, 0: data.seq_len // 4)."""
   if not config.data.path:
     raise ConfigError('classification needs data.path: a TSV with a header (text[, text_b], label)')
   rows, held_out = labelled.split(config, lambda path: list(zip(*labelled.read_tsv(path))))
@@ -48,7 +50,10 @@ def text_rows(config, workdir: str, special, encode):
   tok = run_tokenizer(config, workdir, lambda: texts + [b for b in texts_b if b], special)
   labels, classes = labelled.label_ids(names)
   eval_labels, _ = labelled.label_ids(eval_names, classes)
-  make = lambda rows, y, name: labelled.LabelledBatches(
-      {**encode(tok, rows[0], rows[1], config.data.seq_len), 'labels': y}, config.train.batch_size, config.seed, name)
+  per_row = config.data.pack_examples or max(1, config.data.seq_len // 4)
+  arrays = lambda rows, y: {**encode(tok, rows[0], rows[1], config.data.seq_len), 'labels': y}
+  packed = lambda a: labelled.pack_rows(a, per_row, config.seed) if pack else a
+  make = lambda rows, y, name: labelled.LabelledBatches(packed(arrays(rows, y)), config.train.batch_size,
+                                                        config.seed, name)
   return (make((texts, texts_b), labels, 'training rows'), make((eval_texts, eval_texts_b), eval_labels, 'held-out rows'),
           tok, classes)
