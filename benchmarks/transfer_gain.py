@@ -177,12 +177,14 @@ def plot(curve, family, path):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, ax = plt.subplots(figsize=(5, 3.5))
   x = [c['labelled'] for c in curve]
-  for key, label in (('pretrained', f'self-pretrained {family.upper()}'), ('random_init', 'random init')):
-    ax.plot(x, [c[key] for c in curve], 'o-', label=label)
-    for c in curve:
-      ax.scatter([c['labelled']] * len(c['seeds']), [s[key] for s in c['seeds']], s=8, alpha=0.4)
+  for key, label, colour in (('pretrained', f'self-pretrained {family.upper()}', 'C0'),
+                             ('random_init', 'random init', 'C1')):
+    ax.plot(x, [c[key] for c in curve], 'o-', color=colour, label=f'{label} (mean)')
+    for c in curve:    # each seed
+      ax.scatter([c['labelled']] * len(c['seeds']), [s[key] for s in c['seeds']], s=10, color=colour, alpha=0.4)
   ax.set_xscale('log')
-  ax.set_xticks(x, [str(v) for v in x])
+  ax.minorticks_off()
+  ax.set_xticks(x, [f'{v:,}' for v in x])
   ax.set_xlabel('labelled rows')
   ax.set_ylabel('held-out accuracy')
   ax.legend()

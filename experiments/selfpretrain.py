@@ -20,10 +20,9 @@ which also found NSP unnecessary).
 Shape: 4 layers of width 128, 4 heads, MLP 512, 8,000 sentencepiece pieces (the shape
 experiments/finetune_sst2.py trains from scratch), both families: 1.83M parameters for GPT,
 1.87M for BERT (its pooler, MLM transform and segment embeddings). Length 64 (SST-2's rows
-are ~12 pieces; fine-tuning reads 64), batch 64. Steps from step times measured on a shared
-2-core CPU: BERT 0.62 s (its MLM head at 10 positions a row), GPT 1.10 s (its 8,000-way
-softmax at every position costs more than its blocks), so ~37 minutes each. (Width 256,
-BERT-mini's, took 1.74 s a step: 1,400 steps in 40 minutes, and fine-tuning 4x slower.)
+are ~12 pieces; fine-tuning reads 64), batch 64. Steps: ~37 minutes each at the step times
+measured on a 2-core CPU (benchmarks/PERFORMANCE.md); GPT's are fewer, its 8,000-way softmax
+at every position costing more than its blocks.
 """
 
 from ssl_jax.config import base_config

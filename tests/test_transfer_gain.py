@@ -90,3 +90,13 @@ def test_transfer_gain_end_to_end_and_reuse(tiny_tsv, tmp_path, monkeypatch):
   args = tg.parse_args(argv)
   body, seconds = tg.pretrain(args, os.path.join(workdir, 'pretrain.txt'))
   assert body == os.path.join(workdir, 'pretrain') and seconds == pytest.approx(result['pretrain_s'])
+
+
+def test_the_learning_curve_is_a_png(tmp_path):
+  tg = load_script()
+  curve = [{'labelled': n, 'pretrained': 0.7 + n / 1e5, 'random_init': 0.6 + n / 1e5,
+            'seeds': [{'seed': s, 'pretrained': 0.7 + s / 100, 'random_init': 0.6 - s / 100} for s in range(3)]}
+           for n in (1000, 4000, 8000)]
+  path = tmp_path / 'curve.png'
+  tg.plot(curve, 'bert', str(path))
+  assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
