@@ -214,8 +214,8 @@ def test_finetune_with_pack_from_the_command_line(tmp_path):
   path = tmp_path / 'train.tsv'
   path.write_text('text\tlabel\n' + ''.join(f'{r}\t{int(len(r) % 2)}\n' for r in rows))
   workdir = str(tmp_path / 'ft')
-  run_cli('finetune', '--config', 'experiments/finetune_sst2.py', f'--config.data.path={path}', '--config.data.pack=true',
-          '--config.model.vocab_size=300', '--config.data.eval_fraction=0.25', *TINY, '--config.train.eval_batches=0',
+  run_cli('finetune', '--config', 'experiments/finetune_sst2.py', f'--config.data.path={path}',
+          '--config.data.pack=true', '--config.model.vocab_size=300', '--config.data.eval_fraction=0.25', *TINY, '--config.train.eval_batches=0',
           '--workdir', workdir)
   evals = [r for r in read_metrics(workdir) if 'eval_accuracy' in r]
   assert evals and all(r['eval_examples'] == 60 for r in evals)      # every held-out example once

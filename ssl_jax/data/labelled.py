@@ -215,8 +215,9 @@ def pack_rows(arrays: dict, max_examples: int, seed: int) -> dict:
     room -= lengths[i]
     if len(rows[row]) < max_examples and room > 0:
       open_rows[room].append(row)
-  out = {'tokens': np.full((len(rows), seq_len), pad, tokens.dtype), 'segments': np.zeros((len(rows), seq_len), np.int32),
-         'pack_ids': np.full((len(rows), seq_len), -1, np.int32)}
+  shape = (len(rows), seq_len)
+  out = {'tokens': np.full(shape, pad, tokens.dtype), 'segments': np.zeros(shape, np.int32),
+         'pack_ids': np.full(shape, -1, np.int32)}
   for key, dtype in (('cls_positions', np.int32), ('labels', np.int32), ('valid', np.float32)):
     out[key] = np.zeros((len(rows), max_examples), dtype)
   for r, members in enumerate(rows):
