@@ -89,10 +89,10 @@ class PretrainingBatches:
 
   def pair(self, rng: np.random.Generator):
     """(tokens_a, tokens_b, label, where): where = (doc_a, a_sentences, doc_b, b_sentences)."""
+    if not self.nsp:
+      return self.single(rng)
     max_tokens = self.max_tokens
     target = max_tokens
-    if not self.nsp:
-      return self.single(rng, target)
     if rng.random() < self.short_seq_prob:
       target = int(rng.integers(2, max_tokens + 1))
     label = IS_NEXT if rng.random() < 0.5 else NOT_NEXT
@@ -137,9 +137,10 @@ class PretrainingBatches:
         longer.pop()
     return tokens_a, tokens_b, label, (doc_id, a, b_doc, b)
 
-  def single(self, rng: np.random.Generator, target: int):
+  def single(self, rng: np.random.Generator):
     """pair()'s result with no B: consecutive sentences of one document from a random start,
-    up to `target` tokens (the drawn length; a long last sentence is cut at max_tokens)."""
+    up to a target length drawn as pair() draws it (a long last sentence is cut at max_tokens)."""
+    target = self.max_tokens
     if rng.random() < self.short_seq_prob:
       target = int(rng.integers(2, self.max_tokens + 1))
     doc_id = int(rng.integers(len(self.documents)))
