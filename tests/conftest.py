@@ -94,3 +94,18 @@ from fake_gcs import gcs, gcs_server  # noqa: E402,F401  pylint: disable=wrong-i
 def pytest_configure(config):
   config.addinivalue_line('markers', 'multihost: starts several processes (hosts of a job); run them as one group '
                                      'with -m multihost, or leave them out with -m "not multihost"')
+
+
+# Tests that start several JAX processes at once (the hosts of a job) are marked multihost and run
+# one after another on one pytest-xdist worker (`--dist loadgroup`), so that no two tests' hosts
+# share the cores at once, as their heartbeat and shutdown timeouts assume. Without xdist the
+# group does nothing.
+HOST_MODULES = ('test_pod.py', 'test_multihost.py', 'test_reliability.py')
+
+
+@pytest.hookimpl(tryfirst=True)    # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  for item in items:
+    if item.get_closest_marker('multihost') or item.path.name in HOST_MODULES:
+      item.add_marker(pytest.mark.multihost)
+      item.add_marker(pytest.mark.xdist_group('hosts'))

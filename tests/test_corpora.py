@@ -146,10 +146,11 @@ def test_a_killed_build_resumes_to_identical_files(tmp_path):
 @pytest.mark.parametrize('name,content,expected', [
     ('bad.jsonl', '{"text": "fine"}\n{"text": broken\n', 'bad.jsonl:2: not JSON'),
     ('nofield.jsonl', '{"text": "fine"}\n{"text": "also"}\n{"body": "no"}\n', "nofield.jsonl:3: no 'text' text field"),
-    ('corrupt.jsonl.gz', gzip.compress(''.join(json.dumps({'text': d}) + '\n' for d in make_docs(2000)).encode())[:20000],
+    ('corrupt.jsonl.gz', gzip.compress(''.join(json.dumps({'text': d}) + '\n' for d in make_docs(2000)).encode(),
+                                       mtime=0)[:20000],
      'corrupt.jsonl.gz: corrupt gz data'),
     ('nocolumn.parquet', None, "nocolumn.parquet: no column 'text'"),
-])
+], ids=['bad.jsonl', 'nofield.jsonl', 'corrupt.jsonl.gz', 'nocolumn.parquet'])   # one name on every xdist worker
 def test_bad_input_is_one_line_exit_1_and_nothing_written(tmp_path, name, content, expected):
   path = tmp_path / name
   if content is None:
