@@ -43,6 +43,7 @@ def ours_command(shape, steps, extra):
             f"--config.model.num_layers={s['layers']}", f"--config.model.num_heads={s['heads']}",
             f"--config.model.d_model={s['width']}", f"--config.model.d_ff={4 * s['width']}",
             "--config.model.dropout=0.0", f"--config.data.seq_len={s['seq_len']}",
+            f"--config.model.max_len={s['seq_len']}",    # nanoGPT's block_size: as many positions as the window
             f"--config.train.batch_size={s['batch']}", "--steps", str(steps), *extra]
 
 
