@@ -2,8 +2,6 @@
 benchmarks/fault_injection.py), and a disk that fills while a checkpoint is being written."""
 
 import os
-import resource
-import signal
 import subprocess
 import sys
 
@@ -24,11 +22,11 @@ def test_kills_at_random_moments_and_during_saves_lose_nothing(tmp_path):
   assert report['identical_final_params']
 
 
-def _file_size_limit(limit):
-  def apply():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG instead
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-  return apply
+def _with_file_size_limit(kib, args):
+  """`args` run under a file-size limit of `kib` KiB, a write past it failing with EFBIG (SIGXFSZ
+  ignored). Set by bash before exec rather than by a preexec_fn, which forks a process that JAX's
+  threads may hold locks in (xdist workers have JAX loaded)."""
+  return ['bash', '-c', f'trap "" XFSZ && ulimit -f {kib} && exec "$@"', 'bash', *args]
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='simulates a full disk with RLIMIT_FSIZE')
@@ -37,9 +35,9 @@ def test_a_disk_that_fills_during_a_save_keeps_the_checkpoints_before_it(tmp_pat
   args = [sys.executable, 'run.py', 'train', f'--config.data.path={corpus}', *TINY, '--config.train.eval_every=0',
           '--config.train.sample_tokens=0', '--config.train.checkpoint_every=3', '--workdir', workdir]
   subprocess.run([*args, '--config.train.steps=6'], cwd=ROOT, check=True, capture_output=True, timeout=300)
-  # Files may grow to 20 kB: the arrays of checkpoint 9 do not fit, the logs do.
-  proc = subprocess.run([*args, '--config.train.steps=12'], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                        preexec_fn=_file_size_limit(20_000))
+  # Files may grow to 20 KiB: the arrays of checkpoint 9 do not fit, the logs do.
+  proc = subprocess.run(_with_file_size_limit(20, [*args, '--config.train.steps=12']), cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('error: saving checkpoint 9 in ') and 'the disk is full' in last
