@@ -92,9 +92,7 @@ class PretrainingBatches:
     if not self.nsp:
       return self.single(rng)
     max_tokens = self.max_tokens
-    target = max_tokens
-    if rng.random() < self.short_seq_prob:
-      target = int(rng.integers(2, max_tokens + 1))
+    target = self.target_length(rng)
     label = IS_NEXT if rng.random() < 0.5 else NOT_NEXT
     if label == IS_NEXT:
       doc_id = self.documents.pair_document(int(rng.integers(self.documents.num_pairs())))
@@ -137,12 +135,17 @@ class PretrainingBatches:
         longer.pop()
     return tokens_a, tokens_b, label, (doc_id, a, b_doc, b)
 
+  def target_length(self, rng: np.random.Generator) -> int:
+    """An example's token budget: max_tokens, or with probability short_seq_prob a uniform
+    length in [2, max_tokens]."""
+    if rng.random() < self.short_seq_prob:
+      return int(rng.integers(2, self.max_tokens + 1))
+    return self.max_tokens
+
   def single(self, rng: np.random.Generator):
     """pair()'s result with no B: consecutive sentences of one document from a random start,
     up to a target length drawn as pair() draws it (a long last sentence is cut at max_tokens)."""
-    target = self.max_tokens
-    if rng.random() < self.short_seq_prob:
-      target = int(rng.integers(2, self.max_tokens + 1))
+    target = self.target_length(rng)
     doc_id = int(rng.integers(len(self.documents)))
     doc = self.documents.document(doc_id)
     start = int(rng.integers(len(doc)))
