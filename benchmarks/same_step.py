@@ -19,38 +19,33 @@ when any differs.
 
 import argparse
 import difflib
-import glob
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 import vs_hf_bert
 import vs_hf_finetune
+import vs_maxtext
 import vs_nanogpt
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ('train_step', 'eval_step')
+ROWS = (*vs_nanogpt.SHAPES, 'bert_mini', 'finetune')
 
 
 def commands(row: str, workdir: str) -> list:
-  """The bench command the README's row times, at one step, writing under `workdir`."""
+  """The bench command the README's row times (its benchmark's defaults), at one step, writing under `workdir`."""
   if row in vs_nanogpt.SHAPES:
     return vs_nanogpt.ours_command(row, 1, ['--workdir', workdir])
   if row == 'bert_mini':
-    args = types.SimpleNamespace(shape='mini', steps=1, data=str(vs_hf_bert.DEFAULT_DATA))
-    return vs_hf_bert.ours_command(args) + ['--workdir', workdir]
+    return vs_hf_bert.ours_command(vs_hf_bert.parse_args(['--steps', '1'])) + ['--workdir', workdir]
   if row == 'finetune':
-    args = types.SimpleNamespace(rows=8000, epochs=2, lr=1e-4, data=str(vs_hf_finetune.DATA))
-    return vs_hf_finetune.ours(args, workdir, 1)
+    return vs_hf_finetune.ours(vs_hf_finetune.parse_args(['speed']), workdir, 1)
   raise SystemExit(f'unknown row {row!r}: {", ".join(ROWS)}')
-
-
-ROWS = (*vs_nanogpt.SHAPES, 'bert_mini', 'finetune')
 
 
 def normalize(text: str) -> list:
@@ -86,14 +81,7 @@ def dump(tree: str, row: str, where: str) -> dict:
                         capture_output=True, text=True, check=False)
   if proc.returncode:
     raise SystemExit(f'{row} in {tree} exited {proc.returncode}:\n{proc.stderr[-3000:]}')
-  texts = {}
-  for step in STEPS:
-    found = sorted(glob.glob(os.path.join(where, 'hlo', f'*jit_{step}*after_optimizations.txt')))
-    if not found:
-      raise SystemExit(f'{row} in {tree}: XLA dumped no optimized jit_{step}')
-    with open(found[-1]) as f:
-      texts[step] = f.read()
-  return texts
+  return {step: Path(vs_maxtext.step_program(os.path.join(where, 'hlo'), f'jit_{step}')).read_text() for step in STEPS}
 
 
 def main():

@@ -93,7 +93,7 @@ def worker(args):
                     'step_ms_median': 1000 * statistics.median(times), 'loss': loss.item()}))
 
 
-def main():
+def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--shape', choices=sorted(SHAPES), default='mini')
   p.add_argument('--rounds', type=int, default=3)
@@ -102,7 +102,11 @@ def main():
   p.add_argument('--threads', type=int, default=CORES)
   p.add_argument('--data', default=str(DEFAULT_DATA), help='our side\'s corpus (text or CoNLL-U)')
   p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
-  args = p.parse_args()
+  return p.parse_args(argv)
+
+
+def main():
+  args = parse_args()
   if args.worker:
     return worker(args)
   peer = [sys.executable, str(Path(__file__).resolve()), '--worker', '--shape', args.shape, '--steps',

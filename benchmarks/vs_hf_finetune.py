@@ -112,7 +112,7 @@ def peer(args, steps=None):
   return cmd + ([f'--steps={steps}'] if steps else [])
 
 
-def main():
+def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('mode', choices=('speed', 'accuracy', 'worker'))
   parser.add_argument('--rows', type=int, default=8000)
@@ -123,7 +123,11 @@ def main():
   parser.add_argument('--data', default=str(DATA))
   parser.add_argument('--threads', type=int, default=CORES)
   parser.add_argument('--workdir', default='runs/vs_hf_finetune')
-  args = parser.parse_args()
+  return parser.parse_args(argv)
+
+
+def main():
+  args = parse_args()
   if args.mode == 'worker':
     return worker(args)
   if args.mode == 'speed':

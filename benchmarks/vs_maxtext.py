@@ -79,13 +79,13 @@ def memory_of(log: str) -> dict:
     return {k: int(v) for k, v in re.findall(r'(\w+_size_in_bytes)=(\d+)', lines[-1])} if lines else {}
 
 
-def train_step_program(dump_dir: str) -> str:
-    """The path of the train step's optimized program in an XLA dump: the largest
-    *jit_train_step*after_optimizations.txt (a dump also holds the initialisation and small jits)."""
+def step_program(dump_dir: str, step: str = 'train_step') -> str:
+    """The path of a jitted step's optimized program in an XLA dump: the largest
+    *STEP*after_optimizations.txt (a dump also holds the initialisation and small jits)."""
     found = [p for p in glob.glob(os.path.join(dump_dir, '*after_optimizations.txt'))
-             if 'train_step' in os.path.basename(p) and 'buffer' not in os.path.basename(p)]
+             if step in os.path.basename(p) and 'buffer' not in os.path.basename(p)]
     if not found:
-        raise SystemExit(f'no *train_step*after_optimizations.txt in {dump_dir}: did MaxText compile its step?')
+        raise SystemExit(f'no *{step}*after_optimizations.txt in {dump_dir}: did the program compile its step?')
     return max(found, key=os.path.getsize)
 
 
@@ -195,7 +195,7 @@ def main():
                                    'Jitting and compilation complete')
         (work / 'maxtext.log').write_text(f'{out}\nvs_maxtext: compile_s={compile_s:.1f}\n')
     memory = memory_of(out)
-    theirs = side(Path(train_step_program(str(dump))).read_text(), memory.get('temp_size_in_bytes'),
+    theirs = side(Path(step_program(str(dump))).read_text(), memory.get('temp_size_in_bytes'),
                   memory.get('generated_code_size_in_bytes'), round(compile_s, 1), r['flops_per_device'],
                   r['accelerator'])
     commits = work / 'commits.json'     # of the trees the programs were compiled from

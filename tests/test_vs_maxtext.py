@@ -59,10 +59,10 @@ def test_the_train_step_is_the_largest_train_step_dump(tmp_path):
                      ('module_0003.jit_init.cl_3.after_optimizations.txt', 9000),
                      ('module_0002.jit_train_step.cl_2.before_optimizations.txt', 900)):
     (tmp_path / name).write_text('x' * size)
-  assert os.path.basename(vs_maxtext.train_step_program(str(tmp_path))) == \
+  assert os.path.basename(vs_maxtext.step_program(str(tmp_path))) == \
       'module_0002.jit_train_step.cl_2.after_optimizations.txt'
   with pytest.raises(SystemExit, match='no .*train_step'):
-    vs_maxtext.train_step_program(str(tmp_path / 'nothing'))
+    vs_maxtext.step_program(str(tmp_path / 'nothing'))
 
 
 def test_memory_of_reads_the_compiled_memory_stats_line():
