@@ -96,16 +96,12 @@ def pytest_configure(config):
                                      'with -m multihost, or leave them out with -m "not multihost"')
 
 
-# Tests that start several JAX processes at once (the hosts of a job) are marked multihost and run
-# one after another on one pytest-xdist worker (`--dist loadgroup`), so that no two tests' hosts
-# share the cores at once, as their heartbeat and shutdown timeouts assume. Without xdist the
-# group does nothing.
-HOST_MODULES = ('test_pod.py', 'test_multihost.py', 'test_reliability.py')
-
-
+# Tests marked multihost (they start several JAX processes at once, the hosts of a job, or time
+# their kills) run one after another on one pytest-xdist worker (`--dist loadgroup`), so that no
+# two of them share the cores at once, as their heartbeat and shutdown timeouts assume. Without
+# xdist the group does nothing.
 @pytest.hookimpl(tryfirst=True)    # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
   for item in items:
-    if item.get_closest_marker('multihost') or item.path.name in HOST_MODULES:
-      item.add_marker(pytest.mark.multihost)
+    if item.get_closest_marker('multihost'):
       item.add_marker(pytest.mark.xdist_group('hosts'))

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import ROOT, TINY, read_metrics
 
+pytestmark = pytest.mark.multihost
+
 ARGS = [*TINY, '--config.train.steps=40', '--config.train.checkpoint_every=4', '--config.train.eval_every=4',
         '--config.train.sample_tokens=0', '--config.model.dropout=0.1',
         '--config.mesh.data=1', '--config.mesh.fsdp=-1', '--config.mesh.tensor=1']   # fsdp: every device

@@ -20,6 +20,8 @@ from conftest import ROOT, TINY
 from ssl_jax import storage, workdirs
 from test_multihost import free_port
 
+pytestmark = pytest.mark.multihost
+
 GPT = [*TINY, '--config.train.eval_every=10', '--config.train.sample_tokens=0', '--config.model.dropout=0.1',
        '--config.mesh.data=1', '--config.mesh.fsdp=-1', '--config.mesh.tensor=1']
 
@@ -106,7 +108,6 @@ def newest_step(gcs, bucket, prefix):
   return max((int(s) for s in steps if s.isdigit()), default=0)
 
 
-@pytest.mark.multihost
 def test_two_hosts_on_a_bucket_train_die_mid_save_resume_on_two_then_one(tmp_path, gcs, corpus):
   pod = Pod(tmp_path, gcs.env)
   data = upload_corpus(gcs.url, corpus)
@@ -162,7 +163,6 @@ def test_two_hosts_on_a_bucket_train_die_mid_save_resume_on_two_then_one(tmp_pat
   assert 'run.lock' not in names
 
 
-@pytest.mark.multihost
 @pytest.mark.parametrize('experiment', ['bert.py:tiny', 'vit_rotation.py'])
 def test_bert_and_a_vision_task_train_on_two_hosts_in_a_bucket(tmp_path, gcs, corpus, experiment):
   pod = Pod(tmp_path, gcs.env)
@@ -183,7 +183,6 @@ def test_bert_and_a_vision_task_train_on_two_hosts_in_a_bucket(tmp_path, gcs, co
   assert not [p for p in pod.local_files() if 'gs:' in p]
 
 
-@pytest.mark.multihost
 def test_sigterm_to_one_host_makes_both_save_the_same_step_and_a_truncated_part_makes_both_fall_back(tmp_path, corpus):
   pod = Pod(tmp_path, {})
   # train.steps stays the same throughout: the learning-rate schedule is a function of it.
@@ -229,7 +228,6 @@ def test_sigterm_to_one_host_makes_both_save_the_same_step_and_a_truncated_part_
     assert losses[step] == pytest.approx(loss, rel=1e-6), step
 
 
-@pytest.mark.multihost
 def test_hosts_that_do_not_share_the_workdir_stop_with_one_line(tmp_path, corpus):
   pod = Pod(tmp_path, {})
   started = time.time()

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import ROOT, TINY
 
+pytestmark = pytest.mark.multihost    # with the hosts' tests, one at a time: its kills are timed
+
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import fault_injection  # pylint: disable=wrong-import-position
 
