@@ -70,7 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tokenize_workers = 0   # token cache: processes tokenising in parallel; 0 = one per core
   c.data.shard_mb = 64.0         # token cache: MB of source text a shard holds (the unit a killed build resumes from)
   c.data.cache_dir = ''         # gs:// workdir: where each host keeps its local copy of the token cache (memory-mapped); '' = ~/.cache/ssl_jax/tokens ($XDG_CACHE_HOME)
-  c.data.max_predictions = 20   # masked LM: most masked positions per sequence
+  c.data.mask_prob = 0.15       # masked LM: share of a sequence's pieces masked (BERT's 15%; Wettig et al. 2022 argue 40%)
+  c.data.max_predictions = 20   # masked LM: most masked positions per sequence (a cap on data.mask_prob's count)
   c.data.short_seq_prob = 0.1   # masked LM: chance of a shorter target length
   c.data.whole_word_masking = False  # masked LM: mask every piece of a chosen word together
   c.data.image_size = 32        # vision: images are resized to this square

@@ -210,3 +210,31 @@ def test_documents_from_the_cache_give_the_recorded_batches(tmp_path):
       np.testing.assert_array_equal(doc.tokens(0, len(doc)), np.concatenate(encoded[a + d]))
     np.testing.assert_array_equal(PretrainingBatches(view, tok, 32, 8, 1).batch(2)['inputs'],
                                   PretrainingBatches(encoded[a:b], tok, 32, 8, 1).batch(2)['inputs'])
+
+
+def test_mask_prob_sets_the_masked_share(tmp_path):
+  """data.mask_prob reaches the batches through the task: 40% of the pieces masked where
+  data.max_predictions leaves room, 15% by default; a share outside (0, 1] is refused."""
+  from ssl_jax.config import base_config
+  from ssl_jax.errors import ConfigError
+  from ssl_jax.tasks import mlm_nsp
+  rng = np.random.default_rng(0)
+  words = 'alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho'.split()
+  path = tmp_path / 'corpus.txt'
+  path.write_text('\n\n'.join('\n'.join(' '.join(rng.choice(words, 12)) + '.' for _ in range(6)) for _ in range(60)))
+  shares = {}
+  for mask_prob in (0.15, 0.4):
+    c = base_config()
+    c.task, c.model.family = 'mlm_nsp', 'bert'
+    c.data.path, c.data.tokenizer, c.model.vocab_size = str(path), 'sentencepiece', 300
+    c.data.seq_len, c.data.max_predictions, c.train.batch_size = 64, 32, 16
+    c.data.mask_prob = mask_prob
+    data = mlm_nsp.make_data(c, str(tmp_path / f'w{mask_prob}'))
+    b = data.train.batch(0)
+    special = np.isin(b['inputs'], [0, 1, 2, 3])    # [UNK] [PAD] [CLS] [SEP]; [MASK] is a chosen piece
+    shares[mask_prob] = (b['weights'] > 0).sum() / (~special).sum()
+  assert shares[0.15] == pytest.approx(0.15, abs=0.02)
+  assert shares[0.4] == pytest.approx(0.4, abs=0.02)
+  c.data.mask_prob = 0
+  with pytest.raises(ConfigError, match='data.mask_prob'):
+    mlm_nsp.make_data(c, str(tmp_path / 'w0'))

@@ -27,6 +27,8 @@ def make_data(config, workdir: str) -> Data:
   if config.data.tokenizer == 'char':
     raise ConfigError('BERT needs a sub-word vocabulary: data.tokenizer=sentencepiece (or a .model path)')
   d = config.data
+  if not 0 < d.mask_prob <= 1:
+    raise ConfigError(f'data.mask_prob={d.mask_prob}: expected a share in (0, 1], e.g. 0.15')
   train_paths = sources.resolve(d.path, 'data.path')
   eval_paths = sources.resolve(d.eval_path, 'data.eval_path') if d.eval_path else []
   tok = run_tokenizer(config, workdir, lambda: tokenizer_texts(config, train_paths + eval_paths), SPECIALS)
@@ -43,7 +45,7 @@ def make_data(config, workdir: str) -> Data:
     train_docs, eval_docs = train_docs[:split], train_docs[split:]
   make = lambda docs, name: PretrainingBatches(
       docs, tok, d.seq_len, config.train.batch_size, config.seed, d.max_predictions, d.short_seq_prob,
-      d.whole_word_masking, name=name, nsp=config.mlm_nsp.nsp)
+      d.whole_word_masking, mask_prob=d.mask_prob, name=name, nsp=config.mlm_nsp.nsp)
   return Data(make(train_docs, 'training documents'), make(eval_docs, 'held-out documents'), tok,
               units_per_example=d.seq_len,
               fingerprint=shard_readers.content_fingerprint(*caches))
