@@ -122,6 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.finetune = ml_collections.ConfigDict()
   c.finetune.freeze = 0         # -1: the whole body (a linear probe); k > 0: embeddings + the lowest k blocks
+  c.finetune.pool = 'cls'       # BERT classifiers: cls (the pooled [CLS] vector, BERT's) | mean (the mean of the text's hidden states)
 
   c.log = ml_collections.ConfigDict()
   c.log.wandb = ''              # a Weights & Biases project to log to as well ('' = off; WANDB_MODE=offline works)

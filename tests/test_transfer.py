@@ -302,3 +302,35 @@ def test_tagging_macro_f1_against_a_hand_count():
   result = tag.summarize(jax.device_get(totals))
   assert result['f1'] == pytest.approx((0.5 + 0.8 + 0.8) / 3)
   assert result['token_accuracy'] == pytest.approx(5 / 7) and result['eval_words'] == 7
+
+
+def test_mean_pooling_reads_the_text_tokens_alone():
+  """finetune.pool='mean': the head reads the mean of the hidden states over the unpadded
+  tokens, so what sits under the padding changes nothing; 'cls' reads the pooled [CLS] vector;
+  any other name is refused."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from ssl_jax.config import base_config
+  from ssl_jax.errors import ConfigError
+  from ssl_jax.models import families
+  from ssl_jax.models.bert import BERT
+  from ssl_jax.models.heads import BertClassifier
+  from ssl_jax.models.layers import TransformerConfig
+  cfg = TransformerConfig(vocab_size=50, d_model=16, num_heads=2, num_layers=1, d_ff=32, max_len=8)
+  tokens = jnp.array([[2, 7, 9, 11, 3, 1, 1, 1], [2, 5, 3, 1, 1, 1, 1, 1]])
+  padding = tokens != 1
+  mean, cls = BertClassifier(cfg, 2, pool='mean'), BertClassifier(cfg, 2)
+  params = nn.meta.unbox(mean.init(jax.random.key(0), tokens, None, padding)['params'])
+  logits = lambda m, t: np.asarray(m.apply({'params': params}, t, None, padding)['logits'])
+  # The linear head on the mean of the body's hidden states over each text's own tokens.
+  hidden = BERT(cfg).apply({'params': params['bert']}, tokens, None, padding, return_hidden=True)['hidden']
+  pooled = (hidden * padding[..., None]).sum(1) / padding.sum(1, keepdims=True)
+  np.testing.assert_allclose(logits(mean, tokens), pooled @ params['head']['kernel'] + params['head']['bias'],
+                             atol=1e-5)
+  np.testing.assert_allclose(logits(mean, tokens), logits(mean, jnp.where(padding, tokens, 20)), atol=1e-6)
+  assert not np.allclose(logits(mean, tokens), logits(cls, tokens), atol=1e-4)
+  c = base_config()
+  c.model.num_classes, c.finetune.pool = 2, 'max'
+  with pytest.raises(ConfigError, match='finetune.pool'):
+    families.get('bert_classifier').build(c, cfg)

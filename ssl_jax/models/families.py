@@ -40,6 +40,13 @@ def _num_classes(config) -> int:
   return config.model.num_classes
 
 
+def _pool(config) -> str:
+  pool = config.finetune.get('pool', 'cls')
+  if pool not in ('cls', 'mean'):
+    raise ConfigError(f"finetune.pool={pool!r}: expected 'cls' (the pooled [CLS] vector) or 'mean' (the tokens' mean)")
+  return pool
+
+
 def _mae(config, cfg):
   m = config.model
   decoder = dataclasses.replace(cfg, num_layers=m.decoder_layers, num_heads=m.decoder_heads,
@@ -77,7 +84,8 @@ FAMILIES = {f.name: f for f in (
     Family('colorizer', image_with_classes(vit.ViTCellClassifier), True, 1e-6, 'vit', 'encoder', None),
     # Fine-tuning heads on the bodies above (ssl_jax/models/heads.py).
     Family('vit_classifier', image_with_classes(vit.ViTClassifier), True, 1e-6, 'vit', 'encoder', None),
-    Family('bert_classifier', with_classes(heads.BertClassifier), False, 1e-12, 'bert', 'bert', 'bert'),
+    Family('bert_classifier', lambda config, cfg: heads.BertClassifier(cfg, _num_classes(config), pool=_pool(config)),
+           False, 1e-12, 'bert', 'bert', 'bert'),
     Family('bert_tagger', with_classes(heads.BertTagger), False, 1e-12, 'bert', 'bert', 'bert'),
     Family('bert_qa', plain(heads.BertSpanQA), False, 1e-12, 'bert', 'bert', 'bert'),
     Family('gpt_classifier', with_classes(heads.GPTClassifier), True, 1e-5, 'gpt', 'gpt', 'any', with_lengths=True),

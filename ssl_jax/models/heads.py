@@ -2,7 +2,7 @@
 `gpt`; a ViT's under `encoder`, see vit.ViTClassifier), the fresh head under `head`, so a
 pretrained tree maps across by that one name.
 
-  BertClassifier  a linear layer on the pooled [CLS] vector (single texts and pairs)
+  BertClassifier  a linear layer on the pooled [CLS] vector, or the tokens' mean (single texts and pairs)
   BertTagger      a linear layer on every hidden state (part of speech, ...)
   BertSpanQA      start and end logits over the tokens (extractive QA)
   GPTClassifier   GPT-1's: a linear layer on the last token's state, plus the LM logits for
@@ -22,11 +22,13 @@ def _head(cfg: TransformerConfig, outputs: int):
 
 
 class BertClassifier(nn.Module):
-  """Classes from the pooled [CLS] vector (B, classes), or with per_token from every hidden
-  state (B, T, classes): BertTagger."""
+  """Classes from the pooled [CLS] vector (B, classes), or with pool='mean' from the mean of
+  the hidden states over the text's tokens (sentence-transformers' pooling, finetune.pool), or
+  with per_token from every hidden state (B, T, classes): BertTagger."""
   cfg: TransformerConfig
   num_classes: int
   per_token: bool = False
+  pool: str = 'cls'
 
   @nn.compact
   def __call__(self, tokens, segment_ids=None, padding_mask=None, deterministic: bool = True, pack_ids=None,
@@ -35,7 +37,15 @@ class BertClassifier(nn.Module):
     `cls_positions` (B, K): the logits are then (B, K, classes), one row an example."""
     out = BERT(self.cfg, name='bert')(tokens, segment_ids, padding_mask, deterministic=deterministic,
                                       return_hidden=True, pack_ids=pack_ids, pool_positions=cls_positions)
-    x = out['hidden'] if self.per_token else out['pooled']                  # (B, T, C) or (B, C) or (B, K, C)
+    if self.per_token:
+      x = out['hidden']                                                     # (B, T, C)
+    elif self.pool == 'mean':
+      if cls_positions is not None:
+        raise ValueError("finetune.pool='mean' reads one example a row: packed rows (data.pack) pool [CLS]")
+      keep = (jnp.ones(tokens.shape, bool) if padding_mask is None else padding_mask)[..., None]   # (B, T, 1)
+      x = (out['hidden'] * keep).sum(1) / jnp.maximum(keep.sum(1), 1)        # (B, C)
+    else:
+      x = out['pooled']                                                     # (B, C) or (B, K, C)
     x = Dropout(self.cfg.dropout)(x, deterministic=deterministic)
     return {'logits': _head(self.cfg, self.num_classes)(x).astype(jnp.float32)}
 
