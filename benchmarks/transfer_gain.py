@@ -13,12 +13,15 @@ labels removed, is the pretraining text (WORKDIR/pretrain.txt, one sentence per 
 line every 64); its first --labelled rows the fine-tuning rows. Pretraining is
 experiments/selfpretrain.py:FAMILY in WORKDIR/pretrain (reused when it holds a checkpoint at
 its final step; resumed when it holds an earlier one). Each seed fine-tunes twice with
-experiments/finetune_sst2.py, the same budget, shape and tokenizer: from the pretrained body,
+experiments/finetune_sst2.py, the same budget, shape, tokenizer and --finetune-lr (1e-3,
+chosen on a dev split; benchmarks/PERFORMANCE.md): from the pretrained body,
 and with --config.init=random (init_from's shape and tokenizer, fresh weights); a GPT with
 GPT-1's auxiliary LM loss. The figure is held-out accuracy after the last step (no checkpoint
 is chosen on the held-out set). Ends with one JSON line: family, pretrained and random_init
 (means over seeds), gain (points), per-seed figures, pretrain_s; with --curve, the same at
-each number of labelled rows and a PNG.
+each number of labelled rows and a PNG. The JSON is also WORKDIR/transfer_gain.json;
+`--plot BERT_WORKDIR/transfer_gain.json GPT_WORKDIR/transfer_gain.json --out PNG` draws several
+runs' curves side by side (the README's figure).
 """
 
 import argparse
@@ -149,6 +152,7 @@ def finetune(args, body, paths, rows: int, seed: int, init: str) -> float:
   if args.finetune_steps:
     cmd += [f'--config.train.steps={args.finetune_steps}',
             f'--config.train.warmup_steps={max(1, args.finetune_steps // 10)}']
+  cmd.append(f'--config.train.lr={args.finetune_lr}')
   cmd += [f'--config.{kv}' for kv in args.finetune_config]
   t = time.perf_counter()
   run(cmd, os.path.join(args.workdir, 'finetune.log'))
@@ -172,23 +176,32 @@ def compare(args, body, paths, rows: int) -> dict:
 
 
 def plot(curve, family, path):
+  """One family's learning curve (held-out accuracy against labelled rows) as a PNG."""
+  plot_families([{'family': family, 'curve': curve}], path)
+
+
+def plot_families(results, path):
+  """A panel per result (transfer_gain.json's), its curve or its one point, side by side."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  x = [c['labelled'] for c in curve]
-  for key, label, colour in (('pretrained', f'self-pretrained {family.upper()}', 'C0'),
-                             ('random_init', 'random init', 'C1')):
-    ax.plot(x, [c[key] for c in curve], 'o-', color=colour, label=f'{label} (mean)')
-    for c in curve:    # each seed
-      ax.scatter([c['labelled']] * len(c['seeds']), [s[key] for s in c['seeds']], s=10, color=colour, alpha=0.4)
-  ax.set_xscale('log')
-  ax.minorticks_off()
-  ax.set_xticks(x, [f'{v:,}' for v in x])
-  ax.set_xlabel('labelled rows')
-  ax.set_ylabel('held-out accuracy')
-  ax.legend()
-  ax.grid(alpha=0.3)
+  fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5), squeeze=False, sharey=True)
+  for ax, result in zip(axes[0], results):
+    curve = result.get('curve') or [result]
+    x = [c['labelled'] for c in curve]
+    for key, label, colour in (('pretrained', f'self-pretrained {result["family"].upper()}', 'C0'),
+                               ('random_init', 'random init', 'C1')):
+      ax.plot(x, [c[key] for c in curve], 'o-', color=colour, label=f'{label} (mean)')
+      for c in curve:    # each seed
+        ax.scatter([c['labelled']] * len(c['seeds']), [s[key] for s in c['seeds']], s=10, color=colour, alpha=0.4)
+    ax.set_xscale('log')
+    ax.minorticks_off()
+    ax.set_xticks(x, [f'{v:,}' for v in x])
+    ax.set_xlabel('labelled rows')
+    ax.set_title(result['family'].upper())
+    ax.legend()
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel('held-out accuracy')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -196,8 +209,8 @@ def plot(curve, family, path):
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--family', choices=('bert', 'gpt'), required=True)
-  parser.add_argument('--train', required=True, help='labelled TSV (text, label) with a header')
+  parser.add_argument('--family', choices=('bert', 'gpt'))
+  parser.add_argument('--train', help='labelled TSV (text, label) with a header')
   parser.add_argument('--eval', default='', help='held-out TSV (default: the tail of --train)')
   parser.add_argument('--held-out', type=float, default=0.03, help='share of --train held out without --eval')
   parser.add_argument('--labelled', type=int, default=8000, help='fine-tuning rows, from the front')
@@ -205,19 +218,36 @@ def parse_args(argv=None):
   parser.add_argument('--workdir', default='')
   parser.add_argument('--pretrain-steps', type=int, default=0, help='0: the experiment\'s')
   parser.add_argument('--finetune-steps', type=int, default=0, help='0: experiments/finetune_sst2.py\'s')
+  parser.add_argument('--finetune-lr', type=float, default=1e-3,
+                      help='both fine-tunings\' peak lr: 1e-3 was best for random init on a dev split '
+                      '(benchmarks/PERFORMANCE.md); experiments/finetune_sst2.py\'s 1e-4 suits MiniLM')
   parser.add_argument('--pretrain-config', action='append', default=[], metavar='KEY=VALUE',
                       help='a config override of the pretraining (repeatable), e.g. model.vocab_size=500')
   parser.add_argument('--finetune-config', action='append', default=[], metavar='KEY=VALUE',
                       help='a config override of both fine-tunings (repeatable)')
   parser.add_argument('--curve', default='', help='also fine-tune at these numbers of labelled rows, e.g. '
                       '1000,4000,8000, and plot them (WORKDIR/transfer_curve.png)')
+  parser.add_argument('--plot', nargs='+', default=[], metavar='RESULT.json',
+                      help='instead of running: draw these runs\' WORKDIR/transfer_gain.json side by side '
+                      '(--out PNG)')
+  parser.add_argument('--out', default='transfer_curve.png', help='--plot\'s PNG')
   args = parser.parse_args(argv)
+  if not args.plot and not (args.family and args.train):
+    parser.error('--family and --train are required (or --plot RESULT.json ...)')
   args.workdir = os.path.abspath(args.workdir or os.path.join(REPO, 'runs', f'transfer_gain_{args.family}'))
   return args
 
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.plot:
+    results = []
+    for path in args.plot:
+      with open(path) as f:
+        results.append(json.load(f))
+    plot_families(results, args.out)
+    print(args.out)
+    return results
   header, rows = read_tsv(args.train)
   eval_rows = read_tsv(args.eval)[1] if args.eval else None
   pretrain_rows, labelled, held_out = split_rows(rows, args.labelled, args.held_out, eval_rows)
@@ -234,6 +264,8 @@ def main(argv=None):
     plot(curve, args.family, result['curve_png'])
   result.update({'pretrain_s': pretrain_s, 'held_out': len(held_out), 'pretraining_sentences': len(pretrain_rows),
                  'workdir': args.workdir})
+  with open(os.path.join(args.workdir, 'transfer_gain.json'), 'w') as f:
+    json.dump(result, f)
   print(json.dumps(result), flush=True)
   return result
 

@@ -73,6 +73,8 @@ def test_transfer_gain_end_to_end_and_reuse(tiny_tsv, tmp_path, monkeypatch):
     assert 0.0 <= result[key] <= 1.0
   assert result['gain'] == pytest.approx(100 * (result['pretrained'] - result['random_init']))
   assert [s['seed'] for s in result['seeds']] == [0] and result['pretrain_s'] > 0
+  with open(os.path.join(workdir, 'transfer_gain.json')) as f:
+    assert json.load(f) == result
   # What each step read: the held-out rows are in neither the pretraining text nor the labelled rows.
   with open(os.path.join(workdir, 'pretrain.txt')) as f:
     pretrain_text = set(f.read().splitlines())
@@ -83,6 +85,7 @@ def test_transfer_gain_end_to_end_and_reuse(tiny_tsv, tmp_path, monkeypatch):
   # The random-init run started from nothing of the pretrained body, in its shape.
   log = open(os.path.join(workdir, 'finetune.log')).read()
   assert 'random init (seed 0) in the shape and tokenizer of init_from=' in log
+  assert log.count('--config.train.lr=0.001') == 2, 'both fine-tunings at --finetune-lr'
 
   # A finished pretraining is reused: nothing is run again.
   tg = load_script()
@@ -100,3 +103,15 @@ def test_the_learning_curve_is_a_png(tmp_path):
   path = tmp_path / 'curve.png'
   tg.plot(curve, 'bert', str(path))
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # --plot: several runs' transfer_gain.json side by side, a panel each (twice as wide).
+  results = []
+  for family in ('bert', 'gpt'):
+    results.append(str(tmp_path / f'{family}.json'))
+    with open(results[-1], 'w') as f:
+      json.dump({'family': family, 'curve': curve}, f)
+  both = tmp_path / 'both.png'
+  proc = subprocess.run([sys.executable, SCRIPT, '--plot', *results, '--out', str(both)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  width = lambda p: int.from_bytes(p.read_bytes()[16:20], 'big')     # the PNG header's width
+  assert width(both) == 2 * width(path)
