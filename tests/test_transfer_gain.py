@@ -86,6 +86,7 @@ def test_transfer_gain_end_to_end_and_reuse(tiny_tsv, tmp_path, monkeypatch):
   log = open(os.path.join(workdir, 'finetune.log')).read()
   assert 'random init (seed 0) in the shape and tokenizer of init_from=' in log
   assert log.count('--config.train.lr=0.001') == 2, 'both fine-tunings at --finetune-lr'
+  assert log.count('--config.finetune.pool=mean') == 2, 'both BERT fine-tunings on the mean'
 
   # A finished pretraining is reused: nothing is run again.
   tg = load_script()
