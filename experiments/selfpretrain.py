@@ -5,7 +5,11 @@ prediction), of about the same parameter count, sized for ~40 minutes on 2 CPU c
   python benchmarks/transfer_gain.py --family bert --train ../shared/data/sst2/train.tsv   # the whole comparison
   python run.py train --config experiments/selfpretrain.py:bert --config.data.path=TEXT --workdir runs/sp_bert
   python run.py finetune --config experiments/finetune_sst2.py --config.init_from=runs/sp_bert \
+      --config.train.lr=1e-3 --config.finetune.pool=mean \
       --config.data.path=LABELLED.tsv --config.data.eval_path=HELD_OUT.tsv --workdir runs/sp_bert_sst2
+
+(transfer_gain.py fine-tunes so: at lr 1e-3, the best for random init on a dev split, and a
+BERT on the mean of its hidden states, since MLM without NSP trains nothing on [CLS]'s output.)
 
 TEXT is plain text, one sentence per line (benchmarks/transfer_gain.py writes SST-2's training
 sentences so, a blank line every 64 of them, leaving out its held-out tail); the last 2% of
