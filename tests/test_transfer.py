@@ -334,3 +334,6 @@ def test_mean_pooling_reads_the_text_tokens_alone():
   c.model.num_classes, c.finetune.pool = 2, 'max'
   with pytest.raises(ConfigError, match='finetune.pool'):
     families.get('bert_classifier').build(c, cfg)
+  c.finetune.pool, c.data.pack = 'mean', True
+  with pytest.raises(ConfigError, match='data.pack'):
+    families.get('bert_classifier').build(c, cfg)

@@ -44,6 +44,8 @@ def _pool(config) -> str:
   pool = config.finetune.get('pool', 'cls')
   if pool not in ('cls', 'mean'):
     raise ConfigError(f"finetune.pool={pool!r}: expected 'cls' (the pooled [CLS] vector) or 'mean' (the tokens' mean)")
+  if pool == 'mean' and config.data.get('pack', False):
+    raise ConfigError("finetune.pool='mean' reads one example a row: with data.pack, pool [CLS] (finetune.pool=cls)")
   return pool
 
 
